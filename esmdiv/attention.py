@@ -1,0 +1,111 @@
+"""Variable-length (packed) self-attention backends, and the one place that picks among them.
+
+Backends, in the order ``auto`` tries them on CUDA:
+
+- ``flash-attn``: ``flash_attn.flash_attn_varlen_func`` from the FlashAttention package.
+- ``torch``: ``torch.nn.attention.varlen.varlen_attn``, FlashAttention-2 inside PyTorch (CUDA).
+- ``reference``: exact attention computed per sequence in fp32 with plain matmuls; any device.
+  ``auto`` picks it on CPU, where it stands in for the kernels.
+
+Queries arrive already multiplied by ``head_dim ** -0.5`` (fair-esm scales before rotary), so
+every backend runs with a softmax scale of 1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from functools import lru_cache
+from typing import Callable
+
+import torch
+
+from esmdiv.errors import EnvironmentUnavailable, UsageError
+
+BACKENDS = ("flash-attn", "torch", "reference")
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def backend_availability(device: torch.device, dtype: torch.dtype = torch.float16) -> dict[str, str | None]:
+    """For each backend, ``None`` when it can run on ``device`` in ``dtype``, else why not."""
+    kernel_problem = None
+    if device.type != "cuda":
+        kernel_problem = "needs a CUDA device"
+    elif dtype not in _KERNEL_DTYPES:
+        kernel_problem = f"FlashAttention kernels take fp16 or bf16, not {str(dtype).replace('torch.', '')}"
+    return {
+        "flash-attn": kernel_problem
+        or (None if importlib.util.find_spec("flash_attn") else "the flash-attn package is not installed"),
+        "torch": kernel_problem
+        or (None if importlib.util.find_spec("torch.nn.attention.varlen") else
+            f"torch {torch.__version__} has no torch.nn.attention.varlen"),
+        "reference": None,
+    }
+
+
+def resolve_backend(requested: str, device: torch.device, dtype: torch.dtype = torch.float16) -> str:
+    """Turn ``auto`` or a backend name into the backend that will run; never falls back silently.
+
+    ``auto``: the first available of flash-attn, torch, reference on CUDA; reference on CPU.
+    """
+    availability = backend_availability(device, dtype)
+    if requested == "auto":
+        if device.type != "cuda":
+            return "reference"
+        return next(name for name in BACKENDS if availability[name] is None)
+    if requested not in availability:
+        raise UsageError(f"unknown attention backend '{requested}' (choose auto, {', '.join(BACKENDS)})")
+    if availability[requested] is not None:
+        raise EnvironmentUnavailable(f"attention backend '{requested}' is not available: {availability[requested]}")
+    return requested
+
+
+def varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, backend: str
+) -> torch.Tensor:
+    """Bidirectional attention within each packed sequence.
+
+    Args:
+        q, k, v: ``(total_tokens, num_heads, head_dim)``; ``q`` already scaled.
+        cu_seqlens: ``(B+1,)`` int32, sequence boundaries in the packed token axis.
+        max_seqlen: longest sequence in the pack.
+        backend: a name from :data:`BACKENDS` (see :func:`resolve_backend`).
+
+    Returns:
+        ``(total_tokens, num_heads, head_dim)`` in ``q``'s dtype.
+    """
+    return _kernel(backend)(q, k, v, cu_seqlens, max_seqlen)
+
+
+@lru_cache(maxsize=None)
+def _kernel(backend: str) -> Callable[..., torch.Tensor]:
+    if backend == "flash-attn":
+        from flash_attn import flash_attn_varlen_func
+
+        def run(q, k, v, cu, max_len):
+            return flash_attn_varlen_func(q, k, v, cu, cu, max_len, max_len, dropout_p=0.0, softmax_scale=1.0)
+
+        return run
+    if backend == "torch":
+        from torch.nn.attention.varlen import varlen_attn
+
+        if "scale" not in inspect.signature(varlen_attn).parameters:
+            raise EnvironmentUnavailable(f"torch {torch.__version__}: varlen_attn takes no softmax scale")
+
+        def run(q, k, v, cu, max_len):
+            return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=1.0)
+
+        return run
+    if backend == "reference":
+        return _reference
+    raise UsageError(f"unknown attention backend '{backend}'")
+
+
+def _reference(q, k, v, cu_seqlens, max_seqlen):
+    out = torch.empty_like(q)
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        qs, ks, vs = (t[start:end].transpose(0, 1).float() for t in (q, k, v))  # (H, L, D)
+        weights = torch.softmax(qs @ ks.transpose(1, 2), dim=-1)
+        out[start:end] = (weights @ vs).transpose(0, 1).to(q.dtype)
+    return out

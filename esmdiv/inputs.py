@@ -1,0 +1,128 @@
+"""From FASTA records to the sequences an audit runs, under the long-sequence policy.
+
+ESM-2 was trained on crops of at most 1022 residues (1024 tokens with BOS and EOS). Policies for
+longer records (``--long``):
+
+- ``truncate`` (default, as fair-esm's ``extract.py``): keep the first 1022 residues.
+- ``skip``: leave the record out of the audit.
+- ``error``: stop with an input error naming the record.
+- ``full``: run the whole sequence, beyond the trained context (rotary positions extrapolate).
+
+Whatever the policy, the run's output counts and names what was truncated or skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from esmdiv.errors import FastaError, UsageError
+from esmdiv.fasta import ProteinRecord, iter_fasta
+
+MAX_RESIDUES = 1022
+LONG_POLICIES = ("truncate", "skip", "error", "full")
+
+
+@dataclass
+class AuditSequence:
+    id: str
+    sequence: str  # the residues that run (after any truncation)
+    original_length: int
+    line: int
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.sequence) < self.original_length
+
+
+@dataclass
+class InputReport:
+    """What happened to the input, for the summary and the JSON."""
+
+    path: str
+    records: int = 0
+    truncated: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    beyond_context: list[str] = field(default_factory=list)  # kept whole under --long full
+    lowercase: list[str] = field(default_factory=list)
+    stop_stripped: list[str] = field(default_factory=list)
+    nucleotide_like: list[str] = field(default_factory=list)
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.nucleotide_like:
+            out.append(
+                f"{len(self.nucleotide_like)} record(s) contain only A C G T U N and look like DNA/RNA, "
+                f"not protein: {_names(self.nucleotide_like)}"
+            )
+        if self.truncated:
+            out.append(f"{len(self.truncated)} record(s) truncated to {MAX_RESIDUES} residues: {_names(self.truncated)}")
+        if self.skipped:
+            out.append(f"{len(self.skipped)} record(s) over {MAX_RESIDUES} residues skipped: {_names(self.skipped)}")
+        if self.beyond_context:
+            out.append(
+                f"{len(self.beyond_context)} record(s) run whole beyond ESM-2's trained context of {MAX_RESIDUES} "
+                f"residues: {_names(self.beyond_context)}"
+            )
+        if self.lowercase:
+            out.append(f"{len(self.lowercase)} record(s) had lower-case residues, read as upper case: {_names(self.lowercase)}")
+        if self.stop_stripped:
+            out.append(f"{len(self.stop_stripped)} record(s) ended in '*', stripped: {_names(self.stop_stripped)}")
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "records": self.records,
+            "audited": self.records - len(self.skipped),
+            "truncated": self.truncated,
+            "skipped": self.skipped,
+            "beyond_context": self.beyond_context,
+            "lowercase": self.lowercase,
+            "stop_stripped": self.stop_stripped,
+            "nucleotide_like": self.nucleotide_like,
+        }
+
+
+def _names(ids: list[str], limit: int = 5) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f" (+{len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+def load_sequences(path: str | Path, long_policy: str = "truncate") -> tuple[list[AuditSequence], InputReport]:
+    """Read ``path`` and apply the long-sequence policy; see the module docstring."""
+    return apply_policy(iter_fasta(path), str(path), long_policy)
+
+
+def apply_policy(records: Iterable[ProteinRecord], path: str, long_policy: str) -> tuple[list[AuditSequence], InputReport]:
+    if long_policy not in LONG_POLICIES:
+        raise UsageError(f"--long '{long_policy}' (choose {', '.join(LONG_POLICIES)})")
+    report = InputReport(path)
+    kept: list[AuditSequence] = []
+    for record in records:
+        report.records += 1
+        for flag, bucket in ((record.lowercase, report.lowercase), (record.stop_stripped, report.stop_stripped),
+                             (record.looks_nucleotide, report.nucleotide_like)):
+            if flag:
+                bucket.append(record.id)
+        sequence = record.sequence
+        if len(sequence) > MAX_RESIDUES:
+            if long_policy == "error":
+                raise FastaError(
+                    path,
+                    f"{len(sequence)} residues, over ESM-2's trained context of {MAX_RESIDUES} "
+                    "(choose --long truncate, skip or full)",
+                    line=record.line,
+                    record=record.id,
+                )
+            if long_policy == "skip":
+                report.skipped.append(record.id)
+                continue
+            if long_policy == "truncate":
+                sequence = sequence[:MAX_RESIDUES]
+                report.truncated.append(record.id)
+            else:
+                report.beyond_context.append(record.id)
+        kept.append(AuditSequence(record.id, sequence, len(record.sequence), record.line))
+    return kept, report

@@ -1,0 +1,400 @@
+"""Loading an ESM-2 model from whatever a user names, always onto fair-esm's own ``ESM2`` module.
+
+A spec is one of:
+
+- ``random:<arch>[:<seed>]``: a fair-esm architecture (8M, 35M, 150M, 650M, 3B, 15B) with seeded
+  random weights (seed 0 unless given). Never a trained model, and every report says so.
+- a fair-esm model name (``esm2_t33_650M_UR50D``): read from the torch hub cache, downloaded
+  there by fair-esm's URL scheme when the network allows.
+- a fair-esm checkpoint file (``.pt``) or a ``.safetensors`` state dict.
+- a Hugging Face ESM checkpoint folder (``config.json`` + ``model.safetensors`` or
+  ``pytorch_model.bin``), mapped key by key onto ``ESM2``.
+
+Every ``torch.load`` is ``weights_only=True``: a checkpoint never runs code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esmdiv.errors import CheckpointError, EnvironmentUnavailable, InputError
+
+#: fair-esm's ESM-2 architectures: name -> (layers, embed_dim, attention_heads).
+ARCHITECTURES: dict[str, tuple[int, int, int]] = {
+    "8M": (6, 320, 20),
+    "35M": (12, 480, 20),
+    "150M": (30, 640, 20),
+    "650M": (33, 1280, 20),
+    "3B": (36, 2560, 40),
+    "15B": (48, 5120, 40),
+}
+FAIR_ESM_NAMES: dict[str, str] = {
+    "esm2_t6_8M_UR50D": "8M",
+    "esm2_t12_35M_UR50D": "35M",
+    "esm2_t30_150M_UR50D": "150M",
+    "esm2_t33_650M_UR50D": "650M",
+    "esm2_t36_3B_UR50D": "3B",
+    "esm2_t48_15B_UR50D": "15B",
+}
+FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class ModelInfo:
+    """What was loaded, for reports."""
+
+    spec: str
+    source: str  # "random" | "fair-esm-name" | "fair-esm-checkpoint" | "hf-folder" | "safetensors"
+    num_layers: int
+    embed_dim: int
+    attention_heads: int
+    token_dropout: bool
+    random_weights: bool
+    has_lm_head: bool
+    path: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def description(self) -> str:
+        label = f"{self.spec} ({self.num_layers} layers, {self.embed_dim} dims, {self.attention_heads} heads)"
+        if self.random_weights:
+            label += " RANDOM WEIGHTS, not a trained model"
+        return label
+
+
+@dataclass
+class LoadedModel:
+    """fair-esm ``ESM2`` in eval mode on its device and dtype, plus what came with the checkpoint.
+
+    ``classifier`` holds a Hugging Face ``EsmClassificationHead`` state dict (fp32, CPU) when the
+    checkpoint has one.
+    """
+
+    model: Any  # esm.model.esm2.ESM2
+    alphabet: Any  # esm.data.Alphabet
+    info: ModelInfo
+    classifier: dict[str, torch.Tensor] | None = None
+
+
+def load_model(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Build fair-esm's ``ESM2`` for ``spec`` on ``device`` in ``dtype``, in eval mode."""
+    build = _Build(torch.device(device), dtype)
+    if spec.startswith("random:"):
+        loaded = _random_model(spec, build)
+    else:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            loaded = _hf_folder(spec, path, build)
+        elif path.is_file():
+            loaded = _checkpoint_file(spec, path, build)
+        elif spec in FAIR_ESM_NAMES:
+            loaded = _fair_esm_name(spec, build)
+        elif "/" in spec or spec.endswith((".pt", ".pth", ".bin", ".safetensors")):
+            raise InputError(f"{spec}: no such model file or folder")
+        else:
+            names = ", ".join(FAIR_ESM_NAMES)
+            raise InputError(
+                f"{spec}: not a model file, a Hugging Face folder, random:<arch> or a fair-esm ESM-2 name ({names})"
+            )
+    loaded.model.eval()
+    return loaded
+
+
+@dataclass(frozen=True)
+class _Build:
+    """Where and in what precision to build the model."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+
+def _new_esm2(num_layers: int, embed_dim: int, heads: int, token_dropout: bool, build: _Build, seed: int = 0):
+    """fair-esm's ``ESM2`` built directly on the run's device and dtype (a 3B model initialises in
+    a second on a GPU, not a minute on the CPU), its initial weights drawn from ``seed``."""
+    import esm
+
+    if embed_dim % heads:
+        raise CheckpointError(f"embed_dim {embed_dim} is not divisible by {heads} attention heads")
+    default_dtype = torch.get_default_dtype()
+    devices = [build.device.index or 0] if build.device.type == "cuda" else []
+    try:
+        torch.set_default_dtype(build.dtype)
+        with torch.random.fork_rng(devices=devices), build.device:
+            torch.manual_seed(seed)
+            model = esm.model.esm2.ESM2(
+                num_layers=num_layers, embed_dim=embed_dim, attention_heads=heads, alphabet="ESM-1b",
+                token_dropout=token_dropout,
+            )
+    finally:
+        torch.set_default_dtype(default_dtype)
+    # As fair-esm's model.half() does, buffers (the rotary inv_freq) follow the run's dtype too.
+    return model.to(device=build.device, dtype=build.dtype)
+
+
+def _random_model(spec: str, build: _Build) -> LoadedModel:
+    parts = spec.split(":")
+    arch = parts[1] if len(parts) > 1 else ""
+    if arch not in ARCHITECTURES or len(parts) > 3:
+        raise InputError(f"{spec}: expected random:<arch>[:<seed>] with arch one of {', '.join(ARCHITECTURES)}")
+    try:
+        seed = int(parts[2]) if len(parts) == 3 else 0
+    except ValueError:
+        raise InputError(f"{spec}: the seed after the architecture must be an integer") from None
+    layers, dim, heads = ARCHITECTURES[arch]
+    model = _new_esm2(layers, dim, heads, True, build, seed)
+    info = ModelInfo(spec, "random", layers, dim, heads, True, random_weights=True, has_lm_head=True)
+    return LoadedModel(model, model.alphabet, info)
+
+
+# --- fair-esm checkpoints ------------------------------------------------------------------------
+
+# fair-esm pickles its training config next to the weights. These modules hold plain config
+# objects; their classes are replaced by an inert stand-in while unpickling, so nothing from the
+# file runs. Anything else (os.system, builtins.eval, ...) is refused.
+_CONFIG_MODULES = ("omegaconf", "typing", "enum", "pathlib", "collections", "copyreg")
+
+
+class _InertConfig:
+    """Stand-in for a config class found in a checkpoint: absorbs any state, runs nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __call__(self, *args: Any, **kwargs: Any) -> "_InertConfig":
+        return _InertConfig(*args, **kwargs)
+
+
+def load_weights_only(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` that also reads fair-esm's pickled configs.
+
+    ``argparse.Namespace`` is allowed as itself; config classes from :data:`_CONFIG_MODULES`
+    load as inert stand-ins; any other global makes the load fail with ``CheckpointError``.
+    """
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except (RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(err)})") from None
+    allowed: list[Any] = [argparse.Namespace]
+    refused = []
+    for name in unsafe:
+        if name == "argparse.Namespace":
+            continue
+        if name.startswith(_CONFIG_MODULES):
+            allowed.append((_InertConfig, name))
+        else:
+            refused.append(name)
+    if refused:
+        raise CheckpointError(
+            f"{path}: refused: the file would run or build Python objects ({', '.join(sorted(refused))}); "
+            "esmdiv loads tensors only"
+        )
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(err)})") from None
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+
+
+def _checkpoint_file(spec: str, path: Path, build: _Build, source: str = "fair-esm-checkpoint") -> LoadedModel:
+    if path.suffix == ".safetensors":
+        state, cfg, source = _load_safetensors(path), None, "safetensors"
+    else:
+        data = load_weights_only(path)
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: expected a dict of weights, found {type(data).__name__}")
+        state, cfg = data, None
+        if isinstance(data.get("model"), dict):  # fair-esm's {"model": ..., "cfg"/"args": ...}
+            state = data["model"]
+            cfg = (data.get("cfg") or {}).get("model") if isinstance(data.get("cfg"), dict) else data.get("args")
+    if any(key.startswith(("esm.", "encoder.layer.", "embeddings.")) for key in state):
+        return _from_hf_state(spec, path, state, _hf_like_config(state), source, build)
+    state = {re.sub(r"^(encoder\.sentence_encoder\.|encoder\.)", "", k): v for k, v in state.items()}
+    return _from_fair_esm_state(spec, path, state, cfg, source, build)
+
+
+def _from_fair_esm_state(spec: str, path: Path, state: dict, cfg: Any, source: str, build: _Build) -> LoadedModel:
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if "embed_tokens.weight" not in tensors:
+        raise CheckpointError(f"{path}: no 'embed_tokens.weight': not an ESM-2 checkpoint")
+    layer_ids = {int(m.group(1)) for k in tensors if (m := re.match(r"layers\.(\d+)\.", k))}
+    if not layer_ids or layer_ids != set(range(len(layer_ids))):
+        raise CheckpointError(f"{path}: no consecutive 'layers.<i>.' weights: not an ESM-2 checkpoint")
+    num_layers, embed_dim = len(layer_ids), tensors["embed_tokens.weight"].shape[1]
+    heads = getattr(cfg, "encoder_attention_heads", None) if isinstance(cfg, argparse.Namespace) else None
+    token_dropout = getattr(cfg, "token_dropout", True) if isinstance(cfg, argparse.Namespace) else True
+    notes = []
+    if heads is None:
+        heads = _heads_for(embed_dim)
+        notes.append(f"attention heads not readable from the checkpoint config; {heads} by ESM-2's table")
+    model = _new_esm2(num_layers, embed_dim, int(heads), bool(token_dropout), build)
+    has_lm_head = _fill(model, tensors, path, optional=("contact_head.", "lm_head."))
+    info = ModelInfo(spec, source, num_layers, embed_dim, int(heads), bool(token_dropout), False, has_lm_head, str(path), notes)
+    return LoadedModel(model, model.alphabet, info)
+
+
+def _heads_for(embed_dim: int) -> int:
+    for layers, dim, heads in ARCHITECTURES.values():
+        if dim == embed_dim:
+            return heads
+    raise CheckpointError(f"embed_dim {embed_dim} matches no ESM-2 architecture and the checkpoint does not say its heads")
+
+
+def _fill(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, optional: tuple[str, ...]) -> bool:
+    """Copy ``state`` into ``model``; return whether the LM head was filled. Unmatched keys are errors."""
+    expected = model.state_dict()
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{path}: keys that ESM-2 does not have: {', '.join(unexpected[:5])}")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise CheckpointError(
+                f"{path}: '{key}' has shape {tuple(value.shape)}, ESM-2 built from the checkpoint's sizes "
+                f"expects {tuple(expected[key].shape)} (a checkpoint of another architecture?)"
+            )
+    # lm_head.weight is tied to embed_tokens.weight; rotary inv_freq is recomputed by the module.
+    missing = sorted(
+        k for k in set(expected) - set(state) - {"lm_head.weight"}
+        if not k.startswith(optional) and not k.endswith("rot_emb.inv_freq")
+    )
+    if missing:
+        raise CheckpointError(f"{path}: missing weights: {', '.join(missing[:5])}")
+    model.load_state_dict(state, strict=False)
+    lm_keys = {k for k in expected if k.startswith("lm_head.") and k != "lm_head.weight"}
+    return lm_keys <= set(state)
+
+
+def _fair_esm_name(name: str, build: _Build) -> LoadedModel:
+    checkpoint = Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.pt"
+    if not checkpoint.is_file():
+        url = FAIR_ESM_URL.format(name=name)
+        try:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(checkpoint), progress=False)
+        except Exception as err:  # noqa: BLE001 - any network failure means the same thing here
+            checkpoint.unlink(missing_ok=True)
+            raise EnvironmentUnavailable(
+                f"{name}: not in the torch hub cache ({checkpoint}) and could not be downloaded from {url} "
+                f"({_first_line(err)}); put the file there or pass a checkpoint path"
+            ) from None
+    return _checkpoint_file(name, checkpoint, build, source="fair-esm-name")
+
+
+# --- Hugging Face folders ------------------------------------------------------------------------
+
+_HF_LAYER_MAP = {
+    "attention.self.query": "self_attn.q_proj",
+    "attention.self.key": "self_attn.k_proj",
+    "attention.self.value": "self_attn.v_proj",
+    "attention.output.dense": "self_attn.out_proj",
+    "attention.LayerNorm": "self_attn_layer_norm",
+    "intermediate.dense": "fc1",
+    "output.dense": "fc2",
+    "LayerNorm": "final_layer_norm",
+}
+_HF_TOP_MAP = {
+    "embeddings.word_embeddings.weight": "embed_tokens.weight",
+    "encoder.emb_layer_norm_after.weight": "emb_layer_norm_after.weight",
+    "encoder.emb_layer_norm_after.bias": "emb_layer_norm_after.bias",
+    "lm_head.dense.weight": "lm_head.dense.weight",
+    "lm_head.dense.bias": "lm_head.dense.bias",
+    "lm_head.layer_norm.weight": "lm_head.layer_norm.weight",
+    "lm_head.layer_norm.bias": "lm_head.layer_norm.bias",
+    "lm_head.bias": "lm_head.bias",
+}
+# Keys with no fair-esm counterpart that a rotary ESM-2 never uses.
+_HF_IGNORED = re.compile(
+    r"^(embeddings\.position_ids|embeddings\.position_embeddings\.weight|.*rotary_embeddings\.inv_freq"
+    r"|contact_head\..*|pooler\..*|lm_head\.decoder\.weight)$"
+)
+
+
+def _hf_folder(spec: str, folder: Path, build: _Build) -> LoadedModel:
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{folder}: a folder without config.json is not a Hugging Face checkpoint")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{config_path}: not readable JSON ({_first_line(err)})") from None
+    if (folder / "model.safetensors").is_file():
+        weights = folder / "model.safetensors"
+        state = _load_safetensors(weights)
+    elif (folder / "pytorch_model.bin").is_file():
+        weights = folder / "pytorch_model.bin"
+        state = load_weights_only(weights)
+    else:
+        raise CheckpointError(f"{folder}: has config.json but neither model.safetensors nor pytorch_model.bin")
+    return _from_hf_state(spec, weights, state, config, "hf-folder", build)
+
+
+def _hf_like_config(state: dict) -> dict:
+    """Sizes of a Hugging Face ESM state dict found outside a folder (no config.json)."""
+    prefix = "esm." if any(k.startswith("esm.") for k in state) else ""
+    layers = {int(m.group(1)) for k in state if (m := re.match(rf"{prefix}encoder\.layer\.(\d+)\.", k))}
+    dim = state[f"{prefix}embeddings.word_embeddings.weight"].shape[1]
+    return {"num_hidden_layers": len(layers), "hidden_size": dim, "num_attention_heads": _heads_for(dim)}
+
+
+def _from_hf_state(spec: str, path: Path, state: dict, config: dict, source: str, build: _Build) -> LoadedModel:
+    if config.get("position_embedding_type", "rotary") != "rotary" or config.get("emb_layer_norm_before"):
+        raise CheckpointError(f"{path}: not an ESM-2 checkpoint (absolute positions or embedding layer norm: ESM-1b?)")
+    if config.get("vocab_size", 33) != 33:
+        raise CheckpointError(f"{path}: vocab_size {config.get('vocab_size')} is not ESM-2's 33 tokens")
+    try:
+        layers, dim, heads = (int(config[k]) for k in ("num_hidden_layers", "hidden_size", "num_attention_heads"))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: config lacks the ESM sizes ({err})") from None
+    mapped: dict[str, torch.Tensor] = {}
+    classifier: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        bare = key[4:] if key.startswith("esm.") else key
+        if key.startswith("classifier."):
+            classifier[key[len("classifier."):]] = value.float()
+        elif _HF_IGNORED.match(bare):
+            continue
+        elif bare in _HF_TOP_MAP:
+            mapped[_HF_TOP_MAP[bare]] = value
+        elif m := re.match(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", bare):
+            index, module, kind = m.groups()
+            if module not in _HF_LAYER_MAP:
+                raise CheckpointError(f"{path}: key '{key}' has no fair-esm counterpart")
+            mapped[f"layers.{index}.{_HF_LAYER_MAP[module]}.{kind}"] = value
+        else:
+            raise CheckpointError(f"{path}: key '{key}' has no fair-esm counterpart")
+    model = _new_esm2(layers, dim, heads, bool(config.get("token_dropout", True)), build)
+    has_lm_head = _fill(model, mapped, path, optional=("contact_head.", "lm_head."))
+    info = ModelInfo(spec, source, layers, dim, heads, bool(config.get("token_dropout", True)), False, has_lm_head, str(path))
+    if classifier and set(classifier) != {"dense.weight", "dense.bias", "out_proj.weight", "out_proj.bias"}:
+        raise CheckpointError(f"{path}: classifier keys {sorted(classifier)} are not an EsmClassificationHead")
+    return LoadedModel(model, model.alphabet, info, classifier or None)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:200]

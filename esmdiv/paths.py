@@ -1,0 +1,151 @@
+"""The two forwards being compared, over the same fair-esm ``ESM2`` module and weights.
+
+- :func:`padded_forward` (v1, the reference): fair-esm's own ``model(tokens, repr_layers=...)``
+  on a right-padded (B, L) batch: bmm attention with a key padding mask.
+- :func:`packed_forward` (v2, the fast path): the same computation on a packed batch with no
+  padding, varlen attention and fp32 rotary embeddings whose positions restart per sequence.
+  It calls the model's own submodules; it never copies a weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import AbstractSet
+
+import torch
+import torch.nn.functional as F
+
+from esmdiv.attention import varlen_attention
+from esmdiv.faults import Fault
+from esmdiv.packing import Packed
+
+# fair-esm trains with 15 % of tokens chosen, 80 % of those masked (esm/model/esm2.py).
+MASK_RATIO_TRAIN = 0.15 * 0.8
+
+
+@dataclass
+class ForwardOutput:
+    """``representations[layer]``: padded ``(B, L, C)`` or packed ``(T, C)``; layer ``num_layers``
+    carries the final layer norm, as in fair-esm. ``logits`` (same leading shape, vocab last)
+    when asked for."""
+
+    representations: dict[int, torch.Tensor]
+    logits: torch.Tensor | None = None
+
+
+@torch.inference_mode()
+def padded_forward(model, tokens: torch.Tensor, repr_layers=None, need_logits: bool = False) -> ForwardOutput:
+    """fair-esm's forward. ``tokens``: ``(B, L)`` int64, right-padded with ``padding_idx``."""
+    layers = [model.num_layers] if repr_layers is None else list(repr_layers)
+    result = model(tokens, repr_layers=layers)
+    return ForwardOutput(result["representations"], result["logits"] if need_logits else None)
+
+
+@torch.inference_mode()
+def packed_forward(
+    model,
+    packed: Packed,
+    backend: str,
+    repr_layers=None,
+    need_logits: bool = False,
+    faults: AbstractSet[Fault] = frozenset(),
+) -> ForwardOutput:
+    """The padding-free forward. Reads top to bottom like fair-esm's ``ESM2.forward``.
+
+    Args:
+        packed: a :class:`~esmdiv.packing.Packed` batch on the model's device.
+        backend: attention backend name (:func:`esmdiv.attention.resolve_backend`).
+        repr_layers: layers whose ``(T, C)`` hidden states to return (default: the last).
+        faults: known bugs to inject on purpose (:mod:`esmdiv.faults`); empty in a normal run.
+    """
+    layers_wanted = {model.num_layers} if repr_layers is None else set(repr_layers)
+    ids, cu_seqlens, max_seqlen = packed.input_ids, packed.cu_seqlens, packed.max_seqlen
+    positions = packed.position_ids
+    if Fault.GLOBAL_POSITIONS in faults:
+        positions = torch.arange(len(ids), device=ids.device)
+    if Fault.CU_SEQLENS_OFF_BY_ONE in faults:
+        cu_seqlens, max_seqlen = _shift_boundaries(cu_seqlens)
+
+    x = model.embed_scale * model.embed_tokens(ids)  # (T, C)
+    if model.token_dropout:
+        is_mask = ids == model.mask_idx
+        x = x.masked_fill(is_mask[:, None], 0.0)
+        if Fault.NO_TOKEN_DROPOUT_SCALE not in faults:
+            # Same ops in the same order as fair-esm, per sequence rather than per padded row.
+            n_masked = torch.zeros(len(cu_seqlens) - 1, device=ids.device, dtype=torch.int64)
+            n_masked.index_add_(0, packed.seq_index, is_mask.to(torch.int64))
+            lengths = (packed.cu_seqlens[1:] - packed.cu_seqlens[:-1]).to(torch.int64)
+            mask_ratio_observed = n_masked.to(x.dtype) / lengths
+            x = x * (1 - MASK_RATIO_TRAIN) / (1 - mask_ratio_observed)[packed.seq_index, None]
+
+    hidden = {0: x} if 0 in layers_wanted else {}
+    cos, sin = _rotary(model, positions, x.dtype, fp16=Fault.FP16_ROTARY in faults)
+    gelu = "tanh" if Fault.TANH_GELU in faults else "none"
+    for index, layer in enumerate(model.layers):
+        attn = layer.self_attn
+        h = layer.self_attn_layer_norm(x)
+        q = attn.q_proj(h) * attn.scaling
+        k, v = attn.k_proj(h), attn.v_proj(h)
+        shape = (len(ids), attn.num_heads, attn.head_dim)
+        q, k = _apply_rotary(q.view(shape), cos, sin), _apply_rotary(k.view(shape), cos, sin)
+        o = varlen_attention(q, k, v.view(shape), cu_seqlens, max_seqlen, backend)
+        x = x + attn.out_proj(o.reshape(len(ids), -1))
+        h = layer.final_layer_norm(x)
+        x = x + layer.fc2(F.gelu(layer.fc1(h), approximate=gelu))
+        if index + 1 in layers_wanted:
+            hidden[index + 1] = x
+
+    if Fault.NO_FINAL_LAYER_NORM not in faults:
+        x = model.emb_layer_norm_after(x)
+    if model.num_layers in layers_wanted:
+        hidden[model.num_layers] = x
+    return ForwardOutput(hidden, model.lm_head(x) if need_logits else None)
+
+
+def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``(T, H, D)`` by per-token angles; ``cos``/``sin`` ``(T, 1, D)``."""
+    xf = x.to(cos.dtype)
+    x1, x2 = xf.chunk(2, dim=-1)
+    return (xf * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
+
+
+def _rotary(model, positions: torch.Tensor, dtype: torch.dtype, fp16: bool = False):
+    """cos and sin ``(T, 1, head_dim)`` for each token's position, in fp32.
+
+    With ``fp16`` the tables are built as fair-esm's half model builds them (the
+    ``inv_freq`` buffer and positions in fp16): the known fp16-rotary bug.
+    """
+    head_dim = model.layers[0].self_attn.head_dim
+    if fp16:
+        inv_freq = _inv_freq(head_dim, positions.device).half()
+        freqs = torch.outer(positions.half(), inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos()[:, None, :], emb.sin()[:, None, :]
+    cos, sin = _rotary_tables(head_dim, _table_size(int(positions.max()) + 1), positions.device)
+    return cos[positions][:, None, :], sin[positions][:, None, :]
+
+
+def _table_size(n: int) -> int:
+    return max(1024, 1 << (n - 1).bit_length())
+
+
+@lru_cache(maxsize=16)
+def _rotary_tables(head_dim: int, n_positions: int, device: torch.device):
+    t = torch.arange(n_positions, device=device, dtype=torch.float32)
+    freqs = torch.outer(t, _inv_freq(head_dim, device))
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def _inv_freq(head_dim: int, device: torch.device) -> torch.Tensor:
+    # Recomputed in fp32 rather than read from the module, whose buffer is half in a half model.
+    return 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+
+
+def _shift_boundaries(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, int]:
+    shifted = cu_seqlens.clone()
+    shifted[1:-1] += 1
+    shifted = torch.minimum(shifted, cu_seqlens[-1])
+    return shifted, int((shifted[1:] - shifted[:-1]).max())
+

