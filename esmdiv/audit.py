@@ -9,24 +9,28 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet, Callable
+from typing import AbstractSet, Iterable, Iterator, Protocol
 
 import torch
 
 from esmdiv import __version__
 from esmdiv.attention import resolve_backend
 from esmdiv.decision import Decision, Evidence, Thresholds, decide
-from esmdiv.errors import InputError
+from esmdiv.errors import EnvironmentUnavailable, InputError, UsageError
+from esmdiv.fasta import iter_fasta
 from esmdiv.faults import Fault
 from esmdiv.heads import Head, choose_head, confidence
-from esmdiv.inputs import AuditSequence, InputReport, load_sequences
-from esmdiv.metrics import SequenceMetrics, embedding_metrics, mean_pool, prediction_summary, spread
+from esmdiv.inputs import AuditSequence, InputReport, iter_sequences
+from esmdiv.metrics import SequenceMetrics, compare_embeddings, prediction_summary, spread
 from esmdiv.models import LoadedModel, load_model
-from esmdiv.packing import batches_by_tokens, encode, encoder_table, pack, pad
+from esmdiv.packing import batches_by_tokens, encode, encoder_table, pack, pad, to_padded
 from esmdiv.paths import packed_forward, padded_forward
 from esmdiv.runtime import resolve_device, resolve_dtype, synchronize
 
 DEFAULT_MAX_TOKENS = {"cuda": 16384, "cpu": 4096}
+# Sequences are sorted by length within windows of this many batches' worth of tokens: batches
+# stay nearly padding-free while memory stays bounded by the window, not by the file.
+WINDOW_BATCHES = 64
 
 
 @dataclass
@@ -83,6 +87,7 @@ class AuditResult:
     decision: Decision
     timings: dict
     faults: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # things the run did on its own (e.g. OOM retries)
 
     @property
     def warnings(self) -> list[str]:
@@ -91,7 +96,7 @@ class AuditResult:
             out.insert(0, f"model {self.model['spec']} has RANDOM weights: this audits the arithmetic, not a trained model")
         if self.faults:
             out.insert(0, f"faults injected on purpose into the packed path: {', '.join(self.faults)}")
-        return out
+        return out + self.notices
 
     def to_dict(self) -> dict:
         return {
@@ -116,7 +121,35 @@ class AuditResult:
         }
 
 
-Progress = Callable[[int, int], None]  # (sequences done, total)
+class Progress(Protocol):
+    """Told of each path's work as it happens: ``start(total_tokens)`` once, then ``advance``."""
+
+    def start(self, total_tokens: int) -> None: ...
+
+    def advance(self, path: str, tokens: int, seconds: float) -> None: ...
+
+
+@dataclass
+class _Run:
+    """What every batch of one audit needs."""
+
+    loaded: LoadedModel
+    device: torch.device
+    backend: str
+    head: Head
+    faults: AbstractSet[Fault]
+    progress: Progress | None = None
+    seconds: dict = field(default_factory=lambda: {"padded": 0.0, "packed": 0.0})
+
+    def timed(self, path: str, tokens: int, fn):
+        start = time.perf_counter()
+        out = fn()
+        synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        self.seconds[path] += elapsed
+        if self.progress:
+            self.progress.advance(path, tokens, elapsed)
+        return out
 
 
 def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: Progress | None = None) -> AuditResult:
@@ -126,18 +159,29 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
     backend = resolve_backend(config.backend, device, dtype)
     max_tokens = config.max_tokens or DEFAULT_MAX_TOKENS[device.type]
     if max_tokens < 3:
-        raise InputError(f"--max-tokens {max_tokens} is too small (a sequence needs at least 3 tokens)")
-    sequences, input_report = load_sequences(config.fasta, config.long_policy)
-    if not sequences:
+        raise UsageError(f"--max-tokens {max_tokens} is too small (a sequence needs at least 3 tokens)")
+    # A first pass validates the whole file before any model loads: bad input fails in seconds.
+    input_report = InputReport(str(config.fasta))
+    total_tokens = sum(len(s.sequence) + 2 for s in iter_sequences(iter_fasta(config.fasta), input_report, config.long_policy))
+    if input_report.records == len(input_report.skipped):
         raise InputError(f"{config.fasta}: no sequence left to audit ({len(input_report.skipped)} skipped as too long)")
+
     t0 = time.perf_counter()
     if loaded is None:
         loaded = load_model(config.model, device, dtype)
     load_seconds = time.perf_counter() - t0
-    head = choose_head(config.head, loaded).to(device)
+    run = _Run(loaded, device, backend, choose_head(config.head, loaded).to(device), config.faults, progress)
+    _warm_up(run)
+    if progress:
+        progress.start(total_tokens)
+    sequences = iter_sequences(iter_fasta(config.fasta), InputReport(str(config.fasta)), config.long_policy)
+    results, notices, budget = _audit_stream(run, sequences, max_tokens)
 
-    results, timings = _run_paths(loaded, sequences, device, backend, head, max_tokens, config.faults, progress)
-    timings["model_load_s"] = load_seconds
+    timings = {"model_load_s": load_seconds, "tokens": total_tokens}
+    for path in ("padded", "packed"):
+        s = run.seconds[path]
+        timings[f"{path}_s"] = s
+        timings[f"{path}_tokens_per_s"] = total_tokens / s if s > 0 else None
     summary, evidence = summarise(results)
     return AuditResult(
         model={
@@ -154,8 +198,8 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
         device=str(device),
         dtype=dtype_name,
         backend=backend,
-        head=head.name,
-        max_tokens=max_tokens,
+        head=run.head.name,
+        max_tokens=budget,
         inputs=input_report,
         sequences=results,
         summary=summary,
@@ -163,75 +207,99 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
         decision=decide(evidence, config.thresholds),
         timings=timings,
         faults=sorted(f.value for f in config.faults),
+        notices=notices,
     )
 
 
-def _run_paths(
-    loaded: LoadedModel,
-    sequences: list[AuditSequence],
-    device: torch.device,
-    backend: str,
-    head: Head,
-    max_tokens: int,
-    faults: AbstractSet[Fault],
-    progress: Progress | None,
-) -> tuple[list[SequenceResult], dict]:
-    model, alphabet = loaded.model, loaded.alphabet
+def _audit_stream(run: _Run, sequences: Iterable[AuditSequence], max_tokens: int) -> tuple[list[SequenceResult], list[str], int]:
+    """Sort and batch window by window (memory: one window of sequences plus the results).
+
+    CUDA out of memory halves the token budget and retries the batch, saying so; a single
+    sequence that cannot fit is an environment error naming it.
+    """
+    table = encoder_table(run.loaded.alphabet)
+    results: list[SequenceResult] = []
+    notices: list[str] = []
+    budget = max_tokens
+    for window in _windows(sequences, WINDOW_BATCHES * max_tokens):
+        tokens = [encode(s.sequence, run.loaded.alphabet, table) for s in window]
+        lengths = [len(t) for t in tokens]
+        pending = batches_by_tokens(lengths, budget)
+        while pending:
+            batch = pending.pop(0)
+            try:
+                results.extend(compare_batch(run, [window[i] for i in batch], [tokens[i] for i in batch]))
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                if len(batch) == 1:
+                    s = window[batch[0]]
+                    raise EnvironmentUnavailable(
+                        f"{s.id} (line {s.line}, {len(s.sequence)} residues) does not fit in GPU memory even alone; "
+                        "use --long truncate or a smaller model"
+                    ) from None
+                budget = max(3, budget // 2)
+                notices.append(f"CUDA out of memory on a batch of {len(batch)} sequences: token budget halved to {budget}")
+                sub_lengths = [lengths[i] for i in batch]
+                pending = [[batch[j] for j in sub] for sub in batches_by_tokens(sub_lengths, budget)] + pending
+    return results, notices, budget
+
+
+def _windows(sequences: Iterable[AuditSequence], window_tokens: int) -> Iterator[list[AuditSequence]]:
+    window: list[AuditSequence] = []
+    tokens = 0
+    for s in sequences:
+        window.append(s)
+        tokens += len(s.sequence) + 2
+        if tokens >= window_tokens:
+            yield window
+            window, tokens = [], 0
+    if window:
+        yield window
+
+
+def _warm_up(run: _Run) -> None:
+    """One tiny batch through both paths, untimed: kernel loading stays out of the timings."""
+    alphabet = run.loaded.alphabet
+    tokens = [encode("MKTAYIAKVL", alphabet)]
+    padded_forward(run.loaded.model, pad(tokens, alphabet.padding_idx).to(run.device))
+    packed_forward(run.loaded.model, pack(tokens).to(run.device), run.backend)
+    synchronize(run.device)
+
+
+def compare_batch(run: _Run, sequences: list[AuditSequence], tokens: list[torch.Tensor]) -> list[SequenceResult]:
+    """Both paths over one batch, then every per-sequence metric and prediction."""
+    model, alphabet = run.loaded.model, run.loaded.alphabet
     last = model.num_layers
-    table = encoder_table(alphabet)
-    tokens = [encode(s.sequence, alphabet, table) for s in sequences]
-    results: list[SequenceResult | None] = [None] * len(sequences)
-    seconds = {"padded_s": 0.0, "packed_s": 0.0}
-    done = 0
-    for batch in batches_by_tokens([len(t) for t in tokens], max_tokens):
-        batch_tokens = [tokens[i] for i in batch]
-        lengths = [len(t) for t in batch_tokens]
-
-        start = time.perf_counter()
-        v1 = padded_forward(model, pad(batch_tokens, alphabet.padding_idx).to(device)).representations[last]
-        synchronize(device)
-        seconds["padded_s"] += time.perf_counter() - start
-
-        packed = pack(batch_tokens)
-        start = time.perf_counter()
-        flat = packed_forward(model, packed.to(device), backend, faults=faults).representations[last]
-        synchronize(device)
-        seconds["packed_s"] += time.perf_counter() - start
-
-        v2 = torch.split(flat, lengths)
-        reps = [(v1[j, :n], v2[j]) for j, n in enumerate(lengths)]
-        pooled_v1 = torch.stack([mean_pool(a) for a, _ in reps])
-        pooled_v2 = torch.stack([mean_pool(b, include_eos=Fault.EOS_IN_POOLING in faults) for _, b in reps])
-        if head.input == "pooled":
-            features_v1, features_v2 = pooled_v1, pooled_v2
-        else:
-            features_v1 = torch.stack([a[0] for a, _ in reps]).float()
-            features_v2 = torch.stack([b[0] for _, b in reps]).float()
-        probs_v1, probs_v2 = head.probabilities(features_v1), head.probabilities(features_v2)
-        labels_v1, labels_v2 = probs_v1.argmax(1), probs_v2.argmax(1)
-        conf_v1, conf_v2 = confidence(probs_v1, labels_v1).tolist(), confidence(probs_v2, labels_v1).tolist()
-        labels_v1, labels_v2 = labels_v1.tolist(), labels_v2.tolist()
-        for j, index in enumerate(batch):
-            a, b = reps[j]
-            results[index] = SequenceResult(
-                id=sequences[index].id,
-                length=len(sequences[index].sequence),
-                original_length=sequences[index].original_length,
-                metrics=embedding_metrics(a, b, pooled_v1[j], pooled_v2[j]),
-                label_v1=labels_v1[j],
-                label_v2=labels_v2[j],
-                confidence_v1=conf_v1[j],
-                confidence_v2=conf_v2[j],
-            )
-        done += len(batch)
-        if progress:
-            progress(done, len(sequences))
     n_tokens = sum(len(t) for t in tokens)
-    seconds["tokens"] = n_tokens
-    for path in ("padded", "packed"):
-        s = seconds[f"{path}_s"]
-        seconds[f"{path}_tokens_per_s"] = n_tokens / s if s > 0 else None
-    return [r for r in results if r is not None], seconds
+    padded = pad(tokens, alphabet.padding_idx).to(run.device)
+    packed = pack(tokens).to(run.device)
+    v1 = run.timed("padded", n_tokens, lambda: padded_forward(model, padded).representations[last])
+    flat = run.timed("packed", n_tokens, lambda: packed_forward(model, packed, run.backend, faults=run.faults).representations[last])
+    v2 = to_padded(flat, packed)
+    lengths = torch.tensor([len(t) for t in tokens], device=run.device)
+    comparison = compare_embeddings(v1, v2, lengths, include_eos_v2=Fault.EOS_IN_POOLING in run.faults)
+
+    if run.head.input == "pooled":
+        features_v1, features_v2 = comparison.pooled_v1, comparison.pooled_v2
+    else:
+        features_v1, features_v2 = v1[:, 0].float(), v2[:, 0].float()
+    probs_v1, probs_v2 = run.head.probabilities(features_v1), run.head.probabilities(features_v2)
+    labels_v1, labels_v2 = probs_v1.argmax(1), probs_v2.argmax(1)
+    conf_v1, conf_v2 = confidence(probs_v1, labels_v1).tolist(), confidence(probs_v2, labels_v1).tolist()
+    labels_v1, labels_v2 = labels_v1.tolist(), labels_v2.tolist()
+    return [
+        SequenceResult(
+            id=s.id,
+            length=len(s.sequence),
+            original_length=s.original_length,
+            metrics=comparison.metrics[j],
+            label_v1=labels_v1[j],
+            label_v2=labels_v2[j],
+            confidence_v1=conf_v1[j],
+            confidence_v2=conf_v2[j],
+        )
+        for j, s in enumerate(sequences)
+    ]
 
 
 def summarise(results: list[SequenceResult]) -> tuple[dict, Evidence]:

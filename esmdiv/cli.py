@@ -98,7 +98,7 @@ def check(
     """Run both paths over FASTA and print the verdict; the exit code is the verdict's."""
     from esmdiv.audit import AuditConfig, run_audit
     from esmdiv.decision import Thresholds
-    from esmdiv.report import render_summary, write_json
+    from esmdiv.report import PathProgress, render_summary, write_json
 
     with guard(debug):
         config = AuditConfig(
@@ -112,7 +112,8 @@ def check(
             max_tokens=max_tokens,
             thresholds=Thresholds(accept_agreement, validate_agreement, min_cosine, max_mad),
         )
-        result = run_audit(config)
+        with PathProgress(stderr) as progress:
+            result = run_audit(config, progress=progress)
         if json_path is not None:
             write_json(result.to_dict(), json_path)
         render_summary(result, stdout, worst=worst)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from esmdiv.errors import FastaError, UsageError
 from esmdiv.fasta import ProteinRecord, iter_fasta
@@ -91,15 +91,15 @@ def _names(ids: list[str], limit: int = 5) -> str:
 
 
 def load_sequences(path: str | Path, long_policy: str = "truncate") -> tuple[list[AuditSequence], InputReport]:
-    """Read ``path`` and apply the long-sequence policy; see the module docstring."""
-    return apply_policy(iter_fasta(path), str(path), long_policy)
+    """Read all of ``path`` under the long-sequence policy (see :func:`iter_sequences`)."""
+    report = InputReport(str(path))
+    return list(iter_sequences(iter_fasta(path), report, long_policy)), report
 
 
-def apply_policy(records: Iterable[ProteinRecord], path: str, long_policy: str) -> tuple[list[AuditSequence], InputReport]:
+def iter_sequences(records: Iterable[ProteinRecord], report: InputReport, long_policy: str = "truncate") -> Iterator[AuditSequence]:
+    """Apply the long-sequence policy record by record, counting what it did in ``report``."""
     if long_policy not in LONG_POLICIES:
         raise UsageError(f"--long '{long_policy}' (choose {', '.join(LONG_POLICIES)})")
-    report = InputReport(path)
-    kept: list[AuditSequence] = []
     for record in records:
         report.records += 1
         for flag, bucket in ((record.lowercase, report.lowercase), (record.stop_stripped, report.stop_stripped),
@@ -110,7 +110,7 @@ def apply_policy(records: Iterable[ProteinRecord], path: str, long_policy: str) 
         if len(sequence) > MAX_RESIDUES:
             if long_policy == "error":
                 raise FastaError(
-                    path,
+                    report.path,
                     f"{len(sequence)} residues, over ESM-2's trained context of {MAX_RESIDUES} "
                     "(choose --long truncate, skip or full)",
                     line=record.line,
@@ -124,5 +124,4 @@ def apply_policy(records: Iterable[ProteinRecord], path: str, long_policy: str) 
                 report.truncated.append(record.id)
             else:
                 report.beyond_context.append(record.id)
-        kept.append(AuditSequence(record.id, sequence, len(record.sequence), record.line))
-    return kept, report
+        yield AuditSequence(record.id, sequence, len(record.sequence), record.line)

@@ -15,13 +15,38 @@ import torch
 from scipy import stats
 
 
-def mean_pool(rep: torch.Tensor, include_eos: bool = False) -> torch.Tensor:
-    """Mean over residue rows of a ``(L+2, D)`` representation -> ``(D,)`` fp32.
+def residue_mask(lengths: torch.Tensor, width: int, include_eos: bool = False) -> torch.Tensor:
+    """``(B, width)`` bool: True on residue rows (1 .. len-2; with ``include_eos`` also len-1)."""
+    positions = torch.arange(width, device=lengths.device)[None, :]
+    end = lengths[:, None] - (0 if include_eos else 1)
+    return (positions >= 1) & (positions < end)
+
+
+def mean_pool_batch(reps: torch.Tensor, lengths: torch.Tensor, include_eos: bool = False) -> torch.Tensor:
+    """Mean over each sequence's residue rows: ``(B, L, D)`` -> ``(B, D)`` fp32.
 
     ``include_eos`` reproduces the known pooling bug (EOS averaged in).
     """
-    end = rep.shape[0] if include_eos else rep.shape[0] - 1
-    return rep[1:end].double().mean(0).float()
+    mask = residue_mask(lengths, reps.shape[1], include_eos)
+    total = (reps.float() * mask[..., None]).sum(1)
+    return total / mask.sum(1, keepdim=True).clamp(min=1)
+
+
+def mean_pool(rep: torch.Tensor, include_eos: bool = False) -> torch.Tensor:
+    """One sequence: ``(L+2, D)`` -> ``(D,)`` fp32."""
+    return mean_pool_batch(rep[None], torch.tensor([rep.shape[0]], device=rep.device), include_eos)[0]
+
+
+def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise cosine similarity in fp64: ``(B, D)`` x ``(B, D)`` -> ``(B,)``.
+
+    Two zero rows give 1, one zero row gives 0.
+    """
+    a, b = a.double(), b.double()
+    na, nb = a.norm(dim=-1), b.norm(dim=-1)
+    cos = (a * b).sum(-1) / (na * nb)
+    cos = torch.where((na == 0) | (nb == 0), (na == nb).double(), cos)
+    return cos.clamp(-1.0, 1.0)
 
 
 @dataclass
@@ -38,29 +63,47 @@ class SequenceMetrics:
         return asdict(self)
 
 
-def embedding_metrics(rep_v1: torch.Tensor, rep_v2: torch.Tensor, pooled_v1: torch.Tensor, pooled_v2: torch.Tensor) -> SequenceMetrics:
-    """Compare one sequence. ``rep_*``: ``(L+2, D)``; ``pooled_*``: ``(D,)``."""
-    residues_v1, residues_v2 = rep_v1[1:-1].float(), rep_v2[1:-1].float()
-    finite_v1 = bool(torch.isfinite(residues_v1).all())
-    finite_v2 = bool(torch.isfinite(residues_v2).all())
-    if not (finite_v1 and finite_v2):
-        return SequenceMetrics(math.nan, math.nan, math.nan, finite_v1, finite_v2)
-    return SequenceMetrics(
-        cosine=cosine(pooled_v1, pooled_v2),
-        mad=float((pooled_v1.double() - pooled_v2.double()).abs().mean()),
-        max_abs_diff=float((residues_v1 - residues_v2).abs().max()) if len(residues_v1) else 0.0,
-        finite_v1=finite_v1,
-        finite_v2=finite_v2,
-    )
+@dataclass
+class BatchComparison:
+    """Embedding comparison of a batch; every field has B rows, pooled ones are on the device."""
+
+    pooled_v1: torch.Tensor  # (B, D) fp32
+    pooled_v2: torch.Tensor  # (B, D) fp32
+    metrics: list[SequenceMetrics]
+
+
+def compare_embeddings(v1: torch.Tensor, v2: torch.Tensor, lengths: torch.Tensor, include_eos_v2: bool = False) -> BatchComparison:
+    """Compare two ``(B, L, D)`` batches of representations, each sequence over its own rows.
+
+    ``lengths`` ``(B,)`` counts tokens (BOS and EOS included); rows past a length are padding and
+    never read.
+    """
+    mask = residue_mask(lengths, v1.shape[1])
+    pooled_v1 = mean_pool_batch(v1, lengths)
+    pooled_v2 = mean_pool_batch(v2, lengths, include_eos=include_eos_v2)
+    m = mask[..., None]
+    finite_v1 = (torch.isfinite(v1) | ~m).flatten(1).all(1)
+    finite_v2 = (torch.isfinite(v2) | ~m).flatten(1).all(1)
+    max_abs = torch.where(m, (v1.float() - v2.float()).abs(), 0.0).flatten(1).amax(1)
+    stats = torch.stack([
+        cosine_rows(pooled_v1, pooled_v2),
+        (pooled_v1.double() - pooled_v2.double()).abs().mean(1),
+        max_abs.double(),
+        finite_v1.double(),
+        finite_v2.double(),
+    ], dim=1).cpu().tolist()
+    metrics = []
+    for cos, mad, mx, f1, f2 in stats:
+        if f1 and f2:
+            metrics.append(SequenceMetrics(cos, mad, mx, True, True))
+        else:
+            metrics.append(SequenceMetrics(math.nan, math.nan, math.nan, bool(f1), bool(f2)))
+    return BatchComparison(pooled_v1, pooled_v2, metrics)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Cosine similarity in fp64; 1.0 for two zero vectors, 0.0 if only one is zero."""
-    a, b = a.double(), b.double()
-    na, nb = a.norm(), b.norm()
-    if na == 0 or nb == 0:
-        return 1.0 if na == nb else 0.0
-    return float(torch.clamp((a @ b) / (na * nb), -1.0, 1.0))
+    """Cosine similarity of two vectors in fp64 (see :func:`cosine_rows`)."""
+    return float(cosine_rows(a[None], b[None])[0])
 
 
 @dataclass

@@ -74,6 +74,13 @@ def pack(token_lists: Sequence[torch.Tensor]) -> Packed:
     return Packed(torch.cat(list(token_lists)), cu_seqlens, int(lengths.max()), position_ids, seq_index)
 
 
+def to_padded(flat: torch.Tensor, packed: Packed) -> torch.Tensor:
+    """Scatter a packed ``(T, D)`` tensor into a zero-padded ``(B, max_seqlen, D)`` one."""
+    out = flat.new_zeros(len(packed.cu_seqlens) - 1, packed.max_seqlen, *flat.shape[1:])
+    out[packed.seq_index, packed.position_ids] = flat
+    return out
+
+
 def unpack(flat: torch.Tensor, cu_seqlens: torch.Tensor) -> list[torch.Tensor]:
     """Split a packed (T, ...) tensor back into B per-sequence views."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console, Group
 from rich.panel import Panel
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -67,6 +68,41 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
         )
     console.print(summary)
     render_verdict(result.decision, console)
+
+
+class PathProgress:
+    """A progress bar per path with its own tokens/s; silent when the console is not a terminal."""
+
+    def __init__(self, console: Console):
+        self.enabled = console.is_terminal
+        self.bars = Progress(
+            TextColumn("{task.description:>7}"), BarColumn(), TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True,
+        )
+        self.tasks: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+
+    def __enter__(self) -> "PathProgress":
+        if self.enabled:
+            self.bars.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bars.stop()
+
+    def start(self, total_tokens: int) -> None:
+        for path in ("padded", "packed"):
+            self.tasks[path] = self.bars.add_task(path, total=total_tokens, rate="")
+            self.seconds[path] = 0.0
+
+    def advance(self, path: str, tokens: int, seconds: float) -> None:
+        if path not in self.tasks:
+            return
+        self.seconds[path] += seconds
+        done = self.bars.tasks[self.tasks[path]].completed + tokens
+        rate = f"{done / self.seconds[path]:,.0f} tokens/s" if self.seconds[path] > 0 else ""
+        self.bars.update(self.tasks[path], advance=tokens, rate=rate)
 
 
 def render_verdict(decision, console: Console) -> None:

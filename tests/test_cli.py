@@ -62,8 +62,8 @@ def _poisoned(transform):
 def test_fallback_exit_20_on_nan(monkeypatch, tmp_path):
     def nan_in_second_sequence(x, packed):
         x = x.clone()
-        start = int(packed.cu_seqlens[1])
-        x[start + 1] = float("nan")
+        if len(packed.cu_seqlens) > 2:  # not the one-sequence warm-up batch
+            x[int(packed.cu_seqlens[1]) + 1] = float("nan")
         return x
 
     monkeypatch.setattr(esmdiv.audit, "packed_forward", _poisoned(nan_in_second_sequence))
@@ -133,3 +133,28 @@ def test_version_and_help_list_exit_codes():
     assert runner.invoke(app, ["--version"]).exit_code == 0
     help_text = runner.invoke(app, ["check", "--help"]).stdout
     assert "10 VALIDATE" in help_text and "20 FALLBACK" in help_text
+
+
+def test_cuda_oom_halves_the_budget_and_says_so(monkeypatch, tmp_path):
+    real = esmdiv.audit.compare_batch
+
+    def tight_memory(run, sequences, tokens):
+        if sum(len(t) for t in tokens) > 1000:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(run, sequences, tokens)
+
+    monkeypatch.setattr(esmdiv.audit, "compare_batch", tight_memory)
+    out = tmp_path / "r.json"
+    code, stdout, _ = run(SEED18, "--device", "cpu", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert code == 0 and len(report["sequences"]) == 18
+    assert "token budget halved" in stdout and report["max_tokens"] <= 1024
+
+
+def test_a_sequence_that_cannot_fit_alone_is_named(monkeypatch):
+    def no_memory(run, sequences, tokens):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(esmdiv.audit, "compare_batch", no_memory)
+    code, stdout, stderr = run(SEED18, "--device", "cpu")
+    assert code == 3 and "does not fit in GPU memory" in stderr and "ACCEPT" not in stdout
