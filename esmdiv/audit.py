@@ -1,4 +1,4 @@
-"""One audit, end to end: sequences -> both paths -> metrics -> decision.
+"""One audit, end to end: sequences -> both paths (and a reference) -> metrics -> decision.
 
 :func:`run_audit` is what ``esmdiv check`` calls and what tests call directly. It returns an
 :class:`AuditResult`; rendering and exit codes belong to the CLI.
@@ -6,26 +6,32 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AbstractSet, Iterable, Iterator, Protocol
 
+import numpy as np
 import torch
 
 from esmdiv import __version__
 from esmdiv.attention import resolve_backend
-from esmdiv.decision import Decision, Evidence, Thresholds, decide
+from esmdiv.decision import Decision, Evidence, ReferenceEvidence, Thresholds, decide
 from esmdiv.errors import EnvironmentUnavailable, InputError, UsageError
 from esmdiv.fasta import iter_fasta
 from esmdiv.faults import Fault
-from esmdiv.heads import Head, choose_head, confidence
+from esmdiv.heads import Head, build_heads, confidence, load_extra_features
 from esmdiv.inputs import AuditSequence, InputReport, iter_sequences
-from esmdiv.metrics import SequenceMetrics, compare_embeddings, prediction_summary, spread
+from esmdiv.metrics import SequenceMetrics, compare_embeddings, mean_pool_batch, prediction_summary, residue_mask, spread
+from esmdiv.mlm import PerplexitySums, masked_copy, masked_nll, token_agreement
 from esmdiv.models import LoadedModel, load_model
 from esmdiv.packing import batches_by_tokens, encode, encoder_table, pack, pad, to_padded
 from esmdiv.paths import packed_forward, padded_forward
+from esmdiv.reference import ReferenceDistance, build_reference, check_choice, distances_to_reference, reference_dtype
 from esmdiv.runtime import resolve_device, resolve_dtype, synchronize
+from esmdiv.stats import agreement_lower_bound
+from esmdiv.trace import DEFAULT_TRACE_THRESHOLD, TraceAccumulator
 
 DEFAULT_MAX_TOKENS = {"cuda": 16384, "cpu": 4096}
 # Sequences are sorted by length within windows of this many batches' worth of tokens: batches
@@ -40,36 +46,85 @@ class AuditConfig:
     device: str = "auto"
     dtype: str | None = None  # None: fp16 on CUDA, fp32 on CPU
     backend: str = "auto"
-    head: str = "auto"
+    head: str = "auto"  # auto | proxy | model | a head file
     long_policy: str = "truncate"
     max_tokens: int | None = None  # None: by device
     thresholds: Thresholds = field(default_factory=Thresholds)
     faults: AbstractSet[Fault] = frozenset()
+    proxy_seeds: tuple[int, ...] = (42,)
+    head_activation: str = "relu"
+    extra_features: Path | None = None
+    reference: str = "none"  # "fp32": a third run at high precision (fp64 on CPU)
+    trace: bool = False
+    trace_threshold: float = DEFAULT_TRACE_THRESHOLD
+    mlm: bool | None = None  # None: when the model has an LM head
+    mlm_sample: int = 64  # sequences (the first in the file) in the masked-perplexity sample
+    invariance: bool = False
+
+
+@dataclass
+class Prediction:
+    """One head's output on one sequence: labels and confidences of each path."""
+
+    label_v1: int
+    label_v2: int
+    confidence_v1: float
+    confidence_v2: float
+    label_ref: int | None = None
 
 
 @dataclass
 class SequenceResult:
     id: str
+    index: int  # the record's position in the FASTA file (0-based)
     length: int  # residues audited
     original_length: int
     metrics: SequenceMetrics
-    label_v1: int
-    label_v2: int
-    confidence_v1: float
-    confidence_v2: float
+    predictions: list[Prediction]  # one per head, the first is the primary head
+    reference: tuple[ReferenceDistance, ReferenceDistance] | None = None  # (padded, packed) vs reference
+    mlm: dict | None = None
+    first_nonfinite_layer: int | None = None
+    invariance: dict | None = None
+
+    # The primary head's prediction, the one tables and plots show.
+    label_v1 = property(lambda self: self.predictions[0].label_v1)
+    label_v2 = property(lambda self: self.predictions[0].label_v2)
+    confidence_v1 = property(lambda self: self.predictions[0].confidence_v1)
+    confidence_v2 = property(lambda self: self.predictions[0].confidence_v2)
 
     def to_dict(self) -> dict:
-        return {
+        primary = self.predictions[0]
+        out = {
             "id": self.id,
+            "index": self.index,
             "length": self.length,
             "original_length": self.original_length,
             "truncated": self.length < self.original_length,
             **self.metrics.to_dict(),
-            "label_v1": self.label_v1,
-            "label_v2": self.label_v2,
-            "confidence_v1": self.confidence_v1,
-            "confidence_v2": self.confidence_v2,
+            "label_v1": primary.label_v1,
+            "label_v2": primary.label_v2,
+            "confidence_v1": primary.confidence_v1,
+            "confidence_v2": primary.confidence_v2,
         }
+        if len(self.predictions) > 1:
+            out["predictions"] = [vars(p) for p in self.predictions]
+        if self.reference is not None:
+            v1, v2 = self.reference
+            out["reference"] = {"v1": v1.to_dict(), "v2": v2.to_dict(), "label": primary.label_ref,
+                                "nearer": _nearer(v1.rel_l2, v2.rel_l2)}
+        if self.mlm is not None:
+            out["mlm"] = self.mlm
+        if self.first_nonfinite_layer is not None:
+            out["first_nonfinite_layer"] = self.first_nonfinite_layer
+        if self.invariance is not None:
+            out["invariance"] = self.invariance
+        return out
+
+
+def _nearer(d1: float, d2: float) -> str:
+    if math.isnan(d1) or math.isnan(d2):
+        return "unknown"
+    return "packed" if d2 < d1 else "padded" if d1 < d2 else "tie"
 
 
 @dataclass
@@ -78,7 +133,7 @@ class AuditResult:
     device: str
     dtype: str
     backend: str
-    head: str
+    heads: list[str]
     max_tokens: int
     inputs: InputReport
     sequences: list[SequenceResult]
@@ -88,6 +143,12 @@ class AuditResult:
     timings: dict
     faults: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # things the run did on its own (e.g. OOM retries)
+    trace: dict | None = None
+    invariance: dict | None = None
+
+    @property
+    def head(self) -> str:
+        return self.heads[0]
 
     @property
     def warnings(self) -> list[str]:
@@ -96,20 +157,22 @@ class AuditResult:
             out.insert(0, f"model {self.model['spec']} has RANDOM weights: this audits the arithmetic, not a trained model")
         if self.faults:
             out.insert(0, f"faults injected on purpose into the packed path: {', '.join(self.faults)}")
-        return out + self.notices
+        return out + self.decision.notes + self.notices
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "schema_version": 1,
             "complete": True,
             "esmdiv_version": __version__,
             "verdict": self.decision.verdict.value,
             "reasons": [r.to_dict() for r in self.decision.reasons],
+            "tolerances": self.decision.tolerances,
             "model": self.model,
             "device": self.device,
             "dtype": self.dtype,
             "backend": self.backend,
             "head": self.head,
+            "heads": self.heads,
             "max_tokens": self.max_tokens,
             "faults": self.faults,
             "input": self.inputs.to_dict(),
@@ -119,6 +182,11 @@ class AuditResult:
             "timings": self.timings,
             "sequences": [s.to_dict() for s in self.sequences],
         }
+        if self.trace is not None:
+            out["trace"] = self.trace
+        if self.invariance is not None:
+            out["invariance"] = self.invariance
+        return out
 
 
 class Progress(Protocol):
@@ -131,15 +199,22 @@ class Progress(Protocol):
 
 @dataclass
 class _Run:
-    """What every batch of one audit needs."""
+    """What every batch of one audit needs, and what it accumulates."""
 
     loaded: LoadedModel
     device: torch.device
     backend: str
-    head: Head
+    heads: list[Head]
     faults: AbstractSet[Fault]
     progress: Progress | None = None
-    seconds: dict = field(default_factory=lambda: {"padded": 0.0, "packed": 0.0})
+    reference: torch.nn.Module | None = None
+    trace: TraceAccumulator | None = None
+    mlm: bool = False
+    mlm_sample: int = 0
+    perplexity: PerplexitySums = field(default_factory=PerplexitySums)
+    keep_pooled: bool = False  # for the invariance pass
+    pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    seconds: dict = field(default_factory=lambda: {"padded": 0.0, "packed": 0.0, "reference": 0.0})
 
     def timed(self, path: str, tokens: int, fn):
         start = time.perf_counter()
@@ -157,6 +232,7 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
     device = resolve_device(config.device)
     dtype_name, dtype = resolve_dtype(config.dtype, device)
     backend = resolve_backend(config.backend, device, dtype)
+    check_choice(config.reference)
     max_tokens = config.max_tokens or DEFAULT_MAX_TOKENS[device.type]
     if max_tokens < 3:
         raise UsageError(f"--max-tokens {max_tokens} is too small (a sequence needs at least 3 tokens)")
@@ -165,24 +241,48 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
     total_tokens = sum(len(s.sequence) + 2 for s in iter_sequences(iter_fasta(config.fasta), input_report, config.long_policy))
     if input_report.records == len(input_report.skipped):
         raise InputError(f"{config.fasta}: no sequence left to audit ({len(input_report.skipped)} skipped as too long)")
+    extra = load_extra_features(config.extra_features, input_report.records) if config.extra_features else None
 
     t0 = time.perf_counter()
     if loaded is None:
         loaded = load_model(config.model, device, dtype)
     load_seconds = time.perf_counter() - t0
-    run = _Run(loaded, device, backend, choose_head(config.head, loaded).to(device), config.faults, progress)
+    heads = [h.to(device) for h in build_heads(config.head, loaded, config.proxy_seeds, config.head_activation, extra)]
+    mlm = loaded.info.has_lm_head if config.mlm is None else config.mlm
+    if mlm and not loaded.info.has_lm_head:
+        raise UsageError(f"--mlm: {loaded.info.spec} has no language-model head")
+    run = _Run(
+        loaded, device, backend, heads, config.faults, progress,
+        reference=_cached_reference(loaded, device) if config.reference == "fp32" else None,
+        trace=TraceAccumulator(loaded.info.num_layers) if config.trace else None,
+        mlm=mlm, mlm_sample=config.mlm_sample if mlm else 0, keep_pooled=config.invariance,
+    )
     _warm_up(run)
     if progress:
         progress.start(total_tokens)
     sequences = iter_sequences(iter_fasta(config.fasta), InputReport(str(config.fasta)), config.long_policy)
     results, notices, budget = _audit_stream(run, sequences, max_tokens)
+    results.sort(key=lambda r: r.index)
+    invariance = None
+    if config.invariance:
+        from esmdiv.invariance import run_invariance
+
+        invariance = run_invariance(run, config, results, budget)
 
     timings = {"model_load_s": load_seconds, "tokens": total_tokens}
-    for path in ("padded", "packed"):
-        s = run.seconds[path]
-        timings[f"{path}_s"] = s
-        timings[f"{path}_tokens_per_s"] = total_tokens / s if s > 0 else None
-    summary, evidence = summarise(results)
+    for path in ("padded", "packed", "reference"):
+        seconds = run.seconds[path]
+        timings[f"{path}_s"] = seconds
+        timings[f"{path}_tokens_per_s"] = total_tokens / seconds if seconds > 0 else None
+    summary, evidence = summarise(results, [h.name for h in heads], dtype)
+    if run.reference is not None:
+        summary["reference"]["dtype"] = str(reference_dtype(device)).replace("torch.", "")
+    summary["mlm"] = _mlm_summary(run, results, loaded)
+    trace = run.trace.result(config.trace_threshold) if run.trace else None
+    if invariance is not None:
+        evidence.invariance = (invariance["padded"]["max_moved"], invariance["packed"]["max_moved"])
+    decision = decide(evidence, config.thresholds)
+    summary["bound"] = _bound_summary(evidence, config.thresholds)
     return AuditResult(
         model={
             "spec": loaded.info.spec,
@@ -198,17 +298,28 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
         device=str(device),
         dtype=dtype_name,
         backend=backend,
-        head=run.head.name,
+        heads=[h.name for h in heads],
         max_tokens=budget,
         inputs=input_report,
         sequences=results,
         summary=summary,
         thresholds=config.thresholds,
-        decision=decide(evidence, config.thresholds),
+        decision=decision,
         timings=timings,
         faults=sorted(f.value for f in config.faults),
         notices=notices,
+        trace=trace,
+        invariance=invariance,
     )
+
+
+def _cached_reference(loaded: LoadedModel, device: torch.device) -> torch.nn.Module:
+    """The high-precision copy is built once per loaded model (selftest runs many audits)."""
+    ref = getattr(loaded, "_reference", None)
+    if ref is None:
+        ref = build_reference(loaded.model, device)
+        loaded._reference = ref  # type: ignore[attr-defined]
+    return ref
 
 
 def _audit_stream(run: _Run, sequences: Iterable[AuditSequence], max_tokens: int) -> tuple[list[SequenceResult], list[str], int]:
@@ -267,69 +378,207 @@ def _warm_up(run: _Run) -> None:
 
 
 def compare_batch(run: _Run, sequences: list[AuditSequence], tokens: list[torch.Tensor]) -> list[SequenceResult]:
-    """Both paths over one batch, then every per-sequence metric and prediction."""
+    """Both paths (and the reference) over one batch, then every per-sequence measurement."""
     model, alphabet = run.loaded.model, run.loaded.alphabet
     last = model.num_layers
+    layers = list(range(last + 1)) if run.trace else [last]
     n_tokens = sum(len(t) for t in tokens)
     padded = pad(tokens, alphabet.padding_idx).to(run.device)
     packed = pack(tokens).to(run.device)
-    v1 = run.timed("padded", n_tokens, lambda: padded_forward(model, padded).representations[last])
-    flat = run.timed("packed", n_tokens, lambda: packed_forward(model, packed, run.backend, faults=run.faults).representations[last])
-    v2 = to_padded(flat, packed)
+    out_v1 = run.timed("padded", n_tokens, lambda: padded_forward(model, padded, layers, need_logits=run.mlm))
+    out_v2 = run.timed("packed", n_tokens, lambda: packed_forward(
+        model, packed, run.backend, layers, need_logits=run.mlm, faults=run.faults))
+    v1, v2 = out_v1.representations[last], to_padded(out_v2.representations[last], packed)
     lengths = torch.tensor([len(t) for t in tokens], device=run.device)
-    comparison = compare_embeddings(v1, v2, lengths, include_eos_v2=Fault.EOS_IN_POOLING in run.faults)
+    mask = residue_mask(lengths, v1.shape[1])
+    eos_bug = Fault.EOS_IN_POOLING in run.faults
+    comparison = compare_embeddings(v1, v2, lengths, include_eos_v2=eos_bug)
+    b = len(tokens)
 
-    if run.head.input == "pooled":
-        features_v1, features_v2 = comparison.pooled_v1, comparison.pooled_v2
-    else:
-        features_v1, features_v2 = v1[:, 0].float(), v2[:, 0].float()
-    probs_v1, probs_v2 = run.head.probabilities(features_v1), run.head.probabilities(features_v2)
-    labels_v1, labels_v2 = probs_v1.argmax(1), probs_v2.argmax(1)
-    conf_v1, conf_v2 = confidence(probs_v1, labels_v1).tolist(), confidence(probs_v2, labels_v1).tolist()
-    labels_v1, labels_v2 = labels_v1.tolist(), labels_v2.tolist()
+    first_bad: list[int | None] = [None] * b
+    if run.trace:
+        for layer in layers:
+            bad = run.trace.add(layer, out_v1.representations[layer], to_padded(out_v2.representations[layer], packed), mask)
+            for j in torch.nonzero(bad).flatten().tolist():
+                first_bad[j] = layer if first_bad[j] is None else first_bad[j]
+
+    mlm: list[dict | None] = [None] * b
+    if run.mlm:
+        top1, js = token_agreement(out_v1.logits, to_padded(out_v2.logits, packed), mask)
+        mlm = [{"top1_agreement": a, "js": d} for a, d in zip(top1.tolist(), js.tolist())]
+        _perplexity_sample(run, sequences, tokens)
+
+    reference: list[tuple[ReferenceDistance, ReferenceDistance] | None] = [None] * b
+    ref = None
+    if run.reference is not None:
+        ref = run.timed("reference", n_tokens, lambda: padded_forward(run.reference, padded).representations[last])
+        reference = list(zip(distances_to_reference(v1, ref, lengths), distances_to_reference(v2, ref, lengths, eos_bug)))
+
+    record_index = torch.tensor([s.index for s in sequences], device=run.device)
+    predictions = [_predict(head, comparison, v1, v2, ref, lengths, record_index) for head in run.heads]
+    if run.keep_pooled:
+        for j, s in enumerate(sequences):
+            run.pooled[s.index] = (comparison.pooled_v1[j].cpu(), comparison.pooled_v2[j].cpu())
     return [
         SequenceResult(
             id=s.id,
+            index=s.index,
             length=len(s.sequence),
             original_length=s.original_length,
             metrics=comparison.metrics[j],
-            label_v1=labels_v1[j],
-            label_v2=labels_v2[j],
-            confidence_v1=conf_v1[j],
-            confidence_v2=conf_v2[j],
+            predictions=[p[j] for p in predictions],
+            reference=reference[j],
+            mlm=mlm[j],
+            first_nonfinite_layer=first_bad[j],
         )
         for j, s in enumerate(sequences)
     ]
 
 
-def summarise(results: list[SequenceResult]) -> tuple[dict, Evidence]:
+def _predict(head: Head, comparison, v1, v2, ref, lengths, record_index) -> list[Prediction]:
+    """One head over both paths (and the reference): a Prediction per sequence."""
+    if head.input == "pooled":
+        features = [comparison.pooled_v1, comparison.pooled_v2]
+        if ref is not None:
+            features.append(mean_pool_batch(ref, lengths))
+    else:
+        features = [v1[:, 0], v2[:, 0]] + ([ref[:, 0]] if ref is not None else [])
+    probs = [head.probabilities(f.float(), record_index) for f in features]
+    labels = [p.argmax(1) for p in probs]
+    conf_v1, conf_v2 = confidence(probs[0], labels[0]).tolist(), confidence(probs[1], labels[0]).tolist()
+    label_lists = [l.tolist() for l in labels]
+    label_ref = label_lists[2] if ref is not None else [None] * len(conf_v1)
+    return [
+        Prediction(label_lists[0][j], label_lists[1][j], conf_v1[j], conf_v2[j], label_ref[j])
+        for j in range(len(conf_v1))
+    ]
+
+
+def _perplexity_sample(run: _Run, sequences: list[AuditSequence], tokens: list[torch.Tensor]) -> None:
+    """Mask 15 % of the residues of the sampled sequences and score the true tokens on both paths."""
+    chosen = [j for j, s in enumerate(sequences) if s.index < run.mlm_sample]
+    if not chosen:
+        return
+    model, alphabet = run.loaded.model, run.loaded.alphabet
+    masked = [masked_copy(tokens[j], sequences[j].index, alphabet.mask_idx) for j in chosen]
+    batch = [m for m, _ in masked]
+    logits_v1 = padded_forward(model, pad(batch, alphabet.padding_idx).to(run.device), need_logits=True).logits
+    packed = pack(batch).to(run.device)
+    logits_v2 = to_padded(packed_forward(model, packed, run.backend, need_logits=True, faults=run.faults).logits, packed)
+    for k, j in enumerate(chosen):
+        positions = masked[k][1].to(run.device)
+        target = tokens[j].to(run.device)
+        nll_v1, count = masked_nll(logits_v1[k], target, positions)
+        nll_v2, _ = masked_nll(logits_v2[k], target, positions)
+        run.perplexity.add(nll_v1, nll_v2, count)
+
+
+def summarise(
+    results: list[SequenceResult], head_names: list[str] | None = None, dtype: torch.dtype = torch.float32
+) -> tuple[dict, Evidence]:
     """The summary block of the report and the evidence the decision tree reads."""
-    prediction = prediction_summary(
-        [r.label_v1 for r in results], [r.label_v2 for r in results],
-        [r.confidence_v1 for r in results], [r.confidence_v2 for r in results],
-    )
-    cosines = [r.metrics.cosine for r in results]
-    mads = [r.metrics.mad for r in results]
+    head_names = head_names or ["head"]
+    per_head = []
+    for h, name in enumerate(head_names):
+        p = [r.predictions[h] for r in results]
+        summary = prediction_summary([x.label_v1 for x in p], [x.label_v2 for x in p],
+                                     [x.confidence_v1 for x in p], [x.confidence_v2 for x in p]).to_dict()
+        per_head.append({"head": name, **summary})
+    worst = min(range(len(per_head)), key=lambda h: per_head[h]["agreement"])
+    m = [r.metrics for r in results]
     nonfinite = [
         f"{r.id}: {path} output not finite"
+        + (f" (first at layer {r.first_nonfinite_layer})" if r.first_nonfinite_layer is not None else "")
         for r in results
         for path, ok in (("v1 (padded)", r.metrics.finite_v1), ("v2 (packed)", r.metrics.finite_v2))
         if not ok
     ]
-    cos_spread, mad_spread = spread(cosines), spread(mads)
+    cos_spread, mad_spread = spread([x.cosine for x in m]), spread([x.mad for x in m])
     summary = {
         "n": len(results),
-        "prediction": prediction.to_dict(),
+        "prediction": per_head[0],
+        "heads": per_head,
         "cosine": cos_spread,
         "mad": mad_spread,
-        "max_abs_diff": spread([r.metrics.max_abs_diff for r in results])["max"],
+        "max_abs_diff": spread([x.max_abs_diff for x in m])["max"],
+        "residue": {
+            "cosine_min": spread([x.residue_cosine_min for x in m])["min"],
+            "cosine_mean": spread([x.residue_cosine_mean for x in m])["mean"],
+            "rel_l2": spread([x.rel_l2 for x in m]),
+            "p999_abs_diff": spread([x.p999_abs_diff for x in m]),
+            "allclose_1e3": spread([x.allclose_1e3 for x in m])["mean"],
+            "allclose_1e2": spread([x.allclose_1e2 for x in m])["mean"],
+        },
         "nonfinite": nonfinite,
     }
     evidence = Evidence(
         n=len(results),
-        agreement=prediction.agreement,
+        agreement=per_head[worst]["agreement"],
         min_cosine=cos_spread["min"],
         max_mad=mad_spread["max"],
         nonfinite=nonfinite,
+        agreeing=per_head[worst]["n"] - per_head[worst]["disagreements"],
+    )
+    if results and results[0].reference is not None:
+        summary["reference"], evidence.reference = _reference_summary(results, len(head_names), dtype)
+    return summary, evidence
+
+
+def _reference_summary(results: list[SequenceResult], n_heads: int, dtype: torch.dtype) -> tuple[dict, ReferenceEvidence]:
+    d1 = [r.reference[0] for r in results]
+    d2 = [r.reference[1] for r in results]
+    finite = all(math.isfinite(d.rel_l2) for d in d1 + d2)
+    nearer = [_nearer(a.rel_l2, b.rel_l2) for a, b in zip(d1, d2)]
+    # Distances at the run precision's rounding floor count as equal, so a ratio of two
+    # vanishing numbers cannot fail the gate.
+    floor = float(torch.finfo(dtype).eps) if dtype.is_floating_point else 0.0
+    mean_v1 = float(np.mean([d.rel_l2 for d in d1])) if finite else math.nan
+    mean_v2 = float(np.mean([d.rel_l2 for d in d2])) if finite else math.nan
+    ratio = (mean_v2 + floor) / (mean_v1 + floor) if finite else math.nan
+    agreeing = min(
+        sum(r.predictions[h].label_v2 == r.predictions[h].label_ref for r in results) for h in range(n_heads)
+    )
+    side = lambda ds: {  # noqa: E731 - a table row builder
+        "cosine_min": spread([d.cosine for d in ds])["min"],
+        "mad": spread([d.mad for d in ds]),
+        "rel_l2": spread([d.rel_l2 for d in ds]),
+    }
+    summary = {
+        "finite": finite,
+        "v1": side(d1),
+        "v2": side(d2),
+        "ratio": ratio,
+        "packed_nearer": nearer.count("packed"),
+        "padded_nearer": nearer.count("padded"),
+        "nearer": "packed" if mean_v2 < mean_v1 else "padded" if mean_v1 < mean_v2 else "tie",
+        "agreement_v1": sum(r.predictions[0].label_v1 == r.predictions[0].label_ref for r in results) / len(results),
+        "agreement_v2": sum(r.predictions[0].label_v2 == r.predictions[0].label_ref for r in results) / len(results),
+    }
+    evidence = ReferenceEvidence(
+        finite=finite,
+        ratio=ratio,
+        agreeing=agreeing,
+        min_cosine=summary["v2"]["cosine_min"],
+        max_mad=summary["v2"]["mad"]["max"],
     )
     return summary, evidence
+
+
+def _mlm_summary(run: _Run, results: list[SequenceResult], loaded: LoadedModel) -> dict:
+    if not run.mlm:
+        why = "the checkpoint has no language-model head" if not loaded.info.has_lm_head else "turned off (--no-mlm)"
+        return {"skipped": why}
+    top1 = [r.mlm["top1_agreement"] for r in results if r.mlm]
+    js = [r.mlm["js"] for r in results if r.mlm]
+    return {"top1_agreement": spread(top1), "js": spread(js), "perplexity": run.perplexity.to_dict()}
+
+
+def _bound_summary(evidence: Evidence, thresholds: Thresholds) -> dict:
+    agreeing = evidence.agreeing if evidence.agreeing is not None else round(evidence.agreement * evidence.n)
+    return {  # the bound is reported whatever --gate says
+        "confidence": thresholds.confidence,
+        "agreeing": agreeing,
+        "n": evidence.n,
+        "lower_bound": agreement_lower_bound(agreeing, evidence.n, thresholds.confidence),
+        "gate": thresholds.gate,
+    }

@@ -82,7 +82,9 @@ def check(
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 [default: fp16 on CUDA, fp32 on CPU]."),
     backend: str = typer.Option("auto", help="Packed attention: auto, flash-attn, torch or reference."),
-    head: str = typer.Option("auto", help="Prediction head: auto (the checkpoint's own, else proxy), model or proxy."),
+    head: str = typer.Option(
+        "auto", help="Prediction head: auto (the checkpoint's own, else proxy), model, proxy, or a head file (.pt/.safetensors)."
+    ),
     long: str = typer.Option("truncate", "--long", help="Over 1022 residues: truncate, skip, error or full."),
     max_tokens: Optional[int] = typer.Option(
         None, help="Token budget per batch, padded [default: 16384 on CUDA, 4096 on CPU]."
@@ -91,6 +93,29 @@ def check(
     validate_agreement: float = typer.Option(0.95, help="Below this agreement fraction: FALLBACK."),
     min_cosine: float = typer.Option(0.99, help="Every sequence's pooled cosine must be above this."),
     max_mad: float = typer.Option(0.01, help="Every sequence's pooled mean abs diff must be below this."),
+    reference: str = typer.Option(
+        "none", help="fp32: also run a high-precision reference (fp32 on CUDA, fp64 on CPU) and measure both paths against it."
+    ),
+    max_reference_ratio: float = typer.Option(
+        2.0, help="With a reference: packed's mean distance to it may be at most this times the padded path's."
+    ),
+    max_invariance_ratio: float = typer.Option(
+        2.0, help="With --invariance: packed's largest movement may be at most this times the padded path's."
+    ),
+    trace: bool = typer.Option(False, "--trace", help="Compare the hidden states after every layer."),
+    trace_threshold: float = typer.Option(1e-2, help="rel-L2 at which --trace names the first layer crossing it."),
+    mlm: Optional[bool] = typer.Option(
+        None, "--mlm/--no-mlm", help="MLM metrics (token agreement, JS divergence, perplexity) [default: when the model has an LM head]."
+    ),
+    mlm_sample: int = typer.Option(64, help="Sequences (first in the file) in the 15 %-masked perplexity sample."),
+    invariance: bool = typer.Option(False, "--invariance", help="Rerun in shuffled batches: do embeddings move with their neighbours?"),
+    proxy_seeds: str = typer.Option("42", help="Comma-separated seeds of proxy heads; the lowest agreement gates."),
+    head_activation: str = typer.Option("relu", help="Activation between the Linears of a --head file MLP."),
+    extra_features: Optional[Path] = typer.Option(
+        None, help=".npy (n_records, k) features concatenated before the pooled embedding for a --head file."
+    ),
+    gate: str = typer.Option("point", help="Agreement gates read the point estimate or its lower 'bound'."),
+    confidence: float = typer.Option(0.95, help="Confidence of the agreement's Clopper-Pearson lower bound."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON here."),
     worst: int = typer.Option(10, help="Rows in the worst-sequences table."),
     debug: bool = typer.Option(False, help="Show tracebacks."),
@@ -110,7 +135,19 @@ def check(
             head=head,
             long_policy=long,
             max_tokens=max_tokens,
-            thresholds=Thresholds(accept_agreement, validate_agreement, min_cosine, max_mad),
+            thresholds=Thresholds(
+                accept_agreement, validate_agreement, min_cosine, max_mad, max_reference_ratio, max_invariance_ratio,
+                gate, confidence,
+            ),
+            proxy_seeds=parse_seeds(proxy_seeds),
+            head_activation=head_activation,
+            extra_features=extra_features,
+            reference=reference,
+            trace=trace,
+            trace_threshold=trace_threshold,
+            mlm=mlm,
+            mlm_sample=mlm_sample,
+            invariance=invariance,
         )
         with PathProgress(stderr) as progress:
             result = run_audit(config, progress=progress)
@@ -120,6 +157,62 @@ def check(
         if json_path is not None:
             stdout.print(f"report written to {json_path}")
     raise typer.Exit(result.decision.verdict.exit_code)
+
+
+SELFTEST_EXIT_HELP = (
+    "Exit codes: 0 passed (clean run ACCEPT, every injected bug caught), 20 failed (a bug slipped "
+    "through or the clean run was not ACCEPT), 2 usage, 3 environment, 1 internal error."
+)
+
+
+@app.command(epilog=SELFTEST_EXIT_HELP)
+def selftest(
+    model: str = typer.Option("random:8M", "--model", "-m", help="Model spec, as for check."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 [default: fp16 on CUDA, fp32 on CPU]."),
+    backend: str = typer.Option("auto", help="Packed attention: auto, flash-attn, torch or reference."),
+    fasta: Optional[Path] = typer.Option(None, help="Sequences to audit [default: the shipped seed18 fixture]."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the table as JSON here."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+) -> None:
+    """Inject each known packed-path bug in turn and check that the audit catches every one."""
+    from rich.table import Table
+
+    from esmdiv.report import write_json
+    from esmdiv.selftest import passed, run_selftest
+
+    with guard(debug):
+        table = Table(title=f"esmdiv selftest: {model}")
+        for column in ("bug", "verdict", "caught by", "evidence"):
+            table.add_column(column, overflow="fold")
+
+        def show(row) -> None:
+            style = "green" if row.ok else "red"
+            table.add_row(row.bug, f"[{style}]{row.verdict}[/]", ", ".join(row.caught_by) or "-", row.evidence)
+            stderr.print(f"  {row.bug}: {row.verdict}", highlight=False)
+
+        rows, settings = run_selftest(model, device, dtype, backend, fasta, on_row=show)
+        ok = passed(rows)
+        stdout.print(f"model {model}, device {settings['device']}, dtype {settings['dtype']}, backend {settings['backend']}, "
+                     f"reference on, invariance on, fixture {settings['fasta']}")
+        stdout.print(table)
+        stdout.print("[bold green]PASSED[/]: clean run ACCEPT, every injected bug caught" if ok else
+                     "[bold red]FAILED[/]: see the red rows")
+        if json_path is not None:
+            write_json({"passed": ok, "settings": settings, "rows": [r.to_dict() for r in rows]}, json_path)
+    raise typer.Exit(0 if ok else 20)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    from esmdiv.errors import UsageError
+
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"--proxy-seeds '{text}': expected comma-separated integers such as 42,43,44") from None
+    if not seeds:
+        raise UsageError("--proxy-seeds needs at least one seed")
+    return seeds
 
 
 def main() -> None:

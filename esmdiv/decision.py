@@ -1,10 +1,19 @@
 """The decision tree: thresholds, the verdict, and the reasons behind it.
 
-    any non-finite output on either path         -> FALLBACK
-    label agreement <  validate_agreement (95 %) -> FALLBACK
-    label agreement <= accept_agreement (99 %)   -> VALIDATE
-    min cosine <= min_cosine or max MAD >= max_mad -> VALIDATE
-    otherwise                                    -> ACCEPT
+    any non-finite output on either path (or on the reference)  -> FALLBACK
+    label agreement <  validate_agreement (95 %)                -> FALLBACK
+    label agreement <= accept_agreement (99 %)                  -> VALIDATE
+    min cosine <= min_cosine or max MAD >= max_mad              -> VALIDATE
+    packed farther from the reference than max_reference_ratio
+      times the padded path (when a reference ran)              -> VALIDATE
+    packed moved with its neighbours more than
+      max_invariance_ratio times the padded path (--invariance) -> VALIDATE
+    otherwise                                                   -> ACCEPT
+
+With a reference run, the packed path is not punished for being more accurate than the padded
+one: each agreement/cosine/MAD gate reads the better of "packed against padded" and "packed
+against the reference", and says which. With ``gate="bound"`` the agreement gates read the
+one-sided Clopper-Pearson lower bound of the agreement instead of the point estimate.
 """
 
 from __future__ import annotations
@@ -14,6 +23,9 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from esmdiv.errors import EXIT_ACCEPT, EXIT_FALLBACK, EXIT_VALIDATE, UsageError
+from esmdiv.stats import agreement_lower_bound, sequences_needed
+
+GATE_MODES = ("point", "bound")
 
 
 class Verdict(str, enum.Enum):
@@ -32,6 +44,10 @@ class Thresholds:
     validate_agreement: float = 0.95  # below this, FALLBACK
     min_cosine: float = 0.99  # every sequence's pooled cosine must be above this
     max_mad: float = 0.01  # every sequence's pooled mean abs diff must be below this
+    max_reference_ratio: float = 2.0  # packed's distance to the reference / padded's, at most
+    max_invariance_ratio: float = 2.0  # packed's movement with its neighbours / padded's, at most
+    gate: str = "point"  # agreement gates on the point estimate or on its lower bound
+    confidence: float = 0.95  # of that lower bound
 
     def __post_init__(self) -> None:
         for name in ("accept_agreement", "validate_agreement"):
@@ -46,9 +62,28 @@ class Thresholds:
             raise UsageError(f"--min-cosine {self.min_cosine} is out of range (-1 to 1)")
         if not self.max_mad > 0 or math.isinf(self.max_mad):
             raise UsageError(f"--max-mad {self.max_mad} must be a positive number")
+        for name in ("max_reference_ratio", "max_invariance_ratio"):
+            value = getattr(self, name)
+            if not value >= 1 or math.isinf(value):
+                raise UsageError(f"--{name.replace('_', '-')} {value} must be a number of at least 1")
+        if self.gate not in GATE_MODES:
+            raise UsageError(f"--gate '{self.gate}' (choose {', '.join(GATE_MODES)})")
+        if not 0 < self.confidence < 1:
+            raise UsageError(f"--confidence {self.confidence} must be between 0 and 1")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class ReferenceEvidence:
+    """The packed path measured against the high-precision reference."""
+
+    finite: bool  # the reference itself stayed finite
+    ratio: float  # mean rel-L2 (packed, ref) / mean rel-L2 (padded, ref), residue level
+    agreeing: int  # sequences whose packed label equals the reference label
+    min_cosine: float  # packed vs reference, lowest pooled cosine
+    max_mad: float  # packed vs reference, largest pooled MAD
 
 
 @dataclass
@@ -56,10 +91,13 @@ class Evidence:
     """What the gates look at, summarised over every audited sequence."""
 
     n: int
-    agreement: float
+    agreement: float  # packed vs padded labels; the lowest over all heads
     min_cosine: float
     max_mad: float
     nonfinite: list[str] = field(default_factory=list)  # one entry per sequence and path
+    agreeing: int | None = None  # count behind ``agreement`` (for the bound); derived when None
+    reference: ReferenceEvidence | None = None
+    invariance: tuple[float, float] | None = None  # (padded, packed) largest movement with neighbours
 
 
 @dataclass
@@ -78,6 +116,8 @@ class Reason:
 class Decision:
     verdict: Verdict
     reasons: list[Reason]
+    tolerances: dict = field(default_factory=dict)  # the loosest value each gate actually needed
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"verdict": self.verdict.value, "reasons": [r.to_dict() for r in self.reasons]}
@@ -87,35 +127,88 @@ def decide(evidence: Evidence, thresholds: Thresholds) -> Decision:
     """Map the evidence through the tree in the module docstring; every gate leaves a reason."""
     if evidence.n == 0:
         raise ValueError("no sequences were audited: nothing to decide")
-    t = thresholds
-    reasons = [
-        Reason(
-            "finite",
-            not evidence.nonfinite,
-            float(len(evidence.nonfinite)),
-            0.0,
-            "every output finite"
-            if not evidence.nonfinite
-            else f"non-finite output: {'; '.join(evidence.nonfinite[:5])}"
-            + (f" (+{len(evidence.nonfinite) - 5} more)" if len(evidence.nonfinite) > 5 else ""),
-        ),
-        _gate("agreement >= validate", evidence.agreement, t.validate_agreement, evidence.agreement >= t.validate_agreement,
-              "label agreement {v:.2%} {op} the FALLBACK floor {t:.2%}", ">=", "<"),
-        _gate("agreement > accept", evidence.agreement, t.accept_agreement, evidence.agreement > t.accept_agreement,
-              "label agreement {v:.2%} {op} the ACCEPT bar {t:.2%}", ">", "<="),
-        _gate("min cosine", evidence.min_cosine, t.min_cosine, evidence.min_cosine > t.min_cosine,
-              "lowest pooled cosine {v:.6f} {op} {t}", ">", "<="),
-        _gate("max MAD", evidence.max_mad, t.max_mad, evidence.max_mad < t.max_mad,
-              "largest pooled mean abs diff {v:.3g} {op} {t}", "<", ">="),
+    t, ref = thresholds, evidence.reference
+    agreeing = evidence.agreeing if evidence.agreeing is not None else _count(evidence)
+    agreement, agreement_source = evidence.agreement, "packed vs padded"
+    min_cosine, cosine_source = evidence.min_cosine, "packed vs padded"
+    max_mad, mad_source = evidence.max_mad, "packed vs padded"
+    if ref is not None and ref.finite:
+        if ref.agreeing > agreeing:
+            agreeing, agreement, agreement_source = ref.agreeing, ref.agreeing / evidence.n, "packed vs reference"
+        if ref.min_cosine > min_cosine or math.isnan(min_cosine):
+            min_cosine, cosine_source = ref.min_cosine, "packed vs reference"
+        if ref.max_mad < max_mad or math.isnan(max_mad):
+            max_mad, mad_source = ref.max_mad, "packed vs reference"
+
+    notes = []
+    gated = agreement
+    label = "label agreement"
+    if t.gate == "bound":
+        gated = agreement_lower_bound(agreeing, evidence.n, t.confidence) if evidence.n else 0.0
+        label = f"label agreement {t.confidence:.0%} lower bound"
+    ceiling = agreement_lower_bound(evidence.n, evidence.n, t.confidence)
+    if ceiling <= t.accept_agreement:
+        notes.append(
+            f"with {evidence.n} sequences the {t.confidence:.0%} lower bound of the agreement cannot exceed "
+            f"{ceiling:.2%} even with no disagreement; {sequences_needed(t.accept_agreement, t.confidence)} "
+            f"sequences are needed to show more than {t.accept_agreement:.0%}"
+        )
+
+    reasons = [_finite_reason(evidence)]
+    if ref is not None and not ref.finite:
+        reasons.append(Reason("reference finite", False, None, None,
+                              "the reference run went non-finite: the audit cannot vouch for either path"))
+    reasons += [
+        _gate("agreement >= validate", gated, t.validate_agreement, gated >= t.validate_agreement,
+              f"{label} {{v:.2%}} {{op}} the FALLBACK floor {{t:.2%}} ({agreement_source})", ">=", "<"),
+        _gate("agreement > accept", gated, t.accept_agreement, gated > t.accept_agreement,
+              f"{label} {{v:.2%}} {{op}} the ACCEPT bar {{t:.2%}} ({agreement_source})", ">", "<="),
+        _gate("min cosine", min_cosine, t.min_cosine, min_cosine > t.min_cosine,
+              f"lowest pooled cosine {{v:.7f}} {{op}} {{t}} ({cosine_source})", ">", "<="),
+        _gate("max MAD", max_mad, t.max_mad, max_mad < t.max_mad,
+              f"largest pooled mean abs diff {{v:.3g}} {{op}} {{t}} ({mad_source})", "<", ">="),
     ]
+    if ref is not None and ref.finite:
+        reasons.append(_gate(
+            "reference ratio", ref.ratio, t.max_reference_ratio, ref.ratio <= t.max_reference_ratio,
+            "packed path's distance to the reference is {v:.3g}x the padded path's {op} {t}x", "<=", ">",
+        ))
+    if evidence.invariance is not None:
+        padded_moved, packed_moved = evidence.invariance
+        allowed = t.max_invariance_ratio * padded_moved
+        reasons.append(Reason(
+            "invariance", packed_moved <= allowed, packed_moved, allowed,
+            f"packed path moved up to {packed_moved:.3g} with other neighbours "
+            f"{'<=' if packed_moved <= allowed else '>'} {t.max_invariance_ratio}x the padded path's {padded_moved:.3g}",
+        ))
     failed = {r.gate for r in reasons if not r.passed}
-    if "finite" in failed or "agreement >= validate" in failed:
+    if failed & {"finite", "reference finite", "agreement >= validate"}:
         verdict = Verdict.FALLBACK
     elif failed:
         verdict = Verdict.VALIDATE
     else:
         verdict = Verdict.ACCEPT
-    return Decision(verdict, reasons)
+    tolerances = {
+        "accept_agreement": {"needed": gated, "passes_if": f"--accept-agreement below {gated:.6g}"},
+        "min_cosine": {"needed": min_cosine, "passes_if": f"--min-cosine below {min_cosine:.12g}"},
+        "max_mad": {"needed": max_mad, "passes_if": f"--max-mad above {max_mad:.4g}"},
+    }
+    if ref is not None and ref.finite:
+        tolerances["max_reference_ratio"] = {"needed": ref.ratio, "passes_if": f"--max-reference-ratio at least {ref.ratio:.4g}"}
+    return Decision(verdict, reasons, tolerances, notes)
+
+
+def _count(evidence: Evidence) -> int:
+    """Agreeing sequences behind a fraction (0 for NaN: an unknown agreement counts as none)."""
+    return 0 if math.isnan(evidence.agreement) else round(evidence.agreement * evidence.n)
+
+
+def _finite_reason(evidence: Evidence) -> Reason:
+    if not evidence.nonfinite:
+        return Reason("finite", True, 0.0, 0.0, "every output finite")
+    shown = "; ".join(evidence.nonfinite[:5])
+    more = f" (+{len(evidence.nonfinite) - 5} more)" if len(evidence.nonfinite) > 5 else ""
+    return Reason("finite", False, float(len(evidence.nonfinite)), 0.0, f"non-finite output: {shown}{more}")
 
 
 def _gate(name: str, value: float, threshold: float, passed: bool, template: str, op_pass: str, op_fail: str) -> Reason:

@@ -30,6 +30,7 @@ class AuditSequence:
     sequence: str  # the residues that run (after any truncation)
     original_length: int
     line: int
+    index: int = 0  # the record's position in the file (0-based), skipped records counted
 
     @property
     def truncated(self) -> bool:
@@ -124,4 +125,4 @@ def iter_sequences(records: Iterable[ProteinRecord], report: InputReport, long_p
                 report.truncated.append(record.id)
             else:
                 report.beyond_context.append(record.id)
-        yield AuditSequence(record.id, sequence, len(record.sequence), record.line)
+        yield AuditSequence(record.id, sequence, len(record.sequence), record.line, report.records - 1)

@@ -23,12 +23,12 @@ def residue_mask(lengths: torch.Tensor, width: int, include_eos: bool = False) -
 
 
 def mean_pool_batch(reps: torch.Tensor, lengths: torch.Tensor, include_eos: bool = False) -> torch.Tensor:
-    """Mean over each sequence's residue rows: ``(B, L, D)`` -> ``(B, D)`` fp32.
+    """Mean over each sequence's residue rows: ``(B, L, D)`` -> ``(B, D)``, fp32 (fp64 for fp64 input).
 
     ``include_eos`` reproduces the known pooling bug (EOS averaged in).
     """
     mask = residue_mask(lengths, reps.shape[1], include_eos)
-    total = (reps.float() * mask[..., None]).sum(1)
+    total = (reps.to(torch.promote_types(reps.dtype, torch.float32)) * mask[..., None]).sum(1)
     return total / mask.sum(1, keepdim=True).clamp(min=1)
 
 
@@ -49,15 +49,28 @@ def cosine_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return cos.clamp(-1.0, 1.0)
 
 
+# Tolerances of the element-wise allclose fractions (rtol 0: absolute error only).
+ALLCLOSE_ATOLS = (1e-3, 1e-2)
+
+
 @dataclass
 class SequenceMetrics:
-    """Per-sequence embedding divergence between the padded (v1) and packed (v2) paths."""
+    """Per-sequence divergence between the padded (v1) and packed (v2) paths.
+
+    Pooled: over the mean of the residue rows. Residue-level: over every residue element.
+    """
 
     cosine: float  # cosine similarity of the mean-pooled embeddings
     mad: float  # mean absolute difference of the mean-pooled embeddings
     max_abs_diff: float  # largest absolute difference over every residue element
     finite_v1: bool
     finite_v2: bool
+    residue_cosine_min: float = math.nan  # cosine between v1 and v2 of each residue row: lowest
+    residue_cosine_mean: float = math.nan  # ... and mean
+    rel_l2: float = math.nan  # ||v2 - v1|| / ||v1|| over the (L, D) residue rows
+    p999_abs_diff: float = math.nan  # 99.9th percentile of the element-wise absolute error
+    allclose_1e3: float = math.nan  # fraction of elements with |v2 - v1| <= 1e-3
+    allclose_1e2: float = math.nan  # fraction of elements with |v2 - v1| <= 1e-2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,7 +78,7 @@ class SequenceMetrics:
 
 @dataclass
 class BatchComparison:
-    """Embedding comparison of a batch; every field has B rows, pooled ones are on the device."""
+    """Embedding comparison of a batch; pooled tensors stay on the device."""
 
     pooled_v1: torch.Tensor  # (B, D) fp32
     pooled_v2: torch.Tensor  # (B, D) fp32
@@ -82,23 +95,42 @@ def compare_embeddings(v1: torch.Tensor, v2: torch.Tensor, lengths: torch.Tensor
     pooled_v1 = mean_pool_batch(v1, lengths)
     pooled_v2 = mean_pool_batch(v2, lengths, include_eos=include_eos_v2)
     m = mask[..., None]
-    finite_v1 = (torch.isfinite(v1) | ~m).flatten(1).all(1)
-    finite_v2 = (torch.isfinite(v2) | ~m).flatten(1).all(1)
-    max_abs = torch.where(m, (v1.float() - v2.float()).abs(), 0.0).flatten(1).amax(1)
-    stats = torch.stack([
+    a, b = v1.float(), v2.float()
+    finite_v1 = (torch.isfinite(a) | ~m).flatten(1).all(1)
+    finite_v2 = (torch.isfinite(b) | ~m).flatten(1).all(1)
+    diff = torch.where(m, (a - b).abs(), 0.0)
+    n_rows = mask.sum(1).clamp(min=1)
+    n_elements = n_rows * v1.shape[2]
+    row_cos = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-30)  # (B, L)
+    ref_norm = torch.where(m, a, 0.0).double().pow(2).flatten(1).sum(1).sqrt()
+    columns = [
         cosine_rows(pooled_v1, pooled_v2),
         (pooled_v1.double() - pooled_v2.double()).abs().mean(1),
-        max_abs.double(),
+        diff.flatten(1).amax(1).double(),
         finite_v1.double(),
         finite_v2.double(),
-    ], dim=1).cpu().tolist()
+        torch.where(mask, row_cos, math.inf).amin(1).double(),
+        (torch.where(mask, row_cos, 0.0).sum(1) / n_rows).double(),
+        diff.double().pow(2).flatten(1).sum(1).sqrt() / ref_norm.clamp(min=1e-30),
+        torch.stack([_quantile(diff[j][mask[j]], 0.999) for j in range(len(lengths))]).double(),
+        *[((diff <= atol) & m).flatten(1).sum(1).double() / n_elements for atol in ALLCLOSE_ATOLS],
+    ]
     metrics = []
-    for cos, mad, mx, f1, f2 in stats:
+    for row in torch.stack(columns, dim=1).cpu().tolist():
+        f1, f2 = bool(row[3]), bool(row[4])
         if f1 and f2:
-            metrics.append(SequenceMetrics(cos, mad, mx, True, True))
+            metrics.append(SequenceMetrics(row[0], row[1], row[2], True, True, *row[5:]))
         else:
-            metrics.append(SequenceMetrics(math.nan, math.nan, math.nan, bool(f1), bool(f2)))
+            metrics.append(SequenceMetrics(math.nan, math.nan, math.nan, f1, f2))
     return BatchComparison(pooled_v1, pooled_v2, metrics)
+
+
+def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """Quantile of a 1-D tensor of any size (torch.quantile refuses more than 2**24 elements)."""
+    if values.numel() == 0:
+        return values.new_zeros(())
+    k = max(1, math.ceil(q * values.numel()))
+    return values.flatten().kthvalue(k).values
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -219,17 +219,22 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
 
 
+def load_state_file(path: Path) -> dict:
+    """A dict from a ``.safetensors`` file or a torch file read with ``weights_only=True``."""
+    data = _load_safetensors(path) if path.suffix == ".safetensors" else load_weights_only(path)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a dict of weights, found {type(data).__name__}")
+    return data
+
+
 def _checkpoint_file(spec: str, path: Path, build: _Build, source: str = "fair-esm-checkpoint") -> LoadedModel:
+    data = load_state_file(path)
+    state, cfg = data, None
     if path.suffix == ".safetensors":
-        state, cfg, source = _load_safetensors(path), None, "safetensors"
-    else:
-        data = load_weights_only(path)
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{path}: expected a dict of weights, found {type(data).__name__}")
-        state, cfg = data, None
-        if isinstance(data.get("model"), dict):  # fair-esm's {"model": ..., "cfg"/"args": ...}
-            state = data["model"]
-            cfg = (data.get("cfg") or {}).get("model") if isinstance(data.get("cfg"), dict) else data.get("args")
+        source = "safetensors"
+    elif isinstance(data.get("model"), dict):  # fair-esm's {"model": ..., "cfg"/"args": ...}
+        state = data["model"]
+        cfg = (data.get("cfg") or {}).get("model") if isinstance(data.get("cfg"), dict) else data.get("args")
     if any(key.startswith(("esm.", "encoder.layer.", "embeddings.")) for key in state):
         return _from_hf_state(spec, path, state, _hf_like_config(state), source, build)
     state = {re.sub(r"^(encoder\.sentence_encoder\.|encoder\.)", "", k): v for k, v in state.items()}

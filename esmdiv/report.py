@@ -28,7 +28,8 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
         f"[bold]run[/]     device {result.device}, dtype {result.dtype}, attention backend [bold]{result.backend}[/], "
         f"max {result.max_tokens} tokens per batch"
     )
-    console.print(f"[bold]head[/]    {result.head}")
+    for name in result.heads:
+        console.print(f"[bold]head[/]    {name}")
     inputs = result.inputs
     console.print(
         f"[bold]input[/]   {inputs.path}: {inputs.records} records, {s['n']} audited, "
@@ -67,6 +68,9 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
             f"{t['padded_tokens_per_s']:,.0f} / {t['packed_tokens_per_s']:,.0f} (audit timing, not a benchmark)",
         )
     console.print(summary)
+    details = _details(result)
+    if details.row_count:
+        console.print(details)
     render_verdict(result.decision, console)
 
 
@@ -111,6 +115,63 @@ def render_verdict(decision, console: Console) -> None:
     for reason in decision.reasons:
         lines.append(Text(("✓ " if reason.passed else "✗ ") + reason.message, style="green" if reason.passed else "red"))
     console.print(Panel(Group(*lines), title="verdict", expand=False, border_style=VERDICT_STYLE[verdict].split()[-1]))
+
+
+def _details(result: AuditResult) -> Table:
+    """One row per measurement beyond the gates: residue level, and what the flags turned on."""
+    s = result.summary
+    table = Table(title="Details", show_header=False)
+    table.add_column("measurement")
+    table.add_column("value")
+    r = s["residue"]
+    table.add_row("residue cosine min / mean", f"{r['cosine_min']:.7f} / {r['cosine_mean']:.7f}")
+    table.add_row("residue rel-L2 mean / max", f"{r['rel_l2']['mean']:.2e} / {r['rel_l2']['max']:.2e}")
+    table.add_row("|Δ| 99.9th percentile, max", f"{r['p999_abs_diff']['max']:.2e}")
+    table.add_row("elements within 1e-3 / 1e-2", f"{r['allclose_1e3']:.1%} / {r['allclose_1e2']:.1%}")
+    for head in s["heads"][1:]:
+        table.add_row("agreement, " + head["head"].split(" (")[0] + head["head"][head["head"].rfind(","):].rstrip(")"),
+                      f"{head['agreement']:.2%}")
+    b = s["bound"]
+    table.add_row(f"agreement {b['confidence']:.0%} lower bound", f"{b['lower_bound']:.2%} ({b['agreeing']}/{b['n']}, gate on {b['gate']})")
+    ref = s.get("reference")
+    if ref:
+        table.add_row(
+            f"{ref['dtype']} reference: rel-L2 padded / packed",
+            f"{ref['v1']['rel_l2']['mean']:.2e} / {ref['v2']['rel_l2']['mean']:.2e} (ratio {ref['ratio']:.3g}); "
+            f"packed nearer on {ref['packed_nearer']}/{s['n']}",
+        )
+        table.add_row("label agreement with the reference", f"padded {ref['agreement_v1']:.2%}, packed {ref['agreement_v2']:.2%}")
+    mlm = s.get("mlm", {})
+    if "skipped" in mlm:
+        table.add_row("MLM metrics", f"skipped: {mlm['skipped']}")
+    elif mlm:
+        ppl = mlm["perplexity"]
+        table.add_row("MLM top-1 agreement min / mean", f"{mlm['top1_agreement']['min']:.2%} / {mlm['top1_agreement']['mean']:.2%}")
+        table.add_row("MLM Jensen-Shannon mean / max", f"{mlm['js']['mean']:.2e} / {mlm['js']['max']:.2e} nats")
+        if ppl.get("sequences"):
+            table.add_row(
+                "masked perplexity padded / packed",
+                f"{ppl['perplexity_v1']:.6g} / {ppl['perplexity_v2']:.6g} ({ppl['relative_delta']:+.2e}, "
+                f"{ppl['masked_tokens']} tokens of {ppl['sequences']} sequences)",
+            )
+    if result.trace:
+        t = result.trace
+        first = "none" if t["first_layer_over"] is None else f"layer {t['first_layer_over']}"
+        table.add_row(
+            "trace",
+            f"first layer over rel-L2 {t['threshold']:g}: {first}; largest jump at layer {t['largest_jump_layer']} "
+            f"(x{t['largest_jump_ratio']:.3g}); last layer rel-L2 {t['layers'][-1]['rel_l2']:.2e}",
+        )
+    if result.invariance:
+        inv = result.invariance
+        table.add_row(
+            "neighbour invariance (max moved)",
+            f"padded {inv['padded']['max_moved']:.2e} ({inv['padded']['sequences_moved']} moved), "
+            f"packed {inv['packed']['max_moved']:.2e} ({inv['packed']['sequences_moved']} moved)",
+        )
+    needed = "; ".join(v["passes_if"] for v in result.decision.tolerances.values())
+    table.add_row("would still pass with", needed)
+    return table
 
 
 def _model_label(model: dict) -> str:

