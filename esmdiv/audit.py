@@ -19,6 +19,7 @@ from esmdiv.decision import Decision, Evidence, Thresholds, decide
 from esmdiv.errors import EnvironmentUnavailable, InputError, UsageError
 from esmdiv.fasta import iter_fasta
 from esmdiv.faults import Fault
+from esmdiv.fingerprint import environment
 from esmdiv.heads import Head, choose_head, confidence
 from esmdiv.inputs import AuditSequence, InputReport, iter_sequences
 from esmdiv.metrics import SequenceMetrics, compare_embeddings, prediction_summary, spread
@@ -88,6 +89,7 @@ class AuditResult:
     timings: dict
     faults: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # things the run did on its own (e.g. OOM retries)
+    environment: dict = field(default_factory=dict)  # esmdiv.fingerprint.environment(...)
 
     @property
     def warnings(self) -> list[str]:
@@ -117,6 +119,7 @@ class AuditResult:
             "thresholds": self.thresholds.to_dict(),
             "summary": self.summary,
             "timings": self.timings,
+            "environment": self.environment,
             "sequences": [s.to_dict() for s in self.sequences],
         }
 
@@ -183,6 +186,9 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
         timings[f"{path}_s"] = s
         timings[f"{path}_tokens_per_s"] = total_tokens / s if s > 0 else None
     summary, evidence = summarise(results)
+    t1 = time.perf_counter()
+    fingerprint = environment(device, dtype, backend, loaded, config.fasta, input_report.records)
+    timings["fingerprint_s"] = time.perf_counter() - t1
     return AuditResult(
         model={
             "spec": loaded.info.spec,
@@ -208,6 +214,7 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
         timings=timings,
         faults=sorted(f.value for f in config.faults),
         notices=notices,
+        environment=fingerprint,
     )
 
 
