@@ -21,6 +21,7 @@ from esmdiv.decision import Decision, Evidence, ReferenceEvidence, Thresholds, d
 from esmdiv.errors import EnvironmentUnavailable, InputError, UsageError
 from esmdiv.fasta import iter_fasta
 from esmdiv.faults import Fault
+from esmdiv.fingerprint import environment
 from esmdiv.heads import Head, build_heads, confidence, load_extra_features
 from esmdiv.inputs import AuditSequence, InputReport, iter_sequences
 from esmdiv.metrics import SequenceMetrics, compare_embeddings, mean_pool_batch, prediction_summary, residue_mask, spread
@@ -146,6 +147,8 @@ class AuditResult:
     trace: dict | None = None
     invariance: dict | None = None
 
+    environment: dict = field(default_factory=dict)  # esmdiv.fingerprint.environment(...)
+
     @property
     def head(self) -> str:
         return self.heads[0]
@@ -180,6 +183,7 @@ class AuditResult:
             "thresholds": self.thresholds.to_dict(),
             "summary": self.summary,
             "timings": self.timings,
+            "environment": self.environment,
             "sequences": [s.to_dict() for s in self.sequences],
         }
         if self.trace is not None:
@@ -283,6 +287,9 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
         evidence.invariance = (invariance["padded"]["max_moved"], invariance["packed"]["max_moved"])
     decision = decide(evidence, config.thresholds)
     summary["bound"] = _bound_summary(evidence, config.thresholds)
+    t1 = time.perf_counter()
+    fingerprint = environment(device, dtype, backend, loaded, config.fasta, input_report.records)
+    timings["fingerprint_s"] = time.perf_counter() - t1
     return AuditResult(
         model={
             "spec": loaded.info.spec,
@@ -310,6 +317,7 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
         notices=notices,
         trace=trace,
         invariance=invariance,
+        environment=fingerprint,
     )
 
 

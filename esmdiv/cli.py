@@ -13,6 +13,7 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from esmdiv import __version__
 from esmdiv.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EsmdivError
@@ -51,7 +52,7 @@ def guard(debug: bool) -> Iterator[None]:
     try:
         yield
     except EsmdivError as err:
-        stderr.print(f"[red]error:[/] {err}", highlight=False, soft_wrap=True)
+        stderr.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         if debug:
             stderr.print(traceback.format_exc(), highlight=False)
         raise typer.Exit(err.exit_code) from None
@@ -62,7 +63,7 @@ def guard(debug: bool) -> Iterator[None]:
         raise
     except Exception as err:  # noqa: BLE001 - fail closed: an unexpected error is exit 1, never ACCEPT
         stderr.print(
-            f"[red]internal error:[/] {type(err).__name__}: {err} (no verdict; rerun with --debug for the traceback)",
+            f"[red]internal error:[/] {type(err).__name__}: {escape(str(err))} (no verdict; rerun with --debug for the traceback)",
             highlight=False,
             soft_wrap=True,
         )
@@ -117,13 +118,17 @@ def check(
     gate: str = typer.Option("point", help="Agreement gates read the point estimate or its lower 'bound'."),
     confidence: float = typer.Option(0.95, help="Confidence of the agreement's Clopper-Pearson lower bound."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON here."),
+    junit_path: Optional[Path] = typer.Option(
+        None, "--junit", help="Write JUnit XML here for CI: one test case per gate and one per sequence."
+    ),
     worst: int = typer.Option(10, help="Rows in the worst-sequences table."),
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ) -> None:
     """Run both paths over FASTA and print the verdict; the exit code is the verdict's."""
     from esmdiv.audit import AuditConfig, run_audit
     from esmdiv.decision import Thresholds
-    from esmdiv.report import PathProgress, render_summary, write_json
+    from esmdiv.junit import write_junit
+    from esmdiv.report import PathProgress, finite_or_none, render_summary, write_json
 
     with guard(debug):
         config = AuditConfig(
@@ -151,11 +156,15 @@ def check(
         )
         with PathProgress(stderr) as progress:
             result = run_audit(config, progress=progress)
+        data = finite_or_none(result.to_dict()) if json_path is not None or junit_path is not None else None
         if json_path is not None:
-            write_json(result.to_dict(), json_path)
+            write_json(data, json_path)
+        if junit_path is not None:
+            write_junit(data, junit_path)
         render_summary(result, stdout, worst=worst)
-        if json_path is not None:
-            stdout.print(f"report written to {json_path}")
+        for label, path in (("report", json_path), ("JUnit XML", junit_path)):
+            if path is not None:
+                stdout.print(f"{label} written to {path}", highlight=False)
     raise typer.Exit(result.decision.verdict.exit_code)
 
 
@@ -213,6 +222,91 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     if not seeds:
         raise UsageError("--proxy-seeds needs at least one seed")
     return seeds
+
+
+@app.command("report", epilog="Exit codes: 0 written, 2 unreadable report or bad options, 3 matplotlib not installed.")
+def report_command(
+    run_json: Path = typer.Argument(..., help="A report written by esmdiv check --json.", show_default=False),
+    html_path: Optional[Path] = typer.Option(None, "--html", help="Write one self-contained HTML page (plots embedded)."),
+    markdown_path: Optional[Path] = typer.Option(
+        None, "--markdown", help="Write Markdown; its plots go to <name>_files/ beside it."
+    ),
+    junit_path: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML from the saved report."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Markdown only: --no-plots writes text only (CI job summaries)."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+) -> None:
+    """Turn a run's JSON into a page for people (verdict, reasons, plots) and/or JUnit XML."""
+    from esmdiv.errors import UsageError
+    from esmdiv.junit import write_junit
+    from esmdiv.schemas import read_report
+
+    with guard(debug):
+        if html_path is None and markdown_path is None and junit_path is None:
+            raise UsageError("nothing to write: give --html PATH, --markdown PATH and/or --junit PATH")
+        data = read_report(run_json)
+        if html_path is not None or markdown_path is not None:
+            from esmdiv.htmlreport import require_matplotlib, write_reports
+
+            if html_path is not None or plots:
+                require_matplotlib()
+            written = write_reports(data, html_path, markdown_path, plots_in_markdown=plots, source=str(run_json))
+            for path in written:
+                stdout.print(f"written {path}", highlight=False)
+        if junit_path is not None:
+            write_junit(data, junit_path)
+            stdout.print(f"written {junit_path}", highlight=False)
+
+
+@app.command("env", epilog="Exit codes: 0 printed, 2 bad input or options, 3 a model or device unavailable.")
+def env_command(
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 [default: fp16 on CUDA, fp32 on CPU]."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Also load this model and checksum its weights."),
+    fasta: Optional[Path] = typer.Option(None, "--fasta", help="Also count this FASTA's records and checksum it."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the fingerprint as JSON here."),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+) -> None:
+    """Print this machine's fingerprint (what every report records) and which attention backends run here."""
+    from rich.table import Table
+
+    from esmdiv.fingerprint import environment
+    from esmdiv.htmlreport import environment_rows
+    from esmdiv.report import write_json
+    from esmdiv.runtime import resolve_device, resolve_dtype
+    from esmdiv.schemas import SCHEMA_VERSION
+
+    with guard(debug):
+        dev = resolve_device(device)
+        dtype_name, torch_dtype = resolve_dtype(dtype, dev)
+        records = None
+        if fasta is not None:
+            from esmdiv.fasta import iter_fasta
+
+            records = sum(1 for _ in iter_fasta(fasta))
+        loaded = None
+        if model is not None:
+            from esmdiv.models import load_model
+
+            loaded = load_model(model, dev, torch_dtype)
+        env = environment(dev, torch_dtype, None, loaded, fasta, records)
+        table = Table(title="esmdiv environment", show_header=False)
+        table.add_column("what", style="bold")
+        table.add_column("value")
+        rows = environment_rows(env)
+        captured = rows.pop()  # stays last
+        if env["model"]:
+            w = env["model"]["weights"]
+            rows += [("model", f"{env['model']['spec']} ({env['model']['source']})"), ("weights sha256", f"{w['value']} ({w['scope']})")]
+        if env["input"]:
+            i = env["input"]
+            rows += [("input", f"{i['path']}: {i['records']} records, {i['bytes']:,} bytes"), ("input sha256", i["sha256"])]
+        for key, value in rows + [captured]:
+            style = "red" if key.startswith("backend ") and value.startswith("unavailable") else None
+            table.add_row(key, value, style=style)
+        stdout.print(table)
+        if json_path is not None:
+            write_json({"schema_version": SCHEMA_VERSION, "environment": env}, json_path)
+            stdout.print(f"fingerprint written to {json_path}", highlight=False)
 
 
 def main() -> None:

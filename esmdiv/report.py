@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from esmdiv.audit import AuditResult
-from esmdiv.errors import OutputError
+from esmdiv.files import write_text
+from esmdiv.fingerprint import describe
 
 VERDICT_STYLE = {"ACCEPT": "bold green", "VALIDATE": "bold yellow", "FALLBACK": "bold red"}
 
@@ -30,6 +30,8 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
     )
     for name in result.heads:
         console.print(f"[bold]head[/]    {name}")
+    if result.environment:
+        console.print(f"[bold]env[/]     {escape(describe(result.environment))}", highlight=False)
     inputs = result.inputs
     console.print(
         f"[bold]input[/]   {inputs.path}: {inputs.records} records, {s['n']} audited, "
@@ -189,27 +191,20 @@ def _nan_high(x: float) -> float:
     return math.inf if math.isnan(x) else x
 
 
-def write_json(data: dict, path: str | Path) -> None:
+def write_json(data: dict, path: str | Path, option: str = "--json") -> None:
     """Write ``data`` as JSON atomically (a reader never sees half a file). NaN becomes null."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path}: is a directory; --json needs a file path")
-    text = json.dumps(_finite_or_none(data), indent=2, allow_nan=False)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text + "\n")
-        os.replace(tmp, path)
-    except OSError as err:
-        raise OutputError(f"{path}: cannot write the report ({err.strerror or err})") from None
+    write_text(json.dumps(_finite_or_none(data), indent=2, allow_nan=False) + "\n", path, option)
 
 
-def _finite_or_none(value):
+def finite_or_none(value):
+    """``value`` as its JSON file will hold it: every non-finite float becomes ``None``."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
+        return [finite_or_none(v) for v in value]
     return value
+
+
+_finite_or_none = finite_or_none

@@ -50,3 +50,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _every_report_matches_the_schema(monkeypatch):
+    """Every report a test produces (``AuditResult.to_dict``, so every ``--json`` too) is checked
+    against the shipped JSON Schema, as the file would hold it (non-finite numbers as null)."""
+    from esmdiv.audit import AuditResult
+    from esmdiv.report import finite_or_none
+    from esmdiv.schemas import validation_errors
+
+    real = AuditResult.to_dict
+    problems: list[str] = []
+
+    def checked(self):
+        data = real(self)
+        problems.extend(validation_errors(finite_or_none(data)))
+        return data
+
+    monkeypatch.setattr(AuditResult, "to_dict", checked)
+    yield
+    assert not problems, "a report broke report.schema.json:\n" + "\n".join(problems[:20])

@@ -75,10 +75,17 @@ def test_fallback_exit_20_on_nan(monkeypatch, tmp_path):
     assert report["verdict"] == "FALLBACK" and report["summary"]["nonfinite"]
 
 
-def test_fallback_exit_20_when_labels_disagree(monkeypatch):
+def test_fallback_exit_20_when_labels_disagree(monkeypatch, tmp_path):
+    import xml.etree.ElementTree as ET
+
     monkeypatch.setattr(esmdiv.audit, "packed_forward", _poisoned(lambda x, packed: -x))
-    code, stdout, _ = run(SEED18, "--device", "cpu")
+    code, stdout, _ = run(SEED18, "--device", "cpu", "--junit", str(tmp_path / "r.xml"))
     assert code == 20 and "FALLBACK" in stdout and "label agreement" in stdout
+    root = ET.parse(tmp_path / "r.xml").getroot()
+    gates = {c.get("name"): c for c in root.find("testsuite[@name='esmdiv.gates']")}
+    assert "FALLBACK floor" in gates["agreement >= validate"].find("failure").get("message")
+    sequences = root.find("testsuite[@name='esmdiv.sequences']")
+    assert int(sequences.get("failures")) > 0 and int(sequences.get("tests")) == 18
 
 
 def test_internal_error_is_exit_1_one_line_and_no_verdict(monkeypatch):

@@ -1,0 +1,35 @@
+"""Writing report files: atomically, so a reader (or a CI upload) never sees half a file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from esmdiv.errors import OutputError
+
+
+def write_text(text: str | bytes, path: str | Path, option: str) -> None:
+    """Write a report file atomically; ``option`` names the flag that asked for it in errors."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; {option} needs a file path")
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        binary = isinstance(text, bytes)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write the report ({err.strerror or err})") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

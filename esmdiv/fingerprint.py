@@ -1,0 +1,316 @@
+"""The environment fingerprint: what ran, where, on which weights and which input.
+
+Every report carries it as its ``environment`` section, and ``esmdiv env`` prints it. Two runs
+whose fingerprints match ran the same code on the same weights and input, on the same kind of
+machine; a difference names what changed.
+
+Weights checksum (``model.weights``), by where the weights came from:
+
+- a checkpoint file (fair-esm ``.pt``, ``.safetensors``, a fair-esm name in the hub cache, a
+  Hugging Face folder's ``config.json`` and weights file): **sha256 of each file**, streamed in
+  8 MiB chunks, the same digests as ``sha256sum``, so anyone can check them by hand. Nothing
+  is cached: a file replaced under the same name is seen. Cost: one sequential read (about 4 s
+  for the 3B checkpoint's 5.7 GB on a typical server).
+- ``random:<arch>[:seed]``: the weights are a pure function of the spec, the device type, the
+  dtype and torch's random number generator, so there is no file to hash and hashing every
+  parameter would cost seconds per GB on a CPU (11 GB for 3B in fp32). Instead the digest is a
+  **sha256 over a fixed sample of every tensor**: for each entry of the state dict, in order,
+  its name, dtype and shape and the bytes of at most :data:`SAMPLE_ELEMENTS` elements taken at
+  an even stride over the flattened tensor (every element of a smaller tensor). The sample is
+  gathered on the model's device, so the cost is bounded (a few MB per model) whatever the
+  size. A different seed, dtype, architecture or generator (CPU and CUDA draw differently)
+  changes every element and so the digest; a targeted edit to an unsampled element would not,
+  which is no threat for weights that nobody stores. ``scope`` says which kind a digest is:
+  only digests of the same scope compare.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from esmdiv import __version__
+
+SAMPLE_ELEMENTS = 1 << 16
+_CHUNK = 8 << 20
+PACKAGES = ("torch", "fair-esm", "flash-attn", "numpy", "scipy", "safetensors", "typer", "rich", "matplotlib")
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes as stored (a gzip file's compressed bytes), streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entry(path: str | Path) -> dict:
+    path = Path(path)
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def input_fingerprint(path: str | Path, records: int) -> dict:
+    """The FASTA as audited: its path, how many records it held, its size and sha256."""
+    return {**file_entry(path), "records": records}
+
+
+# --- weights -------------------------------------------------------------------------------------
+
+def weight_files(info) -> list[Path]:
+    """The files a checkpoint-based model was read from (empty for ``random:`` specs)."""
+    if info.random_weights or not info.path:
+        return []
+    path = Path(info.path)
+    if info.source == "hf-folder" and (path.parent / "config.json").is_file():
+        return [path.parent / "config.json", path]
+    return [path]
+
+
+def weights_checksum(loaded) -> dict:
+    """Checksum of the weights a run used; the module docstring says what it covers and why."""
+    files = weight_files(loaded.info)
+    if files:
+        entries = [file_entry(p) for p in files]
+        if len(entries) == 1:
+            value = entries[0]["sha256"]
+        else:  # one value to compare: sha256 over the files' names and digests
+            value = hashlib.sha256("".join(f"{Path(e['path']).name}\0{e['sha256']}\n" for e in entries).encode()).hexdigest()
+        return {"algorithm": "sha256", "scope": "files", "value": value, "files": entries}
+    return {
+        "algorithm": "sha256",
+        "scope": "tensor-sample",
+        "value": tensor_sample_digest(loaded.model.state_dict()),
+        "sample_elements": SAMPLE_ELEMENTS,
+        "files": [],
+    }
+
+
+@torch.inference_mode()
+def tensor_sample_digest(state: dict[str, torch.Tensor], sample: int = SAMPLE_ELEMENTS) -> str:
+    """sha256 over each tensor's name, dtype, shape and an even-strided sample of its elements."""
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        flat = tensor.detach().reshape(-1)
+        if flat.numel() > sample:
+            stride = flat.numel() // sample
+            flat = flat[::stride][:sample]
+        digest.update(f"{name}\0{str(tensor.dtype).replace('torch.', '')}\0{tuple(tensor.shape)}\n".encode())
+        digest.update(flat.contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# --- software ------------------------------------------------------------------------------------
+
+def package_versions(names=PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution, ``None`` where absent."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    if out.get("torch") is None:  # a torch built from source may lack metadata
+        out["torch"] = torch.__version__
+    return out
+
+
+def esmdiv_source() -> dict:
+    """esmdiv's version and, where known, the git commit it runs from (and whether edited)."""
+    commit, dirty, how = None, None, None
+    root = Path(__file__).resolve().parent.parent
+    top = _git(root, "rev-parse", "--show-toplevel")
+    if top is not None and Path(top).resolve() == root:
+        commit = _git(root, "rev-parse", "HEAD")
+        status = _git(root, "status", "--porcelain", "--untracked-files=no")
+        dirty = bool(status) if status is not None else None
+        how = "git checkout" if commit else None
+    if commit is None:  # installed from a git URL: pip records the commit (PEP 610)
+        try:
+            direct = json.loads(importlib.metadata.distribution("esmdiv").read_text("direct_url.json") or "{}")
+            commit = (direct.get("vcs_info") or {}).get("commit_id")
+            how = "pip direct_url.json" if commit else None
+        except (importlib.metadata.PackageNotFoundError, ValueError):
+            pass
+    return {"version": __version__, "git_commit": commit, "git_dirty": dirty, "commit_from": how}
+
+
+def _git(cwd: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+# --- hardware ------------------------------------------------------------------------------------
+
+def cuda_info() -> dict:
+    """CUDA as torch sees it, the driver where readable, and every visible GPU."""
+    info: dict[str, Any] = {
+        "available": torch.cuda.is_available(),
+        "torch_cuda": torch.version.cuda,
+        "cudnn": None,
+        "driver": None,
+        "driver_cuda": None,
+        "gpus": [],
+    }
+    if not info["available"]:
+        return info
+    try:
+        info["cudnn"] = torch.backends.cudnn.version()
+    except Exception:  # noqa: BLE001 - cuDNN absent or broken: say nothing rather than fail
+        pass
+    info["driver"] = _driver_version()
+    info["driver_cuda"] = _driver_cuda_version()
+    try:
+        info["gpus"] = [gpu_info(i) for i in range(torch.cuda.device_count())]
+    except Exception as err:  # noqa: BLE001 - a fingerprint never costs the verdict: say what failed
+        info["error"] = f"{type(err).__name__}: {err}"
+    return info
+
+
+def gpu_info(index: int) -> dict:
+    props = torch.cuda.get_device_properties(index)
+    return {
+        "index": index,
+        "name": props.name,
+        "memory_bytes": int(props.total_memory),
+        "memory_gib": round(props.total_memory / 2**30, 1),
+        "capability": f"{props.major}.{props.minor}",
+        "multiprocessors": props.multi_processor_count,
+    }
+
+
+def _driver_version() -> str | None:
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+        if m := re.search(r"Kernel Module\s+(?:for\s+\S+\s+)?([0-9][0-9.]+)", text):
+            return m.group(1)
+    except OSError:
+        pass
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip().splitlines()[0].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return None
+
+
+def _driver_cuda_version() -> str | None:
+    """The newest CUDA the installed driver supports (``cuDriverGetVersion``)."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+        version = ctypes.c_int()
+        if lib.cuDriverGetVersion(ctypes.byref(version)) == 0:
+            return f"{version.value // 1000}.{version.value % 1000 // 10}"
+    except (OSError, AttributeError):
+        pass
+    return None
+
+
+# --- backends ------------------------------------------------------------------------------------
+
+def backend_table(device: torch.device, dtype: torch.dtype) -> dict:
+    """Each attention backend on ``device`` in ``dtype``: available or every reason it is not,
+    plus the one ``--backend auto`` would pick."""
+    from esmdiv.attention import BACKENDS, backend_availability, resolve_backend
+
+    availability = backend_availability(device, dtype)
+    extra = {
+        "flash-attn": None if importlib.util.find_spec("flash_attn") else "the flash-attn package is not installed",
+        "torch": None if importlib.util.find_spec("torch.nn.attention.varlen") else
+        f"torch {torch.__version__} has no torch.nn.attention.varlen",
+    }
+    table = {}
+    for name in BACKENDS:
+        reasons = [r for r in (availability[name], extra.get(name)) if r]
+        table[name] = {"available": availability[name] is None, "why_not": "; ".join(dict.fromkeys(reasons)) or None}
+    return {"device": str(device), "dtype": _dtype_name(dtype), "auto": resolve_backend("auto", device, dtype), "backends": table}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    from esmdiv.models import DTYPES
+
+    return next((k for k, v in DTYPES.items() if v == dtype), str(dtype).replace("torch.", ""))
+
+
+# --- the whole fingerprint -----------------------------------------------------------------------
+
+def environment(
+    device: torch.device,
+    dtype: torch.dtype,
+    backend: str | None = None,
+    loaded=None,
+    fasta: str | Path | None = None,
+    records: int | None = None,
+) -> dict:
+    """The ``environment`` section: software, hardware, what ran, weights and input checksums.
+
+    ``backend`` is the backend that ran (``None`` for ``esmdiv env``, which reports what
+    ``auto`` would pick); ``loaded`` a :class:`~esmdiv.models.LoadedModel`; ``fasta`` and
+    ``records`` the input file and its record count. Whatever is not given is ``null``.
+    """
+    cuda = cuda_info()
+    gpu = None
+    if device.type == "cuda" and cuda["available"]:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        gpu = next((g for g in cuda["gpus"] if g["index"] == index), None)
+    backends = backend_table(device, dtype)
+    model = None
+    if loaded is not None:
+        model = {"spec": loaded.info.spec, "source": loaded.info.source, "weights": weights_checksum(loaded)}
+    return {
+        "captured_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
+        "esmdiv": esmdiv_source(),
+        "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
+                   "executable": sys.executable},
+        "platform": {"system": platform.system(), "release": platform.release(), "machine": platform.machine(),
+                     "hostname": platform.node()},
+        "packages": package_versions(),
+        "cuda": cuda,
+        "run": {
+            "device": str(device),
+            "gpu": gpu,
+            "dtype": _dtype_name(dtype),
+            "backend": backend if backend is not None else backends["auto"],
+            "backend_chosen_by": "run" if backend is not None else "auto (no run)",
+            "torch_threads": torch.get_num_threads(),
+        },
+        "attention_backends": backends,
+        "model": model,
+        "input": input_fingerprint(fasta, records) if fasta is not None and records is not None else None,
+    }
+
+
+def describe(env: dict) -> str:
+    """One line for logs: versions, GPU and the weights digest."""
+    p = env["packages"]
+    parts = [f"esmdiv {env['esmdiv']['version']}" + (f" ({env['esmdiv']['git_commit'][:10]}"
+             + ("+dirty" if env["esmdiv"].get("git_dirty") else "") + ")" if env["esmdiv"].get("git_commit") else ""),
+             f"torch {p['torch']}", f"fair-esm {p['fair-esm'] or 'absent'}", f"flash-attn {p['flash-attn'] or 'absent'}",
+             f"Python {env['python']['version']}"]
+    gpu = env["run"].get("gpu")
+    if gpu:
+        parts.append(f"{gpu['name']} ({gpu['memory_gib']} GiB, driver {env['cuda']['driver'] or '?'}, CUDA {env['cuda']['torch_cuda']})")
+    if env.get("model"):
+        w = env["model"]["weights"]
+        parts.append(f"weights sha256 {w['value'][:12]}… ({w['scope']})")
+    return ", ".join(parts)

@@ -1,0 +1,214 @@
+"""JUnit XML for CI systems, built from a report dict (what ``--json`` writes).
+
+One ``<testsuites>`` with two suites:
+
+- ``esmdiv.gates``: one test case per gate of the verdict (``reasons``), failing where the gate
+  failed, its message carrying the value, the threshold and the verdict.
+- ``esmdiv.sequences``: one test case per audited sequence, failing where that sequence breaks a
+  gate on its own: non-finite output, pooled cosine at or below ``min_cosine``, MAD at or above
+  ``max_mad``, or a label flip while a label-agreement gate failed (a flip under a passing
+  agreement gate is noted in the case's output, not failed: the gate allows it).
+
+So the file has failures exactly when the verdict is not ACCEPT. A report with
+``complete: false`` becomes one suite with one errored case saying why there is no verdict.
+
+The layout satisfies both Jenkins' ``junit-10.xsd`` and Ant's stricter ``JUnit.xsd`` (what GitLab,
+GitHub test-report actions and Jenkins read): every suite has ``name``, ``tests``, ``failures``,
+``errors``, ``time``, ``timestamp`` (ISO 8601, no zone) and ``hostname``, then ``properties``,
+the cases, ``system-out`` and ``system-err`` in that order; every case has ``name``,
+``classname`` and ``time``; every ``failure``/``error`` has ``message`` and ``type``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+AGREEMENT_GATES = ("agreement >= validate", "agreement > accept")
+FALLBACK_GATES = ("finite", "agreement >= validate")
+_XML_ILLEGAL = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def sequence_problems(seq: dict, thresholds: dict, agreement_failed: bool) -> list[str]:
+    """How one sequence breaks a gate, one readable line each (empty: it breaks none)."""
+    problems = []
+    for path, key in (("v1 (padded)", "finite_v1"), ("v2 (packed)", "finite_v2")):
+        if not seq.get(key, True):
+            problems.append(f"non-finite output on {path} [finite]")
+    cosine, mad = _num(seq.get("cosine")), _num(seq.get("mad"))
+    if cosine is not None and not cosine > thresholds["min_cosine"]:
+        problems.append(f"pooled cosine {cosine:.10g} <= {thresholds['min_cosine']:g} [min cosine]")
+    if mad is not None and not mad < thresholds["max_mad"]:
+        problems.append(f"pooled MAD {mad:.3e} >= {thresholds['max_mad']:g} [max MAD]")
+    if agreement_failed and seq.get("label_v1") != seq.get("label_v2"):
+        problems.append(f"label flipped {seq.get('label_v1')} -> {seq.get('label_v2')} [label agreement]")
+    return problems
+
+
+def junit_tree(report: dict) -> ET.Element:
+    """The ``<testsuites>`` element for ``report``."""
+    env = report.get("environment") or {}
+    timestamp = (env.get("captured_at") or "1970-01-01T00:00:00Z").rstrip("Z")[:19]
+    hostname = (env.get("platform") or {}).get("hostname") or "unknown"
+    properties = _properties(report)
+    root = ET.Element("testsuites", name="esmdiv")
+    if not report.get("complete") or "reasons" not in report:
+        suite = _suite(root, "esmdiv.run", 0, timestamp, hostname, properties)
+        case = _case(suite, "audit", "esmdiv.run")
+        why = incomplete_reason(report)
+        _sub(case, "error", why, message=f"the audit did not finish: no verdict ({why.splitlines()[0][:300]})",
+             type="esmdiv.incomplete")
+        _close(suite, "", "")
+    else:
+        verdict = report["verdict"]
+        failed = {r["gate"] for r in report["reasons"] if not r["passed"]}
+        gates = _suite(root, "esmdiv.gates", 1, timestamp, hostname, properties)
+        for reason in report["reasons"]:
+            case = _case(gates, reason["gate"], "esmdiv.gates")
+            if not reason["passed"]:
+                consequence = "FALLBACK" if reason["gate"] in FALLBACK_GATES else "VALIDATE"
+                _sub(case, "failure",
+                     f"gate: {reason['gate']}\nvalue: {reason['value']}\nthreshold: {reason['threshold']}\n"
+                     f"a failure here alone means {consequence}; the verdict is {verdict}",
+                     message=f"{reason['message']} (verdict {verdict})", type="esmdiv.gate")
+        lines = [f"verdict: {verdict}"] + [("PASS " if r["passed"] else "FAIL ") + r["message"] for r in report["reasons"]]
+        _close(gates, "\n".join(lines), "")
+
+        timings = report.get("timings") or {}
+        seconds = sum(timings.get(k) or 0.0 for k in ("padded_s", "packed_s"))
+        sequences = _suite(root, "esmdiv.sequences", 2, timestamp, hostname, properties, time=seconds)
+        agreement_failed = bool(failed & set(AGREEMENT_GATES))
+        for seq in report["sequences"]:
+            case = _case(sequences, seq["id"], "esmdiv.sequences")
+            problems = sequence_problems(seq, report["thresholds"], agreement_failed)
+            if problems:
+                _sub(case, "failure", _numbers(seq), message=f"{seq['id']}: " + "; ".join(problems), type="esmdiv.sequence")
+            else:
+                flip = seq.get("label_v1") != seq.get("label_v2")
+                _sub(case, "system-out", _numbers(seq) + ("\nlabel flipped (allowed: the agreement gates pass)" if flip else ""))
+        _close(sequences, "", "")
+    _count(root)
+    return root
+
+
+def junit_xml(report: dict) -> str:
+    root = junit_tree(report)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_junit(report: dict, path: str | Path) -> None:
+    from esmdiv.files import write_text
+
+    write_text(junit_xml(report), path, option="--junit")
+
+
+# --- building blocks -----------------------------------------------------------------------------
+
+def _clean(value) -> str:
+    return _XML_ILLEGAL.sub("\ufffd", str(value))
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs) -> ET.Element:
+    element = ET.SubElement(parent, tag, {k: _clean(v) for k, v in attrs.items()})
+    if text is not None:
+        element.text = _clean(text)
+    return element
+
+
+def _suite(root, name, index, timestamp, hostname, properties, time: float = 0.0) -> ET.Element:
+    suite = _sub(root, "testsuite", name=name, id=index, package="esmdiv", tests=0, failures=0, errors=0,
+                 time=f"{time:.3f}", timestamp=timestamp, hostname=hostname)
+    props = _sub(suite, "properties")
+    for key, value in properties:
+        _sub(props, "property", name=key, value=value)
+    return suite
+
+
+def _case(suite: ET.Element, name: str, classname: str) -> ET.Element:
+    return _sub(suite, "testcase", name=name, classname=classname, time="0.000")
+
+
+def _close(suite: ET.Element, out: str, err: str) -> None:
+    _sub(suite, "system-out", out)
+    _sub(suite, "system-err", err)
+
+
+def _count(root: ET.Element) -> None:
+    totals = {"tests": 0, "failures": 0, "errors": 0}
+    time = 0.0
+    for suite in root.iter("testsuite"):
+        cases = suite.findall("testcase")
+        counts = {
+            "tests": len(cases),
+            "failures": sum(1 for c in cases if c.find("failure") is not None),
+            "errors": sum(1 for c in cases if c.find("error") is not None),
+        }
+        for key, value in counts.items():
+            suite.set(key, str(value))
+            totals[key] += value
+        time += float(suite.get("time"))
+    for key, value in totals.items():
+        root.set(key, str(value))
+    root.set("time", f"{time:.3f}")
+
+
+def _properties(report: dict) -> list[tuple[str, str]]:
+    env = report.get("environment") or {}
+    model = report.get("model") or {}
+    out = [
+        ("verdict", report.get("verdict") or "none (incomplete)"),
+        ("esmdiv_version", report.get("esmdiv_version") or (env.get("esmdiv") or {}).get("version")),
+        ("model", model.get("spec")),
+        ("random_weights", model.get("random_weights")),
+        ("device", report.get("device")),
+        ("dtype", report.get("dtype")),
+        ("backend", report.get("backend")),
+        ("head", report.get("head")),
+        ("fasta", (report.get("input") or {}).get("path")),
+    ]
+    if env:
+        gpu = (env.get("run") or {}).get("gpu")
+        out += [
+            ("git_commit", (env.get("esmdiv") or {}).get("git_commit")),
+            ("torch", (env.get("packages") or {}).get("torch")),
+            ("fair-esm", (env.get("packages") or {}).get("fair-esm")),
+            ("flash-attn", (env.get("packages") or {}).get("flash-attn") or "absent"),
+            ("gpu", gpu and gpu.get("name")),
+            ("weights_sha256", ((env.get("model") or {}).get("weights") or {}).get("value")),
+            ("fasta_sha256", (env.get("input") or {}).get("sha256")),
+        ]
+    return [(k, str(v)) for k, v in out if v is not None]
+
+
+def _numbers(seq: dict) -> str:
+    def fmt(v, spec):
+        return "n/a (not finite)" if _num(v) is None else format(v, spec)
+
+    return (
+        f"length {seq.get('length')} (of {seq.get('original_length')})\n"
+        f"pooled cosine {fmt(seq.get('cosine'), '.12f')}"
+        + ("" if _num(seq.get("cosine")) is None else f" (1 - cosine {1 - seq['cosine']:.2e})") + "\n"
+        f"pooled MAD {fmt(seq.get('mad'), '.3e')}\n"
+        f"max |diff| {fmt(seq.get('max_abs_diff'), '.3e')}\n"
+        f"label v1/v2 {seq.get('label_v1')}/{seq.get('label_v2')}\n"
+        f"confidence v1/v2 {fmt(seq.get('confidence_v1'), '.6f')}/{fmt(seq.get('confidence_v2'), '.6f')}"
+    )
+
+
+def incomplete_reason(report: dict) -> str:
+    error = report.get("error")
+    if isinstance(error, dict):
+        text = error.get("message") or str(error)
+        if error.get("exit_code") is not None:
+            text += f" (exit {error['exit_code']})"
+        return text
+    return str(error) if error else "the report is marked incomplete and says no more"
+
+
+def _num(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)

@@ -1,0 +1,70 @@
+"""JSON Schemas shipped with esmdiv (package data, present in a non-editable install too).
+
+``report.schema.json`` describes what ``esmdiv check --json`` writes; its ``$defs`` also hold
+``environment_report``, what ``esmdiv env --json`` writes.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+REPORT_SCHEMA = "report.schema.json"
+
+
+@lru_cache(maxsize=None)
+def _text(name: str) -> str:
+    return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
+
+
+def report_schema() -> dict:
+    """The report schema as a fresh dict (draft 2020-12)."""
+    return json.loads(_text(REPORT_SCHEMA))
+
+
+def environment_report_schema() -> dict:
+    """The schema of ``esmdiv env --json``: the report schema's ``environment_report``."""
+    schema = report_schema()
+    return {"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/environment_report"}
+
+
+def validation_errors(instance: dict, schema: dict | None = None) -> list[str]:
+    """Every way ``instance`` breaks ``schema`` (the report schema by default), as readable lines.
+
+    Needs the ``jsonschema`` package (in the ``test`` extra).
+    """
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema or report_schema())
+    return [
+        f"{'/'.join(str(p) for p in error.absolute_path) or '(root)'}: {error.message}"
+        for error in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+
+
+def read_report(path: str | Path) -> dict:
+    """A report from ``esmdiv check --json``; anything else is an input error naming the file."""
+    from esmdiv import __version__
+    from esmdiv.errors import InputError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
+    except ValueError as err:
+        raise InputError(f"{path}: not JSON ({err})") from None
+    if not isinstance(data, dict) or "schema_version" not in data or "complete" not in data:
+        raise InputError(f"{path}: not an esmdiv report (no schema_version and complete fields)")
+    version = data["schema_version"]
+    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+        raise InputError(
+            f"{path}: report schema_version {version!r}; this esmdiv ({__version__}) reads 1 to {SCHEMA_VERSION}"
+        )
+    if data["complete"] and not all(k in data for k in ("verdict", "reasons", "sequences", "thresholds")):
+        raise InputError(f"{path}: marked complete but lacks verdict, reasons, sequences or thresholds")
+    return data
