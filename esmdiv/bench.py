@@ -323,6 +323,7 @@ def run_bench(config: BenchConfig, loaded: LoadedModel | None = None, log: Log |
         raise UsageError(f"--max-tokens {max_tokens} is too small (a sequence needs at least 3 tokens)")
     workload = make_workload(config)
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    env = environment(device)  # at the start: the git state is that of the code that runs
 
     if loaded is None:
         say(f"loading {config.model} on {device} ({dtype_name})")
@@ -351,10 +352,16 @@ def run_bench(config: BenchConfig, loaded: LoadedModel | None = None, log: Log |
             continue
         slots = prepared.tokens if name == "packed" else prepared.slots
         result = PathResult(name, "ok", tokens=prepared.tokens, sequences=len(workload.sequences), slots=slots)
-        try:
-            if name == "hf" and peer is None:
+        if name == "hf":
+            try:
                 peer = build_hf_peer(loaded)
-                result.note = f"transformers {peer.transformers_version}, attn_implementation={peer.attn_implementation}"
+            except EnvironmentUnavailable as err:
+                if config.paths is not None:
+                    raise
+                results[name] = PathResult(name, "not available", f"not available: {err}")
+                continue
+            result.note = f"transformers {peer.transformers_version}, attn_implementation={peer.attn_implementation}"
+        try:
             if name != "padded":
                 result.check = _check(name, runners[name](check_index), reference, prepared, check_index, model, dtype_name)
                 if not result.check["ok"]:
@@ -380,7 +387,7 @@ def run_bench(config: BenchConfig, loaded: LoadedModel | None = None, log: Log |
     info = loaded.info
     return BenchResult(
         config=config,
-        environment=environment(device),
+        environment=env,
         model={
             "spec": info.spec, "source": info.source, "path": info.path, "num_layers": info.num_layers,
             "embed_dim": info.embed_dim, "attention_heads": info.attention_heads,

@@ -88,8 +88,8 @@ def fair_key(hf_key: str) -> str | None:
 def build_hf_peer(loaded: LoadedModel, attn_implementation: str = "sdpa") -> HFPeer:
     """An ``EsmModel`` without pooler whose parameters are ``loaded.model``'s own tensors.
 
-    Raises ``EnvironmentUnavailable`` without transformers, ``RuntimeError`` when an HF
-    parameter has no fair-esm counterpart (a transformers version this mapping does not know).
+    Raises ``EnvironmentUnavailable`` without transformers, or when this transformers version's
+    ``EsmModel`` has a parameter or buffer that the mapping does not know.
     """
     why = hf_unavailable()
     if why:
@@ -110,10 +110,15 @@ def build_hf_peer(loaded: LoadedModel, attn_implementation: str = "sdpa") -> HFP
             continue
         source = fair_key(key)
         if source is None or source not in fair_state:
-            raise RuntimeError(f"HF EsmModel key '{key}' (transformers {transformers.__version__}) has no fair-esm counterpart")
+            raise EnvironmentUnavailable(
+                f"transformers {transformers.__version__}: EsmModel key '{key}' has no fair-esm counterpart"
+            )
         tensor = fair_state[source]
         if tuple(tensor.shape) != tuple(meta_tensor.shape):
-            raise RuntimeError(f"HF '{key}' {tuple(meta_tensor.shape)} != fair-esm '{source}' {tuple(tensor.shape)}")
+            raise EnvironmentUnavailable(
+                f"transformers {transformers.__version__}: EsmModel '{key}' {tuple(meta_tensor.shape)} does not "
+                f"match fair-esm '{source}' {tuple(tensor.shape)}"
+            )
         state[key] = tensor
     # assign=True: the HF parameters become views of fair-esm's tensors (no copy, same dtype/device).
     peer.load_state_dict(state, strict=True, assign=True)
@@ -125,7 +130,9 @@ def build_hf_peer(loaded: LoadedModel, attn_implementation: str = "sdpa") -> HFP
             if leaf == "position_ids":
                 owner.register_buffer(leaf, torch.arange(buffer.shape[-1], device=device).expand((1, -1)), persistent=False)
             else:
-                raise RuntimeError(f"HF EsmModel buffer '{name}' is not handled by esmdiv's peer builder")
+                raise EnvironmentUnavailable(
+                    f"transformers {transformers.__version__}: EsmModel buffer '{name}' is not handled by esmdiv"
+                )
     peer.eval()
     return HFPeer(peer, transformers.__version__, peer.config._attn_implementation)
 

@@ -321,3 +321,16 @@ def test_bench_on_cuda_reports_memory_and_passes_its_checks(cuda):
         assert path["tokens"] == data["workload"]["tokens"], name
         if name != "padded":
             assert path["check"]["ok"], (name, path["check"])
+
+
+def test_an_hf_version_the_mapping_does_not_know_is_not_available(random_8m, small_fasta, monkeypatch):
+    def unknown_key(loaded):
+        raise EnvironmentUnavailable("transformers 9.0: EsmModel key 'x.y' has no fair-esm counterpart")
+
+    monkeypatch.setattr(esmdiv.bench, "hf_unavailable", lambda: None)  # installed, but a version we cannot map
+    monkeypatch.setattr(esmdiv.bench, "build_hf_peer", unknown_key)
+    data = run_bench(BenchConfig(fasta=small_fasta, device="cpu", repeats=1, warmup=0), loaded=random_8m).to_dict()
+    assert data["paths"]["hf"]["status"] == "not available" and "'x.y'" in data["paths"]["hf"]["note"]
+    assert data["paths"]["packed"]["status"] == "ok"
+    with pytest.raises(EnvironmentUnavailable, match="x.y"):
+        run_bench(BenchConfig(fasta=small_fasta, device="cpu", paths=("packed", "hf")), loaded=random_8m)
