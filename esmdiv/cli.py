@@ -81,14 +81,14 @@ def check(
         "or random:<8M|35M|150M|650M|3B|15B>[:seed] (seeded random weights).",
     ),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 [default: fp16 on CUDA, fp32 on CPU]."),
+    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU)."),
     backend: str = typer.Option("auto", help="Packed attention: auto, flash-attn, torch or reference."),
     head: str = typer.Option(
         "auto", help="Prediction head: auto (the checkpoint's own, else proxy), model, proxy, or a head file (.pt/.safetensors)."
     ),
     long: str = typer.Option("truncate", "--long", help="Over 1022 residues: truncate, skip, error or full."),
     max_tokens: Optional[int] = typer.Option(
-        None, help="Token budget per batch, padded [default: 16384 on CUDA, 4096 on CPU]."
+        None, help="Token budget per batch, padded (default: 16384 on CUDA, 4096 on CPU)."
     ),
     accept_agreement: float = typer.Option(0.99, help="ACCEPT needs label agreement above this fraction."),
     validate_agreement: float = typer.Option(0.95, help="Below this agreement fraction: FALLBACK."),
@@ -106,7 +106,7 @@ def check(
     trace: bool = typer.Option(False, "--trace", help="Compare the hidden states after every layer."),
     trace_threshold: float = typer.Option(1e-2, help="rel-L2 at which --trace names the first layer crossing it."),
     mlm: Optional[bool] = typer.Option(
-        None, "--mlm/--no-mlm", help="MLM metrics (token agreement, JS divergence, perplexity) [default: when the model has an LM head]."
+        None, "--mlm/--no-mlm", help="MLM metrics (token agreement, JS divergence, perplexity) (default: when the model has an LM head)."
     ),
     mlm_sample: int = typer.Option(64, help="Sequences (first in the file) in the 15 %-masked perplexity sample."),
     invariance: bool = typer.Option(False, "--invariance", help="Rerun in shuffled batches: do embeddings move with their neighbours?"),
@@ -178,9 +178,9 @@ SELFTEST_EXIT_HELP = (
 def selftest(
     model: str = typer.Option("random:8M", "--model", "-m", help="Model spec, as for check."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 [default: fp16 on CUDA, fp32 on CPU]."),
+    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU)."),
     backend: str = typer.Option("auto", help="Packed attention: auto, flash-attn, torch or reference."),
-    fasta: Optional[Path] = typer.Option(None, help="Sequences to audit [default: the shipped seed18 fixture]."),
+    fasta: Optional[Path] = typer.Option(None, help="Sequences to audit (default: the shipped seed18 fixture)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the table as JSON here."),
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ) -> None:
@@ -260,7 +260,7 @@ def report_command(
 @app.command("env", epilog="Exit codes: 0 printed, 2 bad input or options, 3 a model or device unavailable.")
 def env_command(
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 [default: fp16 on CUDA, fp32 on CPU]."),
+    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Also load this model and checksum its weights."),
     fasta: Optional[Path] = typer.Option(None, "--fasta", help="Also count this FASTA's records and checksum it."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the fingerprint as JSON here."),
@@ -307,6 +307,64 @@ def env_command(
         if json_path is not None:
             write_json({"schema_version": SCHEMA_VERSION, "environment": env}, json_path)
             stdout.print(f"fingerprint written to {json_path}", highlight=False)
+
+
+
+@app.command(epilog="Exit codes: 0 done, 2 usage or bad input, 3 environment (no CUDA, backend, model or "
+             "transformers unavailable), 1 internal error, 130 interrupted.")
+def bench(
+    fasta: Optional[Path] = typer.Argument(None, help="Protein FASTA to time (default: the lognormal workload).",
+                                           show_default=False),
+    model: str = typer.Option("random:8M", "--model", "-m", help="Same specs as check."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
+    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU)."),
+    backend: str = typer.Option("auto", help="Packed attention: auto, flash-attn, torch or reference."),
+    max_tokens: Optional[int] = typer.Option(
+        None, help="Token budget per batch, padded; the same batches for every path (default: 16384 on CUDA, 4096 on CPU)."
+    ),
+    workload: Optional[str] = typer.Option(
+        None, help="lognormal (seeded synthetic) or fasta (default: fasta when a FASTA is given, else lognormal)."
+    ),
+    n: int = typer.Option(256, "--n", help="Sequences in the lognormal workload."),
+    seed: int = typer.Option(0, help="Seed of the lognormal workload (n=256 seed=0: 75,807 tokens)."),
+    long: str = typer.Option("truncate", "--long", help="FASTA records over 1022 residues: truncate, skip, error or full."),
+    repeats: int = typer.Option(5, help="Timed passes over the whole workload per path (the median is reported)."),
+    warmup: int = typer.Option(1, help="Untimed passes per path before timing."),
+    paths: Optional[str] = typer.Option(
+        None, help="Paths to time, comma-separated: padded,packed,hf (default: all three; hf only where transformers imports)."
+    ),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
+    write_fasta: Optional[Path] = typer.Option(
+        None, "--write-fasta", help="Write the workload as FASTA here and exit (nothing is timed; .gz compresses)."
+    ),
+    debug: bool = typer.Option(False, help="Show tracebacks."),
+) -> None:
+    """Time fair-esm's padded forward, the packed forward and Hugging Face EsmModel (sdpa) on one workload."""
+    import shlex
+
+    from esmdiv.bench import BenchConfig, make_workload, parse_paths, run_bench
+    from esmdiv.bench_report import render_bench
+    from esmdiv.report import write_json
+    from esmdiv.workloads import write_fasta as write_workload_fasta
+
+    with guard(debug):
+        config = BenchConfig(
+            model=model, device=device, dtype=dtype, backend=backend, max_tokens=max_tokens, fasta=fasta,
+            workload=workload, n=n, seed=seed, long_policy=long, repeats=repeats, warmup=warmup,
+            paths=parse_paths(paths) if paths is not None else None,
+            command="esmdiv " + shlex.join(sys.argv[1:]),
+        )
+        if write_fasta is not None:
+            chosen = make_workload(config)
+            count = write_workload_fasta(chosen.sequences, write_fasta)
+            stdout.print(f"wrote {count:,} sequences ({chosen.tokens:,} tokens, {chosen.describe()}) to {write_fasta}")
+            raise typer.Exit(0)
+        result = run_bench(config, log=lambda message: stderr.print(message, highlight=False))
+        if json_path is not None:
+            write_json(result.to_dict(), json_path)
+        render_bench(result, stdout)
+        if json_path is not None:
+            stdout.print(f"results written to {json_path}")
 
 
 def main() -> None:

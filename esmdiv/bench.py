@@ -1,0 +1,527 @@
+"""Timing the paths on one workload: fair-esm padded, esmdiv packed, and Hugging Face ``EsmModel``.
+
+:func:`run_bench` is what ``esmdiv bench`` calls and what tests call directly. Method:
+
+- The workload (a FASTA file or the synthetic ``lognormal`` one) is encoded and split into batches
+  once, with :func:`~esmdiv.packing.batches_by_tokens`; every path runs those same batches. Each
+  batch is padded (``(B, L)`` tokens plus a ``(B, L)`` attention mask for HF) and packed
+  (``input_ids (T,)``, ``cu_seqlens (B+1,)``) and moved to the device *before* any timing, so
+  host-side work stays out of the timed region.
+- Before timing, each path's output on one batch (the smallest) is compared with fair-esm's
+  padded output over the real tokens: a wrong model is reported, not benchmarked silently.
+- Per path: ``warmup`` untimed passes over the whole workload, then ``repeats`` timed passes, each
+  one whole pass over every batch between two device synchronisations (``torch.cuda.synchronize``
+  on CUDA). Reported: median, min and max seconds; tokens/s and sequences/s from the median.
+- Peak GPU memory per path: ``torch.cuda.max_memory_allocated`` over the timed passes, after
+  ``reset_peak_memory_stats``; it includes what was already resident (weights, the prepared
+  batches), reported separately as ``resident``. ``null`` on CPU.
+- Speed-ups are ratios of medians: ``packed_over_padded = median(padded) / median(packed)``.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from esmdiv import __version__
+from esmdiv.attention import resolve_backend
+from esmdiv.audit import DEFAULT_MAX_TOKENS
+from esmdiv.errors import EnvironmentUnavailable, InputError, UsageError
+from esmdiv.fasta import iter_fasta
+from esmdiv.hf_peer import HFPeer, build_hf_peer, hf_forward, hf_unavailable
+from esmdiv.inputs import LONG_POLICIES, AuditSequence, InputReport, iter_sequences
+from esmdiv.models import LoadedModel, load_model
+from esmdiv.packing import Packed, batches_by_tokens, encode, encoder_table, pack, pad, to_padded
+from esmdiv.paths import packed_forward, padded_forward
+from esmdiv.runtime import resolve_device, resolve_dtype, synchronize
+from esmdiv.workloads import lognormal_workload
+
+SCHEMA = "esmdiv-bench/1"
+PATHS = ("padded", "packed", "hf")
+WORKLOADS = ("lognormal", "fasta")
+PATH_DESCRIPTIONS = {
+    "padded": "fair-esm ESM2.forward on right-padded batches (bmm attention, key padding mask)",
+    "packed": "esmdiv packed_forward: no padding, varlen attention over cu_seqlens",
+    "hf": "transformers EsmModel (sdpa attention) on the same right-padded batches with an attention mask",
+}
+# A path whose output on the check batch differs from fair-esm's padded one by more than this
+# (mean |diff| relative to mean |reference|, over real tokens) is flagged: rounding in fp16/bf16
+# stays near 1e-3/1e-2, a wrong model or a broken weight map is of order 1.
+CHECK_TOLERANCE = {"fp32": 1e-4, "fp16": 0.05, "bf16": 0.05}
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class BenchConfig:
+    model: str = "random:8M"
+    device: str = "auto"
+    dtype: str | None = None  # None: fp16 on CUDA, fp32 on CPU
+    backend: str = "auto"
+    max_tokens: int | None = None  # None: 16384 on CUDA, 4096 on CPU
+    fasta: Path | None = None
+    workload: str | None = None  # None: "fasta" when a FASTA is given, else "lognormal"
+    n: int = 256
+    seed: int = 0
+    long_policy: str = "truncate"
+    repeats: int = 5
+    warmup: int = 1
+    paths: Sequence[str] | None = None  # None: all three, hf only where transformers imports
+    packed_kwargs: dict = field(default_factory=dict)  # extra keyword arguments for packed_forward
+    command: str | None = None  # the command line, for the JSON
+
+
+@dataclass
+class Workload:
+    """The sequences a benchmark runs, and where they came from."""
+
+    kind: str  # "lognormal" | "fasta"
+    sequences: list[AuditSequence]
+    n: int | None = None
+    seed: int | None = None
+    path: str | None = None
+    long_policy: str | None = None
+    input_report: InputReport | None = None
+
+    @property
+    def tokens(self) -> int:
+        """Tokens with BOS and EOS, the count every path must process."""
+        return sum(len(s.sequence) + 2 for s in self.sequences)
+
+    def describe(self) -> str:
+        if self.kind == "lognormal":
+            return f"lognormal, n={self.n}, seed={self.seed}"
+        return f"{self.path}"
+
+
+@dataclass
+class PathResult:
+    """One path's timings. ``seconds``: one entry per timed pass over the whole workload."""
+
+    name: str
+    status: str  # "ok" | "not available" | "out of memory"
+    note: str | None = None
+    seconds: list[float] = field(default_factory=list)
+    tokens: int = 0  # real tokens the path's batches carry (padding excluded)
+    sequences: int = 0
+    slots: int = 0  # token positions computed, padding included
+    peak_memory_bytes: int | None = None
+    resident_memory_bytes: int | None = None
+    check: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and bool(self.seconds)
+
+    @property
+    def median_s(self) -> float | None:
+        return statistics.median(self.seconds) if self.ok else None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.tokens / self.median_s if self.ok and self.median_s > 0 else None
+
+    @property
+    def sequences_per_s(self) -> float | None:
+        return self.sequences / self.median_s if self.ok and self.median_s > 0 else None
+
+    def to_dict(self) -> dict:
+        gib = (lambda b: None if b is None else b / 2**30)
+        peak, resident = self.peak_memory_bytes, self.resident_memory_bytes
+        return {
+            "status": self.status,
+            "note": self.note,
+            "description": PATH_DESCRIPTIONS[self.name],
+            "seconds": self.seconds,
+            "median_s": self.median_s,
+            "min_s": min(self.seconds) if self.ok else None,
+            "max_s": max(self.seconds) if self.ok else None,
+            "tokens": self.tokens,
+            "sequences": self.sequences,
+            "token_slots": self.slots,
+            "tokens_per_s": self.tokens_per_s,
+            "sequences_per_s": self.sequences_per_s,
+            "peak_gpu_memory_bytes": peak,
+            "peak_gpu_memory_gib": gib(peak),
+            "resident_gpu_memory_gib": gib(resident),
+            "peak_above_resident_gib": gib(None if peak is None or resident is None else peak - resident),
+            "check": self.check,
+        }
+
+
+@dataclass
+class BenchResult:
+    config: BenchConfig
+    environment: dict
+    model: dict
+    dtype: str
+    backend: str
+    max_tokens: int
+    workload: Workload
+    batches: int
+    padded_slots: int
+    paths: dict[str, PathResult]
+    date: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def speedups(self) -> dict[str, float | None]:
+        """Ratios of medians (``a_over_b``: how many times faster a is than b); ``None`` where one is missing."""
+        def ratio(fast: str, slow: str) -> float | None:
+            a, b = self.paths.get(fast), self.paths.get(slow)
+            return b.median_s / a.median_s if a and b and a.ok and b.ok and a.median_s > 0 else None
+
+        return {
+            "packed_over_padded": ratio("packed", "padded"),
+            "packed_over_hf": ratio("packed", "hf"),
+            "hf_over_padded": ratio("hf", "padded"),
+        }
+
+    def to_dict(self) -> dict:
+        w = self.workload
+        lengths = sorted(len(s.sequence) + 2 for s in w.sequences)
+        return {
+            "schema": SCHEMA,
+            "command": self.config.command,
+            "date": self.date,
+            "esmdiv_version": __version__,
+            "environment": self.environment,
+            "model": self.model,
+            "dtype": self.dtype,
+            "backend": self.backend,
+            "packed_options": {k: repr(v) for k, v in self.config.packed_kwargs.items()},
+            "workload": {
+                "kind": w.kind,
+                "description": w.describe(),
+                "n": w.n,
+                "seed": w.seed,
+                "path": w.path,
+                "long_policy": w.long_policy,
+                "truncated": len(w.input_report.truncated) if w.input_report else 0,
+                "skipped": len(w.input_report.skipped) if w.input_report else 0,
+                "sequences": len(w.sequences),
+                "tokens": w.tokens,
+                "residues": sum(len(s.sequence) for s in w.sequences),
+                "tokens_per_sequence": {
+                    "min": lengths[0], "median": statistics.median(lengths), "max": lengths[-1],
+                },
+                "max_tokens": self.max_tokens,
+                "batches": self.batches,
+                "padded_token_slots": self.padded_slots,
+                "padding_fraction": 1 - w.tokens / self.padded_slots if self.padded_slots else None,
+            },
+            "timing": {
+                "warmup": self.config.warmup,
+                "repeats": self.config.repeats,
+                "statistic": "median of repeats; each repeat is one pass over the whole workload",
+                "synchronised": self.environment["device"].startswith("cuda"),
+                "peak_memory": "torch.cuda.max_memory_allocated over the timed passes (resident weights and batches included)",
+            },
+            "paths": {name: result.to_dict() for name, result in self.paths.items()},
+            "speedups": self.speedups,
+            "warnings": self.warnings,
+        }
+
+
+# --- workload -------------------------------------------------------------------------------------
+
+
+def make_workload(config: BenchConfig) -> Workload:
+    """The sequences to run: the FASTA (under ``long_policy``) or the seeded lognormal workload."""
+    kind = config.workload or ("fasta" if config.fasta is not None else "lognormal")
+    if kind not in WORKLOADS:
+        raise UsageError(f"--workload '{kind}' (choose {', '.join(WORKLOADS)})")
+    if kind == "fasta":
+        if config.fasta is None:
+            raise UsageError("--workload fasta needs a FASTA file argument")
+        if config.long_policy not in LONG_POLICIES:
+            raise UsageError(f"--long '{config.long_policy}' (choose {', '.join(LONG_POLICIES)})")
+        report = InputReport(str(config.fasta))
+        sequences = list(iter_sequences(iter_fasta(config.fasta), report, config.long_policy))
+        if not sequences:
+            raise InputError(f"{config.fasta}: no sequence left to benchmark ({len(report.skipped)} skipped as too long)")
+        return Workload("fasta", sequences, path=str(config.fasta), long_policy=config.long_policy, input_report=report)
+    if config.fasta is not None:
+        raise UsageError(f"a FASTA file ({config.fasta}) and --workload lognormal exclude each other")
+    if config.n < 1:
+        raise UsageError(f"--n {config.n}: the workload needs at least one sequence")
+    return Workload("lognormal", lognormal_workload(config.n, config.seed), n=config.n, seed=config.seed)
+
+
+def parse_paths(text: str) -> tuple[str, ...]:
+    """``"padded,packed"`` -> ``("padded", "packed")``, in :data:`PATHS` order; unknown names are usage errors."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in names if p not in PATHS]
+    if unknown or not names:
+        raise UsageError(f"--paths '{text}': choose one or more of {','.join(PATHS)}")
+    return tuple(p for p in PATHS if p in names)
+
+
+# --- running --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    """The workload's batches, on the device, in every form a path takes."""
+
+    padded: list[torch.Tensor]  # (B, L) int64 each
+    masks: list[torch.Tensor]  # (B, L) int64 each: 1 on real tokens, 0 on padding
+    packed: list[Packed]
+    tokens: int
+    slots: int
+
+
+def _prepare(loaded: LoadedModel, workload: Workload, max_tokens: int, device: torch.device) -> _Prepared:
+    alphabet = loaded.alphabet
+    table = encoder_table(alphabet)
+    tokens = [encode(s.sequence, alphabet, table) for s in workload.sequences]
+    groups = batches_by_tokens([len(t) for t in tokens], max_tokens)
+    padded, masks, packed = [], [], []
+    for group in groups:
+        batch = [tokens[i] for i in group]
+        p = pad(batch, alphabet.padding_idx).to(device)
+        padded.append(p)
+        masks.append((p != alphabet.padding_idx).to(torch.int64))
+        packed.append(pack(batch).to(device))
+    synchronize(device)
+    return _Prepared(
+        padded, masks, packed,
+        tokens=sum(int(len(p.input_ids)) for p in packed),
+        slots=sum(p.numel() for p in padded),
+    )
+
+
+def run_bench(config: BenchConfig, loaded: LoadedModel | None = None, log: Log | None = None) -> BenchResult:
+    """Time the requested paths over the workload; see the module docstring for the method."""
+    say = log or (lambda message: None)
+    if config.repeats < 1:
+        raise UsageError(f"--repeats {config.repeats}: at least one timed pass is needed")
+    if config.warmup < 0:
+        raise UsageError(f"--warmup {config.warmup} cannot be negative")
+    requested = tuple(config.paths) if config.paths is not None else PATHS
+    for name in requested:
+        if name not in PATHS:
+            raise UsageError(f"unknown path '{name}' (choose {', '.join(PATHS)})")
+    hf_missing = hf_unavailable() if "hf" in requested else None
+    if hf_missing and config.paths is not None:
+        raise EnvironmentUnavailable(f"--paths hf: the Hugging Face peer is not available: {hf_missing}")
+    device = resolve_device(config.device)
+    dtype_name, dtype = resolve_dtype(config.dtype, device)
+    backend = resolve_backend(config.backend, device, dtype)
+    max_tokens = config.max_tokens or DEFAULT_MAX_TOKENS[device.type]
+    if max_tokens < 3:
+        raise UsageError(f"--max-tokens {max_tokens} is too small (a sequence needs at least 3 tokens)")
+    workload = make_workload(config)
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    env = environment(device)  # at the start: the git state is that of the code that runs
+
+    if loaded is None:
+        say(f"loading {config.model} on {device} ({dtype_name})")
+        loaded = load_model(config.model, device, dtype)
+    prepared = _prepare(loaded, workload, max_tokens, device)
+    n_batches = len(prepared.padded)
+    say(f"workload {workload.describe()}: {len(workload.sequences)} sequences, {prepared.tokens:,} tokens, "
+        f"{n_batches} batches of at most {max_tokens} tokens")
+
+    model = loaded.model
+    peer: HFPeer | None = None
+    runners: dict[str, Callable[[int], object]] = {
+        "padded": lambda i: padded_forward(model, prepared.padded[i]),
+        "packed": lambda i: packed_forward(model, prepared.packed[i], backend, **config.packed_kwargs),
+        "hf": lambda i: hf_forward(peer, prepared.padded[i], prepared.masks[i]),
+    }
+    results: dict[str, PathResult] = {}
+    warnings: list[str] = []
+    if loaded.info.random_weights:
+        warnings.append(f"model {loaded.info.spec} has RANDOM weights: timings hold for its architecture, not a trained model")
+    check_index = min(range(n_batches), key=lambda i: (prepared.padded[i].numel(), i))
+    reference = _last_hidden(padded_forward(model, prepared.padded[check_index]), model)
+    for name in requested:
+        if name == "hf" and hf_missing:
+            results[name] = PathResult(name, "not available", f"not available: {hf_missing}")
+            continue
+        slots = prepared.tokens if name == "packed" else prepared.slots
+        result = PathResult(name, "ok", tokens=prepared.tokens, sequences=len(workload.sequences), slots=slots)
+        if name == "hf":
+            try:
+                peer = build_hf_peer(loaded)
+            except EnvironmentUnavailable as err:
+                if config.paths is not None:
+                    raise
+                results[name] = PathResult(name, "not available", f"not available: {err}")
+                continue
+            result.note = f"transformers {peer.transformers_version}, attn_implementation={peer.attn_implementation}"
+        try:
+            if name != "padded":
+                result.check = _check(name, runners[name](check_index), reference, prepared, check_index, model, dtype_name)
+                if not result.check["ok"]:
+                    warnings.append(
+                        f"{name}: output differs from fair-esm's padded one (mean |diff| "
+                        f"{result.check['relative_mean_abs_diff']:.2e} of mean |reference|, tolerance "
+                        f"{result.check['tolerance']:.0e}): this path may not be the same model"
+                    )
+            say(f"timing {name}: {config.warmup} warm-up pass(es), {config.repeats} timed pass(es)")
+            _time_path(result, runners[name], n_batches, device, config.warmup, config.repeats)
+        except torch.cuda.OutOfMemoryError:
+            result = PathResult(
+                name, "out of memory", f"CUDA out of memory at --max-tokens {max_tokens}",
+                tokens=prepared.tokens, sequences=len(workload.sequences), slots=slots,
+            )
+            warnings.append(f"{name}: CUDA out of memory at --max-tokens {max_tokens}; try a smaller budget")
+            gc.collect()
+            torch.cuda.empty_cache()
+        results[name] = result
+        if result.ok:
+            say(f"  {name}: median {result.median_s:.3f} s, {result.tokens_per_s:,.0f} tokens/s")
+
+    info = loaded.info
+    return BenchResult(
+        config=config,
+        environment=env,
+        model={
+            "spec": info.spec, "source": info.source, "path": info.path, "num_layers": info.num_layers,
+            "embed_dim": info.embed_dim, "attention_heads": info.attention_heads,
+            "random_weights": info.random_weights,
+        },
+        dtype=dtype_name,
+        backend=backend,
+        max_tokens=max_tokens,
+        workload=workload,
+        batches=n_batches,
+        padded_slots=prepared.slots,
+        paths=results,
+        date=date,
+        warnings=warnings,
+    )
+
+
+def _time_path(result: PathResult, run_batch: Callable[[int], object], n_batches: int, device: torch.device,
+               warmup: int, repeats: int) -> None:
+    """Fill ``result.seconds`` and its memory figures: warm-up passes, then timed passes."""
+    cuda = device.type == "cuda"
+
+    def one_pass() -> None:
+        for i in range(n_batches):
+            run_batch(i)  # the output is dropped at once: only one batch's activations live at a time
+
+    for _ in range(warmup):
+        one_pass()
+    synchronize(device)
+    if cuda:
+        gc.collect()
+        torch.cuda.reset_peak_memory_stats(device)
+        result.resident_memory_bytes = torch.cuda.memory_allocated(device)
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        one_pass()
+        synchronize(device)
+        result.seconds.append(time.perf_counter() - start)
+    if cuda:
+        result.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
+
+
+def _last_hidden(output, model) -> torch.Tensor:
+    return output.representations[model.num_layers]
+
+
+def _check(name: str, output, reference: torch.Tensor, prepared: _Prepared, index: int, model, dtype_name: str) -> dict:
+    """Compare a path's output on batch ``index`` with fair-esm's padded ``reference`` ``(B, L, C)``
+    over the real tokens, in fp32."""
+    hidden = output if isinstance(output, torch.Tensor) else _last_hidden(output, model)
+    if name == "packed":
+        hidden = to_padded(hidden, prepared.packed[index])  # (T, C) -> (B, L, C)
+    real = prepared.masks[index].bool()
+    ref, out = reference.float()[real], hidden.float()[real]  # (tokens, C)
+    diff = (out - ref).abs()
+    mean_ref = float(ref.abs().mean())
+    relative = float(diff.mean()) / mean_ref if mean_ref > 0 else float("inf")
+    finite = bool(torch.isfinite(out).all())
+    tolerance = CHECK_TOLERANCE[dtype_name]
+    return {
+        "against": "padded (fair-esm) last hidden state",
+        "batch_sequences": int(prepared.padded[index].shape[0]),
+        "batch_tokens": int(real.sum()),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "relative_mean_abs_diff": relative,
+        "tolerance": tolerance,
+        "finite": finite,
+        "ok": finite and relative <= tolerance,
+    }
+
+
+# --- environment ----------------------------------------------------------------------------------
+
+
+def environment(device: torch.device) -> dict:
+    """Where the benchmark ran: device, memory, library versions, git commit."""
+    cuda = device.type == "cuda"
+    props = torch.cuda.get_device_properties(device) if cuda else None
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
+        "gpu_memory_gib": props.total_memory / 2**30 if props else None,
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "driver": _driver_version() if cuda else None,
+        "fair_esm": _version("fair-esm"),
+        "transformers": _version("transformers"),
+        "flash_attn": _version("flash-attn") or _version("flash_attn"),
+        "esmdiv": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        **_git(),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _driver_version() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+        return out.stdout.strip().splitlines()[0] or None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def _git() -> dict:
+    """The commit of the esmdiv checkout that ran, and whether it had uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return {"git_commit": commit or None, "git_dirty": bool(dirty)}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
