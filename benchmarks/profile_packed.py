@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("out"))
+    parser.add_argument("--compile", action="store_true", help="profile the torch.compile'd packed path")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
@@ -57,7 +58,7 @@ def main() -> None:
                "batches": len(batches), "gpu": torch.cuda.get_device_name()}
     for name, run in (
         ("padded", lambda: [padded_forward(loaded.model, b) for b in padded_batches]),
-        ("packed", lambda: [packed_forward(loaded.model, b, backend) for b in packed_batches]),
+        ("packed", lambda: [packed_forward(loaded.model, b, backend, compile=args.compile) for b in packed_batches]),
     ):
         torch.cuda.reset_peak_memory_stats()
         seconds = time_path(run)
@@ -66,12 +67,12 @@ def main() -> None:
         print(f"{name:7} {n_tokens / seconds:10,.0f} tokens/s  peak {results[name]['peak_gib']:.1f} GiB")
 
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-        packed_forward(loaded.model, packed_batches[len(packed_batches) // 2], backend)
+        packed_forward(loaded.model, packed_batches[len(packed_batches) // 2], backend, compile=args.compile)
         torch.cuda.synchronize()
     table_text = prof.key_averages().table(sort_by="cuda_time_total", row_limit=20)
-    (args.out / f"profile-{args.model.replace(':', '_')}.txt").write_text(table_text)
+    (args.out / f"profile-{args.model.replace(':', '_')}{'-compiled' if args.compile else ''}.txt").write_text(table_text)
     print(table_text[:6000])
-    (args.out / f"timing-{args.model.replace(':', '_')}.json").write_text(json.dumps(results, indent=2))
+    (args.out / f"timing-{args.model.replace(':', '_')}{'-compiled' if args.compile else ''}.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from esmdiv.models import LoadedModel, load_model
 from esmdiv.packing import batches_by_tokens, encode, encoder_table, pack, pad, to_padded
 from esmdiv.paths import packed_forward, padded_forward
 from esmdiv.reference import ReferenceDistance, build_reference, check_choice, distances_to_reference, reference_dtype
-from esmdiv.runtime import resolve_device, resolve_dtype, synchronize
+from esmdiv.runtime import default_compile, resolve_device, resolve_dtype, synchronize
 from esmdiv.stats import agreement_lower_bound
 from esmdiv.trace import DEFAULT_TRACE_THRESHOLD, TraceAccumulator
 
@@ -61,6 +61,7 @@ class AuditConfig:
     mlm: bool | None = None  # None: when the model has an LM head
     mlm_sample: int = 64  # sequences (the first in the file) in the masked-perplexity sample
     invariance: bool = False
+    compile: bool | None = None  # torch.compile the packed path; None: on CUDA
 
 
 @dataclass
@@ -134,6 +135,7 @@ class AuditResult:
     device: str
     dtype: str
     backend: str
+    compiled: bool
     heads: list[str]
     max_tokens: int
     inputs: InputReport
@@ -174,6 +176,7 @@ class AuditResult:
             "device": self.device,
             "dtype": self.dtype,
             "backend": self.backend,
+            "compiled": self.compiled,
             "head": self.head,
             "heads": self.heads,
             "max_tokens": self.max_tokens,
@@ -216,6 +219,7 @@ class _Run:
     mlm: bool = False
     mlm_sample: int = 0
     perplexity: PerplexitySums = field(default_factory=PerplexitySums)
+    compile: bool = False
     keep_pooled: bool = False  # for the invariance pass
     pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     seconds: dict = field(default_factory=lambda: {"padded": 0.0, "packed": 0.0, "reference": 0.0})
@@ -260,6 +264,7 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
         reference=_cached_reference(loaded, device) if config.reference == "fp32" else None,
         trace=TraceAccumulator(loaded.info.num_layers) if config.trace else None,
         mlm=mlm, mlm_sample=config.mlm_sample if mlm else 0, keep_pooled=config.invariance,
+        compile=default_compile(device) if config.compile is None else config.compile,
     )
     _warm_up(run)
     if progress:
@@ -305,6 +310,7 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
         device=str(device),
         dtype=dtype_name,
         backend=backend,
+        compiled=run.compile,
         heads=[h.name for h in heads],
         max_tokens=budget,
         inputs=input_report,
@@ -381,7 +387,7 @@ def _warm_up(run: _Run) -> None:
     alphabet = run.loaded.alphabet
     tokens = [encode("MKTAYIAKVL", alphabet)]
     padded_forward(run.loaded.model, pad(tokens, alphabet.padding_idx).to(run.device))
-    packed_forward(run.loaded.model, pack(tokens).to(run.device), run.backend)
+    packed_forward(run.loaded.model, pack(tokens).to(run.device), run.backend, compile=run.compile)
     synchronize(run.device)
 
 
@@ -395,7 +401,7 @@ def compare_batch(run: _Run, sequences: list[AuditSequence], tokens: list[torch.
     packed = pack(tokens).to(run.device)
     out_v1 = run.timed("padded", n_tokens, lambda: padded_forward(model, padded, layers, need_logits=run.mlm))
     out_v2 = run.timed("packed", n_tokens, lambda: packed_forward(
-        model, packed, run.backend, layers, need_logits=run.mlm, faults=run.faults))
+        model, packed, run.backend, layers, need_logits=run.mlm, faults=run.faults, compile=run.compile))
     v1, v2 = out_v1.representations[last], to_padded(out_v2.representations[last], packed)
     lengths = torch.tensor([len(t) for t in tokens], device=run.device)
     mask = residue_mask(lengths, v1.shape[1])
@@ -472,7 +478,7 @@ def _perplexity_sample(run: _Run, sequences: list[AuditSequence], tokens: list[t
     batch = [m for m, _ in masked]
     logits_v1 = padded_forward(model, pad(batch, alphabet.padding_idx).to(run.device), need_logits=True).logits
     packed = pack(batch).to(run.device)
-    logits_v2 = to_padded(packed_forward(model, packed, run.backend, need_logits=True, faults=run.faults).logits, packed)
+    logits_v2 = to_padded(packed_forward(model, packed, run.backend, need_logits=True, faults=run.faults, compile=run.compile).logits, packed)
     for k, j in enumerate(chosen):
         positions = masked[k][1].to(run.device)
         target = tokens[j].to(run.device)

@@ -83,6 +83,9 @@ def check(
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
     dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU)."),
     backend: str = typer.Option("auto", help="Packed attention: auto, flash-attn, torch or reference."),
+    compile: Optional[bool] = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the packed path's dense regions (default: on CUDA)."
+    ),
     head: str = typer.Option(
         "auto", help="Prediction head: auto (the checkpoint's own, else proxy), model, proxy, or a head file (.pt/.safetensors)."
     ),
@@ -153,6 +156,7 @@ def check(
             mlm=mlm,
             mlm_sample=mlm_sample,
             invariance=invariance,
+            compile=compile,
         )
         with PathProgress(stderr) as progress:
             result = run_audit(config, progress=progress)
@@ -330,6 +334,9 @@ def bench(
     long: str = typer.Option("truncate", "--long", help="FASTA records over 1022 residues: truncate, skip, error or full."),
     repeats: int = typer.Option(5, help="Timed passes over the whole workload per path (the median is reported)."),
     warmup: int = typer.Option(1, help="Untimed passes per path before timing."),
+    compile: Optional[bool] = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the packed path's dense regions (default: on CUDA)."
+    ),
     paths: Optional[str] = typer.Option(
         None, help="Paths to time, comma-separated: padded,packed,hf (default: all three; hf only where transformers imports)."
     ),
@@ -343,6 +350,7 @@ def bench(
     import shlex
 
     from esmdiv.bench import BenchConfig, make_workload, parse_paths, run_bench
+    from esmdiv.runtime import default_compile, resolve_device
     from esmdiv.bench_report import render_bench
     from esmdiv.report import write_json
     from esmdiv.workloads import write_fasta as write_workload_fasta
@@ -352,6 +360,7 @@ def bench(
             model=model, device=device, dtype=dtype, backend=backend, max_tokens=max_tokens, fasta=fasta,
             workload=workload, n=n, seed=seed, long_policy=long, repeats=repeats, warmup=warmup,
             paths=parse_paths(paths) if paths is not None else None,
+            packed_kwargs={"compile": default_compile(resolve_device(device)) if compile is None else compile},
             command="esmdiv " + shlex.join(sys.argv[1:]),
         )
         if write_fasta is not None:

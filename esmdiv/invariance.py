@@ -49,7 +49,7 @@ def run_invariance(run, config, results, max_tokens: int) -> dict:
         lengths = torch.tensor([len(t) for t in batch_tokens], device=run.device)
         packed = pack(batch_tokens).to(run.device)
         v1 = padded_forward(model, pad(batch_tokens, alphabet.padding_idx).to(run.device)).representations[model.num_layers]
-        v2 = packed_forward(model, packed, run.backend, faults=run.faults).representations[model.num_layers]
+        v2 = packed_forward(model, packed, run.backend, faults=run.faults, compile=run.compile).representations[model.num_layers]
         pooled_v1 = mean_pool_batch(v1, lengths).cpu()
         pooled_v2 = mean_pool_batch(to_padded(v2, packed), lengths).cpu()
         for j, i in enumerate(batch):

@@ -108,6 +108,10 @@ def load_model(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype
                 f"{spec}: not a model file, a Hugging Face folder, random:<arch> or a fair-esm ESM-2 name ({names})"
             )
     loaded.model.eval()
+    from esmdiv.paths import fused_qkv
+
+    for layer in loaded.model.layers:  # q/k/v become views of one weight; see fused_qkv
+        fused_qkv(layer.self_attn)
     return loaded
 
 

@@ -50,6 +50,7 @@ def packed_forward(
     repr_layers=None,
     need_logits: bool = False,
     faults: AbstractSet[Fault] = frozenset(),
+    compile: bool = False,
 ) -> ForwardOutput:
     """The padding-free forward. Reads top to bottom like fair-esm's ``ESM2.forward``.
 
@@ -58,6 +59,9 @@ def packed_forward(
         backend: attention backend name (:func:`esmdiv.attention.resolve_backend`).
         repr_layers: layers whose ``(T, C)`` hidden states to return (default: the last).
         faults: known bugs to inject on purpose (:mod:`esmdiv.faults`); empty in a normal run.
+        compile: run each layer's two dense regions through ``torch.compile`` (CUDA): layer
+            norm, fused q/k/v projection and fp32 rotary in one; output projection, residual,
+            layer norm and the erf-GELU MLP in the other.
     """
     layers_wanted = {model.num_layers} if repr_layers is None else set(repr_layers)
     ids, cu_seqlens, max_seqlen = packed.input_ids, packed.cu_seqlens, packed.max_seqlen
@@ -66,6 +70,9 @@ def packed_forward(
         positions = torch.arange(len(ids), device=ids.device)
     if Fault.CU_SEQLENS_OFF_BY_ONE in faults:
         cu_seqlens, max_seqlen = _shift_boundaries(cu_seqlens)
+    attention_in, attention_out = (_compiled(_attention_in), _compiled(_attention_out)) if compile else (
+        _attention_in, _attention_out)
+    gelu = "tanh" if Fault.TANH_GELU in faults else "none"
 
     x = model.embed_scale * model.embed_tokens(ids)  # (T, C)
     if model.token_dropout:
@@ -80,19 +87,15 @@ def packed_forward(
             x = x * (1 - MASK_RATIO_TRAIN) / (1 - mask_ratio_observed)[packed.seq_index, None]
 
     hidden = {0: x} if 0 in layers_wanted else {}
-    cos, sin = _rotary(model, positions, x.dtype, fp16=Fault.FP16_ROTARY in faults)
-    gelu = "tanh" if Fault.TANH_GELU in faults else "none"
+    cos, sin = _rotary(model, positions, fp16=Fault.FP16_ROTARY in faults)
     for index, layer in enumerate(model.layers):
         attn = layer.self_attn
-        h = layer.self_attn_layer_norm(x)
-        q = attn.q_proj(h) * attn.scaling
-        k, v = attn.k_proj(h), attn.v_proj(h)
-        shape = (len(ids), attn.num_heads, attn.head_dim)
-        q, k = _apply_rotary(q.view(shape), cos, sin), _apply_rotary(k.view(shape), cos, sin)
-        o = varlen_attention(q, k, v.view(shape), cu_seqlens, max_seqlen, backend)
-        x = x + attn.out_proj(o.reshape(len(ids), -1))
-        h = layer.final_layer_norm(x)
-        x = x + layer.fc2(F.gelu(layer.fc1(h), approximate=gelu))
+        w_qkv, b_qkv = fused_qkv(attn)
+        norm1, norm2 = layer.self_attn_layer_norm, layer.final_layer_norm
+        q, k, v = attention_in(x, norm1.weight, norm1.bias, norm1.eps, w_qkv, b_qkv, cos, sin, attn.num_heads)
+        o = varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend, scale=attn.scaling)
+        x = attention_out(x, o.flatten(1), attn.out_proj.weight, attn.out_proj.bias, norm2.weight, norm2.bias,
+                          norm2.eps, layer.fc1.weight, layer.fc1.bias, layer.fc2.weight, layer.fc2.bias, gelu)
         if index + 1 in layers_wanted:
             hidden[index + 1] = x
 
@@ -103,14 +106,59 @@ def packed_forward(
     return ForwardOutput(hidden, model.lm_head(x) if need_logits else None)
 
 
+def _attention_in(x, ln_w, ln_b, eps: float, w_qkv, b_qkv, cos, sin, num_heads: int):
+    """Layer norm, one q/k/v GEMM, rotary on q and k: ``(T, C)`` -> three ``(T, H, D)``."""
+    h = F.layer_norm(x, x.shape[-1:], ln_w, ln_b, eps)
+    q, k, v = F.linear(h, w_qkv, b_qkv).view(len(x), 3, num_heads, -1).unbind(1)
+    return _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin), v.contiguous()
+
+
+def _attention_out(x, o, w_o, b_o, ln_w, ln_b, eps: float, w1, b1, w2, b2, gelu: str):
+    """Output projection and residual, then layer norm, erf-GELU MLP and residual: ``(T, C)``."""
+    x = x + F.linear(o, w_o, b_o)
+    h = F.layer_norm(x, x.shape[-1:], ln_w, ln_b, eps)
+    return x + F.linear(F.gelu(F.linear(h, w1, b1), approximate=gelu), w2, b2)
+
+
+@lru_cache(maxsize=None)
+def _compiled(fn):
+    # dynamic: one graph for every pack length; weights are arguments, so one graph for all layers.
+    return torch.compile(fn, dynamic=True)
+
+
+def fused_qkv(attn) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ``(3C, C)`` weight and ``(3C,)`` bias for the q/k/v projections, without a copy.
+
+    The first call allocates the fused tensors, copies q, k, v in, and rebinds the three
+    modules' parameters as views of them: fair-esm's own forward keeps working on the very
+    same numbers and the model holds no second set of weights.
+    """
+    fused = getattr(attn, "_esmdiv_fused_qkv", None)
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    if fused is not None and fused[0].data_ptr() == attn.q_proj.weight.data_ptr() and fused[0].dtype == attn.q_proj.weight.dtype:
+        return fused  # still the views made below (not replaced by .to() or a reload)
+    weight = attn.q_proj.weight
+    # Never inference tensors, even when first called inside packed_forward's inference mode:
+    # the parameters must stay usable by any later caller.
+    with torch.inference_mode(False), torch.no_grad():
+        fused_w = torch.cat([p.weight for p in projections])
+        fused_b = torch.cat([p.bias for p in projections])
+        size = weight.shape[0]
+        for i, p in enumerate(projections):
+            p.weight = torch.nn.Parameter(fused_w[i * size:(i + 1) * size], requires_grad=False)
+            p.bias = torch.nn.Parameter(fused_b[i * size:(i + 1) * size], requires_grad=False)
+    attn._esmdiv_fused_qkv = (fused_w, fused_b)
+    return fused_w, fused_b
+
+
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ``(T, H, D)`` by per-token angles; ``cos``/``sin`` ``(T, 1, D)``."""
+    """Rotate ``x`` ``(T, H, D)`` by per-token angles in the tables' precision; ``cos``/``sin`` ``(T, 1, D)``."""
     xf = x.to(cos.dtype)
     x1, x2 = xf.chunk(2, dim=-1)
     return (xf * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
 
 
-def _rotary(model, positions: torch.Tensor, dtype: torch.dtype, fp16: bool = False):
+def _rotary(model, positions: torch.Tensor, fp16: bool = False):
     """cos and sin ``(T, 1, head_dim)`` for each token's position, in fp32.
 
     With ``fp16`` the tables are built as fair-esm's half model builds them (the

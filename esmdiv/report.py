@@ -25,7 +25,8 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
     s = result.summary
     console.print(f"[bold]model[/]   {_model_label(result.model)}")
     console.print(
-        f"[bold]run[/]     device {result.device}, dtype {result.dtype}, attention backend [bold]{result.backend}[/], "
+        f"[bold]run[/]     device {result.device}, dtype {result.dtype}, attention backend [bold]{result.backend}[/]"
+        f"{' (compiled)' if result.compiled else ''}, "
         f"max {result.max_tokens} tokens per batch"
     )
     for name in result.heads:

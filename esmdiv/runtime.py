@@ -38,3 +38,12 @@ def resolve_dtype(name: str | None, device: torch.device) -> tuple[str, torch.dt
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def default_compile(device: torch.device) -> bool:
+    """torch.compile the packed path by default on CUDA (where Triton builds its kernels), never on CPU."""
+    if device.type != "cuda":
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None

