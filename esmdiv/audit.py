@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from esmdiv.inputs import AuditSequence, InputReport, iter_sequences
 from esmdiv.metrics import SequenceMetrics, compare_embeddings, prediction_summary, spread
 from esmdiv.models import LoadedModel, load_model
 from esmdiv.packing import batches_by_tokens, encode, encoder_table, pack, pad, to_padded
+from esmdiv.partial import PartialRun
 from esmdiv.paths import packed_forward, padded_forward
 from esmdiv.runtime import resolve_device, resolve_dtype, synchronize
 
@@ -140,6 +142,7 @@ class _Run:
     faults: AbstractSet[Fault]
     progress: Progress | None = None
     seconds: dict = field(default_factory=lambda: {"padded": 0.0, "packed": 0.0})
+    finished: list[SequenceResult] = field(default_factory=list)  # grows batch by batch
 
     def timed(self, path: str, tokens: int, fn):
         start = time.perf_counter()
@@ -152,30 +155,45 @@ class _Run:
         return out
 
 
-def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: Progress | None = None) -> AuditResult:
-    """Run both paths over the FASTA and decide. ``loaded`` reuses a model already on its device."""
+def run_audit(
+    config: AuditConfig, loaded: LoadedModel | None = None, progress: Progress | None = None,
+    partial: PartialRun | None = None,
+) -> AuditResult:
+    """Run both paths over the FASTA and decide. ``loaded`` reuses a model already on its device.
+
+    ``partial``, when given, is filled as the run goes, so a run that fails still leaves evidence
+    (see :mod:`esmdiv.partial`).
+    """
+    partial = PartialRun({}) if partial is None else partial
     device = resolve_device(config.device)
     dtype_name, dtype = resolve_dtype(config.dtype, device)
     backend = resolve_backend(config.backend, device, dtype)
-    max_tokens = config.max_tokens or DEFAULT_MAX_TOKENS[device.type]
+    max_tokens = DEFAULT_MAX_TOKENS[device.type] if config.max_tokens is None else config.max_tokens
     if max_tokens < 3:
         raise UsageError(f"--max-tokens {max_tokens} is too small (a sequence needs at least 3 tokens)")
+    partial.resolved = {"device": str(device), "dtype": dtype_name, "backend": backend, "max_tokens": max_tokens}
     # A first pass validates the whole file before any model loads: bad input fails in seconds.
-    input_report = InputReport(str(config.fasta))
+    partial.stage = "input"
+    input_report = partial.inputs = InputReport(str(config.fasta))
     total_tokens = sum(len(s.sequence) + 2 for s in iter_sequences(iter_fasta(config.fasta), input_report, config.long_policy))
     if input_report.records == len(input_report.skipped):
         raise InputError(f"{config.fasta}: no sequence left to audit ({len(input_report.skipped)} skipped as too long)")
 
+    partial.stage = "model"
     t0 = time.perf_counter()
     if loaded is None:
         loaded = load_model(config.model, device, dtype)
     load_seconds = time.perf_counter() - t0
+    partial.model = model_dict(loaded)
     run = _Run(loaded, device, backend, choose_head(config.head, loaded).to(device), config.faults, progress)
+    partial.finished = run.finished
+    partial.stage = "audit"
     _warm_up(run)
     if progress:
         progress.start(total_tokens)
     sequences = iter_sequences(iter_fasta(config.fasta), InputReport(str(config.fasta)), config.long_policy)
     results, notices, budget = _audit_stream(run, sequences, max_tokens)
+    partial.stage = "decision"
 
     timings = {"model_load_s": load_seconds, "tokens": total_tokens}
     for path in ("padded", "packed"):
@@ -184,17 +202,7 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
         timings[f"{path}_tokens_per_s"] = total_tokens / s if s > 0 else None
     summary, evidence = summarise(results)
     return AuditResult(
-        model={
-            "spec": loaded.info.spec,
-            "source": loaded.info.source,
-            "path": loaded.info.path,
-            "num_layers": loaded.info.num_layers,
-            "embed_dim": loaded.info.embed_dim,
-            "attention_heads": loaded.info.attention_heads,
-            "random_weights": loaded.info.random_weights,
-            "has_lm_head": loaded.info.has_lm_head,
-            "notes": loaded.info.notes,
-        },
+        model=model_dict(loaded),
         device=str(device),
         dtype=dtype_name,
         backend=backend,
@@ -211,6 +219,22 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
     )
 
 
+def model_dict(loaded: LoadedModel) -> dict:
+    """The report's ``model`` block."""
+    info = loaded.info
+    return {
+        "spec": info.spec,
+        "source": info.source,
+        "path": info.path,
+        "num_layers": info.num_layers,
+        "embed_dim": info.embed_dim,
+        "attention_heads": info.attention_heads,
+        "random_weights": info.random_weights,
+        "has_lm_head": info.has_lm_head,
+        "notes": info.notes,
+    }
+
+
 def _audit_stream(run: _Run, sequences: Iterable[AuditSequence], max_tokens: int) -> tuple[list[SequenceResult], list[str], int]:
     """Sort and batch window by window (memory: one window of sequences plus the results).
 
@@ -218,7 +242,7 @@ def _audit_stream(run: _Run, sequences: Iterable[AuditSequence], max_tokens: int
     sequence that cannot fit is an environment error naming it.
     """
     table = encoder_table(run.loaded.alphabet)
-    results: list[SequenceResult] = []
+    results: list[SequenceResult] = run.finished  # shared: a run that fails still reports what finished
     notices: list[str] = []
     budget = max_tokens
     for window in _windows(sequences, WINDOW_BATCHES * max_tokens):
@@ -302,6 +326,22 @@ def compare_batch(run: _Run, sequences: list[AuditSequence], tokens: list[torch.
     ]
 
 
+def _nonfinite_outside_residues(results: list[SequenceResult]) -> list[str]:
+    """Non-finite values the residue-row check cannot see: a NaN in a BOS or EOS row reaches the
+    pooled embedding and a ``<cls>`` head, so a non-finite cosine, MAD or confidence of a sequence
+    whose residue rows were finite is a non-finite output too (it must never pass as ACCEPT)."""
+    out = []
+    for r in results:
+        if not (r.metrics.finite_v1 and r.metrics.finite_v2):
+            continue  # already named by the residue check
+        values = {"pooled cosine": r.metrics.cosine, "pooled MAD": r.metrics.mad,
+                  "confidence v1 (padded)": r.confidence_v1, "confidence v2 (packed)": r.confidence_v2}
+        bad = [name for name, value in values.items() if not math.isfinite(value)]
+        if bad:
+            out.append(f"{r.id}: {', '.join(bad)} not finite")
+    return out
+
+
 def summarise(results: list[SequenceResult]) -> tuple[dict, Evidence]:
     """The summary block of the report and the evidence the decision tree reads."""
     prediction = prediction_summary(
@@ -316,6 +356,7 @@ def summarise(results: list[SequenceResult]) -> tuple[dict, Evidence]:
         for path, ok in (("v1 (padded)", r.metrics.finite_v1), ("v2 (packed)", r.metrics.finite_v2))
         if not ok
     ]
+    nonfinite += _nonfinite_outside_residues(results)
     cos_spread, mad_spread = spread(cosines), spread(mads)
     summary = {
         "n": len(results),

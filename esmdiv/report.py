@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -31,7 +32,7 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
     console.print(f"[bold]head[/]    {result.head}")
     inputs = result.inputs
     console.print(
-        f"[bold]input[/]   {inputs.path}: {inputs.records} records, {s['n']} audited, "
+        f"[bold]input[/]   {escape(inputs.path)}: {inputs.records} records, {s['n']} audited, "
         f"{len(inputs.truncated)} truncated, {len(inputs.skipped)} skipped"
     )
     for warning in result.warnings:
@@ -45,7 +46,7 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
         m = r.metrics
         labels = f"{r.label_v1}/{r.label_v2}" + (" ✗" if r.label_v1 != r.label_v2 else "")
         table.add_row(
-            r.id, str(r.length), f"{m.cosine:.7f}", f"{m.mad:.2e}", f"{m.max_abs_diff:.2e}", labels,
+            Text(r.id), str(r.length), f"{m.cosine:.7f}", f"{m.mad:.2e}", f"{m.max_abs_diff:.2e}", labels,
             f"{r.confidence_v1:.4f}", f"{r.confidence_v2:.4f}",
         )
     console.print(table)
@@ -114,7 +115,7 @@ def render_verdict(decision, console: Console) -> None:
 
 
 def _model_label(model: dict) -> str:
-    label = f"{model['spec']} ({model['num_layers']} layers, {model['embed_dim']} dims, {model['attention_heads']} heads)"
+    label = f"{escape(model['spec'])} ({model['num_layers']} layers, {model['embed_dim']} dims, {model['attention_heads']} heads)"
     if model.get("random_weights"):
         label += " [bold yellow]RANDOM WEIGHTS[/]"
     return label
