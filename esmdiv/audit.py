@@ -28,6 +28,7 @@ from esmdiv.metrics import SequenceMetrics, compare_embeddings, mean_pool_batch,
 from esmdiv.mlm import PerplexitySums, masked_copy, masked_nll, token_agreement
 from esmdiv.models import LoadedModel, load_model
 from esmdiv.packing import batches_by_tokens, encode, encoder_table, pack, pad, to_padded
+from esmdiv.partial import PartialRun
 from esmdiv.paths import packed_forward, padded_forward
 from esmdiv.reference import ReferenceDistance, build_reference, check_choice, distances_to_reference, reference_dtype
 from esmdiv.runtime import default_compile, resolve_device, resolve_dtype, synchronize
@@ -223,6 +224,7 @@ class _Run:
     keep_pooled: bool = False  # for the invariance pass
     pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     seconds: dict = field(default_factory=lambda: {"padded": 0.0, "packed": 0.0, "reference": 0.0})
+    finished: list[SequenceResult] = field(default_factory=list)  # grows batch by batch
 
     def timed(self, path: str, tokens: int, fn):
         start = time.perf_counter()
@@ -235,26 +237,38 @@ class _Run:
         return out
 
 
-def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: Progress | None = None) -> AuditResult:
-    """Run both paths over the FASTA and decide. ``loaded`` reuses a model already on its device."""
+def run_audit(
+    config: AuditConfig, loaded: LoadedModel | None = None, progress: Progress | None = None,
+    partial: PartialRun | None = None,
+) -> AuditResult:
+    """Run both paths over the FASTA and decide. ``loaded`` reuses a model already on its device.
+
+    ``partial``, when given, is filled as the run goes, so a run that fails still leaves evidence
+    (see :mod:`esmdiv.partial`).
+    """
+    partial = PartialRun({}) if partial is None else partial
     device = resolve_device(config.device)
     dtype_name, dtype = resolve_dtype(config.dtype, device)
     backend = resolve_backend(config.backend, device, dtype)
     check_choice(config.reference)
-    max_tokens = config.max_tokens or DEFAULT_MAX_TOKENS[device.type]
+    max_tokens = DEFAULT_MAX_TOKENS[device.type] if config.max_tokens is None else config.max_tokens
     if max_tokens < 3:
         raise UsageError(f"--max-tokens {max_tokens} is too small (a sequence needs at least 3 tokens)")
+    partial.resolved = {"device": str(device), "dtype": dtype_name, "backend": backend, "max_tokens": max_tokens}
     # A first pass validates the whole file before any model loads: bad input fails in seconds.
-    input_report = InputReport(str(config.fasta))
+    partial.stage = "input"
+    input_report = partial.inputs = InputReport(str(config.fasta))
     total_tokens = sum(len(s.sequence) + 2 for s in iter_sequences(iter_fasta(config.fasta), input_report, config.long_policy))
     if input_report.records == len(input_report.skipped):
         raise InputError(f"{config.fasta}: no sequence left to audit ({len(input_report.skipped)} skipped as too long)")
     extra = load_extra_features(config.extra_features, input_report.records) if config.extra_features else None
 
+    partial.stage = "model"
     t0 = time.perf_counter()
     if loaded is None:
         loaded = load_model(config.model, device, dtype)
     load_seconds = time.perf_counter() - t0
+    partial.model = model_dict(loaded)
     heads = [h.to(device) for h in build_heads(config.head, loaded, config.proxy_seeds, config.head_activation, extra)]
     mlm = loaded.info.has_lm_head if config.mlm is None else config.mlm
     if mlm and not loaded.info.has_lm_head:
@@ -266,6 +280,8 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
         mlm=mlm, mlm_sample=config.mlm_sample if mlm else 0, keep_pooled=config.invariance,
         compile=default_compile(device) if config.compile is None else config.compile,
     )
+    partial.finished = run.finished
+    partial.stage = "audit"
     _warm_up(run)
     if progress:
         progress.start(total_tokens)
@@ -277,6 +293,7 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
         from esmdiv.invariance import run_invariance
 
         invariance = run_invariance(run, config, results, budget)
+    partial.stage = "decision"
 
     timings = {"model_load_s": load_seconds, "tokens": total_tokens}
     for path in ("padded", "packed", "reference"):
@@ -296,17 +313,7 @@ def run_audit(config: AuditConfig, loaded: LoadedModel | None = None, progress: 
     fingerprint = environment(device, dtype, backend, loaded, config.fasta, input_report.records)
     timings["fingerprint_s"] = time.perf_counter() - t1
     return AuditResult(
-        model={
-            "spec": loaded.info.spec,
-            "source": loaded.info.source,
-            "path": loaded.info.path,
-            "num_layers": loaded.info.num_layers,
-            "embed_dim": loaded.info.embed_dim,
-            "attention_heads": loaded.info.attention_heads,
-            "random_weights": loaded.info.random_weights,
-            "has_lm_head": loaded.info.has_lm_head,
-            "notes": loaded.info.notes,
-        },
+        model=model_dict(loaded),
         device=str(device),
         dtype=dtype_name,
         backend=backend,
@@ -336,6 +343,22 @@ def _cached_reference(loaded: LoadedModel, device: torch.device) -> torch.nn.Mod
     return ref
 
 
+def model_dict(loaded: LoadedModel) -> dict:
+    """The report's ``model`` block."""
+    info = loaded.info
+    return {
+        "spec": info.spec,
+        "source": info.source,
+        "path": info.path,
+        "num_layers": info.num_layers,
+        "embed_dim": info.embed_dim,
+        "attention_heads": info.attention_heads,
+        "random_weights": info.random_weights,
+        "has_lm_head": info.has_lm_head,
+        "notes": info.notes,
+    }
+
+
 def _audit_stream(run: _Run, sequences: Iterable[AuditSequence], max_tokens: int) -> tuple[list[SequenceResult], list[str], int]:
     """Sort and batch window by window (memory: one window of sequences plus the results).
 
@@ -343,7 +366,7 @@ def _audit_stream(run: _Run, sequences: Iterable[AuditSequence], max_tokens: int
     sequence that cannot fit is an environment error naming it.
     """
     table = encoder_table(run.loaded.alphabet)
-    results: list[SequenceResult] = []
+    results: list[SequenceResult] = run.finished  # shared: a run that fails still reports what finished
     notices: list[str] = []
     budget = max_tokens
     for window in _windows(sequences, WINDOW_BATCHES * max_tokens):
@@ -487,6 +510,22 @@ def _perplexity_sample(run: _Run, sequences: list[AuditSequence], tokens: list[t
         run.perplexity.add(nll_v1, nll_v2, count)
 
 
+def _nonfinite_outside_residues(results: list[SequenceResult]) -> list[str]:
+    """Non-finite values the residue-row check cannot see: a NaN in a BOS or EOS row reaches the
+    pooled embedding and a ``<cls>`` head, so a non-finite cosine, MAD or confidence of a sequence
+    whose residue rows were finite is a non-finite output too (it must never pass as ACCEPT)."""
+    out = []
+    for r in results:
+        if not (r.metrics.finite_v1 and r.metrics.finite_v2):
+            continue  # already named by the residue check
+        values = {"pooled cosine": r.metrics.cosine, "pooled MAD": r.metrics.mad,
+                  "confidence v1 (padded)": r.confidence_v1, "confidence v2 (packed)": r.confidence_v2}
+        bad = [name for name, value in values.items() if not math.isfinite(value)]
+        if bad:
+            out.append(f"{r.id}: {', '.join(bad)} not finite")
+    return out
+
+
 def summarise(
     results: list[SequenceResult], head_names: list[str] | None = None, dtype: torch.dtype = torch.float32
 ) -> tuple[dict, Evidence]:
@@ -507,6 +546,7 @@ def summarise(
         for path, ok in (("v1 (padded)", r.metrics.finite_v1), ("v2 (packed)", r.metrics.finite_v2))
         if not ok
     ]
+    nonfinite += _nonfinite_outside_residues(results)
     cos_spread, mad_spread = spread([x.cosine for x in m]), spread([x.mad for x in m])
     summary = {
         "n": len(results),

@@ -6,6 +6,7 @@ Nothing else lives here: the work is in plain functions that tests call directly
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -13,10 +14,11 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from esmdiv import __version__
-from esmdiv.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EsmdivError
+from esmdiv.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EsmdivError, OutputError
+from esmdiv.partial import PartialRun, write_partial  # no torch: cheap to import here
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ACCEPT, 10 VALIDATE, 20 FALLBACK, 2 usage or bad input, "
@@ -49,12 +51,13 @@ def _root(
 @contextlib.contextmanager
 def guard(debug: bool) -> Iterator[None]:
     """Expected errors -> one line and their exit code; anything else -> exit 1, never a verdict."""
+    # Messages print as plain Text: a file name or record id such as '[/]' is not rich markup.
     try:
         yield
     except EsmdivError as err:
-        stderr.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        stderr.print(Text.assemble(("error: ", "red"), _one_line(err)), soft_wrap=True)
         if debug:
-            stderr.print(traceback.format_exc(), highlight=False)
+            stderr.print(traceback.format_exc(), highlight=False, markup=False)
         raise typer.Exit(err.exit_code) from None
     except KeyboardInterrupt:
         stderr.print("interrupted: no verdict", highlight=False)
@@ -63,13 +66,45 @@ def guard(debug: bool) -> Iterator[None]:
         raise
     except Exception as err:  # noqa: BLE001 - fail closed: an unexpected error is exit 1, never ACCEPT
         stderr.print(
-            f"[red]internal error:[/] {type(err).__name__}: {escape(str(err))} (no verdict; rerun with --debug for the traceback)",
-            highlight=False,
+            Text.assemble(
+                ("internal error: ", "red"),
+                f"{type(err).__name__}: {_one_line(err)} (no verdict; rerun with --debug for the traceback)",
+            ),
             soft_wrap=True,
         )
         if debug:
-            stderr.print(traceback.format_exc(), highlight=False)
+            stderr.print(traceback.format_exc(), highlight=False, markup=False)
         raise typer.Exit(EXIT_INTERNAL) from None
+
+
+def _one_line(err: BaseException) -> str:
+    """The error's message on one line (some library errors span several)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+
+
+@contextlib.contextmanager
+def partial_report_on_failure(json_path: Optional[Path], partial: PartialRun) -> Iterator[None]:
+    """When the run fails, write ``partial.to_dict(error)`` to ``--json`` (``"complete": false``,
+    no verdict) so the path never holds a stale or invented verdict; then let the error go on."""
+    try:
+        yield
+    except BaseException as err:
+        if json_path is not None and not isinstance(err, (typer.Exit, OutputError)):
+            with contextlib.suppress(Exception):
+                write_partial(partial.to_dict(err), json_path)
+                stdout.print(Text(f"partial report written to {json_path} (complete: false, no verdict)"))
+        raise
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse a ``--json`` path that cannot be written before the run, not after it."""
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; --json needs a file path")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write the report there ({parent} is not a writable folder)")
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -128,12 +163,20 @@ def check(
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ) -> None:
     """Run both paths over FASTA and print the verdict; the exit code is the verdict's."""
-    from esmdiv.audit import AuditConfig, run_audit
-    from esmdiv.decision import Thresholds
-    from esmdiv.junit import write_junit
-    from esmdiv.report import PathProgress, finite_or_none, render_summary, write_json
+    partial = PartialRun(dict(
+        fasta=str(fasta), model=model, device=device, dtype=dtype, backend=backend, head=head, long=long,
+        max_tokens=max_tokens, accept_agreement=accept_agreement, validate_agreement=validate_agreement,
+        min_cosine=min_cosine, max_mad=max_mad,
+    ))
+    # Imports inside: Ctrl-C while torch loads is still exit 130 and still leaves a partial report.
+    with guard(debug), partial_report_on_failure(json_path, partial):
+        from esmdiv.audit import AuditConfig, run_audit
+        from esmdiv.decision import Thresholds
+        from esmdiv.junit import write_junit
+        from esmdiv.report import PathProgress, finite_or_none, render_summary, write_json
 
-    with guard(debug):
+        if json_path is not None:
+            check_output_path(json_path)
         config = AuditConfig(
             fasta=fasta,
             model=model,
@@ -159,7 +202,8 @@ def check(
             compile=compile,
         )
         with PathProgress(stderr) as progress:
-            result = run_audit(config, progress=progress)
+            result = run_audit(config, progress=progress, partial=partial)
+        partial.stage = "report"
         data = finite_or_none(result.to_dict()) if json_path is not None or junit_path is not None else None
         if json_path is not None:
             write_json(data, json_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -18,8 +19,18 @@ from esmdiv.errors import FastaError
 #: fair-esm's protein alphabet: the 20 standard residues plus X B U Z O.
 RESIDUES = "ACDEFGHIKLMNPQRSTVWYXBUZO"
 NUCLEOTIDES = frozenset("ACGTUN")
-_ILLEGAL = re.compile(f"[^{RESIDUES}]")
+# Checked before upper-casing: str.upper() maps some non-ASCII letters onto residues ('ß' -> 'SS').
+_ILLEGAL = re.compile(f"[^{RESIDUES}{RESIDUES.lower()}]")
 _GZIP_MAGIC = b"\x1f\x8b"
+# Other containers a user may hand over by mistake: named, so the error can say what to do.
+_OTHER_MAGIC = {
+    b"BZh": "bzip2-compressed",
+    b"\xfd7zXZ\x00": "xz-compressed",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed",
+    b"PK\x03\x04": "a zip archive",
+    b"\xff\xfe": "UTF-16 text",
+    b"\xfe\xff": "UTF-16 text",
+}
 
 
 @dataclass(frozen=True)
@@ -64,15 +75,22 @@ def _open(path: Path) -> BinaryIO:
         raise FastaError(path, "no such file")
     if path.is_dir():
         raise FastaError(path, "is a directory, not a FASTA file")
+    if not path.is_file():
+        # A pipe (<(zcat ...)) or a device: the audit reads the file twice (validate, then run).
+        raise FastaError(path, "not a regular file (a pipe or device?); esmdiv reads its input twice: save it to a file")
     try:
         handle: BinaryIO = open(path, "rb")
-        magic = handle.read(2)
+        magic = handle.read(6)
         handle.seek(0)
     except OSError as err:
         raise FastaError(path, f"cannot be read ({err.strerror or err})") from None
-    if magic == _GZIP_MAGIC:
+    if magic.startswith(_GZIP_MAGIC):
         handle.close()
         return gzip.open(path, "rb")  # type: ignore[return-value]
+    for prefix, what in _OTHER_MAGIC.items():
+        if magic.startswith(prefix):
+            handle.close()
+            raise FastaError(path, f"is {what}, not FASTA text (plain or gzip): convert it first")
     return handle
 
 
@@ -101,6 +119,10 @@ def _parse(path: Path, handle: BinaryIO) -> Iterator[ProteinRecord]:
                 text = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
                 raise FastaError(path, "not UTF-8 text: not a FASTA file", line=lineno) from None
+            if lineno == 1:
+                text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as some editors write
+            if "\r" in text:
+                raise FastaError(path, "carriage return inside a line (old Mac CR line ends?): use LF or CRLF", line=lineno)
             stripped = text.strip()
             if not stripped:
                 continue
@@ -125,10 +147,7 @@ def _parse(path: Path, handle: BinaryIO) -> Iterator[ProteinRecord]:
             residues = "".join(stripped.split())  # spaces inside a line are layout, not residues
             if residues.endswith("*"):
                 residues, stop_line = residues[:-1], lineno
-            upper = residues.upper()
-            if upper != residues:
-                lowercase = True
-            bad = _ILLEGAL.search(upper)
+            bad = _ILLEGAL.search(residues)
             if bad:
                 char = residues[bad.start()]
                 kind = "a gap" if char in "-." else "a digit" if char.isdigit() else "not a residue"
@@ -139,9 +158,13 @@ def _parse(path: Path, handle: BinaryIO) -> Iterator[ProteinRecord]:
                     line=lineno,
                     record=rid,
                 )
+            upper = residues.upper()
+            if upper != residues:
+                lowercase = True
             chunks.append(upper)
-    except (OSError, EOFError, gzip.BadGzipFile) as err:
-        raise FastaError(path, f"cannot be read ({err})", line=lineno or None) from None
+    except (OSError, EOFError, zlib.error) as err:  # mostly a corrupt or truncated gzip stream
+        what = "corrupt or truncated gzip" if isinstance(handle, gzip.GzipFile) else "cannot be read"
+        raise FastaError(path, f"{what} ({err})", line=lineno + 1) from None
     if header is not None:
         yield finish()
     elif lineno == 0 or not seen:

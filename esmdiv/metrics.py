@@ -96,8 +96,10 @@ def compare_embeddings(v1: torch.Tensor, v2: torch.Tensor, lengths: torch.Tensor
     pooled_v2 = mean_pool_batch(v2, lengths, include_eos=include_eos_v2)
     m = mask[..., None]
     a, b = v1.float(), v2.float()
-    finite_v1 = (torch.isfinite(a) | ~m).flatten(1).all(1)
-    finite_v2 = (torch.isfinite(b) | ~m).flatten(1).all(1)
+    # Finite over every token row, BOS and EOS too: they reach <cls> heads and buggy poolings.
+    tokens = (torch.arange(v1.shape[1], device=lengths.device)[None, :] < lengths[:, None])[..., None]
+    finite_v1 = (torch.isfinite(a) | ~tokens).flatten(1).all(1)
+    finite_v2 = (torch.isfinite(b) | ~tokens).flatten(1).all(1)
     diff = torch.where(m, (a - b).abs(), 0.0)
     n_rows = mask.sum(1).clamp(min=1)
     n_elements = n_rows * v1.shape[2]

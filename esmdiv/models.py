@@ -19,6 +19,7 @@ import argparse
 import json
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,8 @@ class LoadedModel:
 def load_model(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Build fair-esm's ``ESM2`` for ``spec`` on ``device`` in ``dtype``, in eval mode."""
     build = _Build(torch.device(device), dtype)
+    if not spec.strip():
+        raise InputError("--model is empty: name a model (see --help)")
     if spec.startswith("random:"):
         loaded = _random_model(spec, build)
     else:
@@ -123,13 +126,16 @@ class _Build:
     dtype: torch.dtype
 
 
-def _new_esm2(num_layers: int, embed_dim: int, heads: int, token_dropout: bool, build: _Build, seed: int = 0):
+def _new_esm2(num_layers: int, embed_dim: int, heads: int, token_dropout: bool, build: _Build, seed: int = 0,
+              where: str | Path = "model"):
     """fair-esm's ``ESM2`` built directly on the run's device and dtype (a 3B model initialises in
     a second on a GPU, not a minute on the CPU), its initial weights drawn from ``seed``."""
     import esm
 
+    if min(num_layers, embed_dim, heads) < 1:
+        raise CheckpointError(f"{where}: sizes must be positive (layers {num_layers}, embed_dim {embed_dim}, heads {heads})")
     if embed_dim % heads:
-        raise CheckpointError(f"embed_dim {embed_dim} is not divisible by {heads} attention heads")
+        raise CheckpointError(f"{where}: embed_dim {embed_dim} is not divisible by {heads} attention heads")
     default_dtype = torch.get_default_dtype()
     devices = [build.device.index or 0] if build.device.type == "cuda" else []
     try:
@@ -155,6 +161,8 @@ def _random_model(spec: str, build: _Build) -> LoadedModel:
         seed = int(parts[2]) if len(parts) == 3 else 0
     except ValueError:
         raise InputError(f"{spec}: the seed after the architecture must be an integer") from None
+    if not -(2**63) <= seed < 2**64:  # what torch.manual_seed takes
+        raise InputError(f"{spec}: the seed must fit in 64 bits")
     layers, dim, heads = ARCHITECTURES[arch]
     model = _new_esm2(layers, dim, heads, True, build, seed)
     info = ModelInfo(spec, "random", layers, dim, heads, True, random_weights=True, has_lm_head=True)
@@ -188,6 +196,8 @@ def load_weights_only(path: Path) -> Any:
     ``argparse.Namespace`` is allowed as itself; config classes from :data:`_CONFIG_MODULES`
     load as inert stand-ins; any other global makes the load fail with ``CheckpointError``.
     """
+    if not zipfile.is_zipfile(path):
+        return _load_legacy_weights_only(path)
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except (RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError) as err:
@@ -210,7 +220,34 @@ def load_weights_only(path: Path) -> Any:
         with torch.serialization.safe_globals(allowed):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(err)})") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_unpickler_reason(err)})") from None
+
+
+def _load_legacy_weights_only(path: Path) -> Any:
+    """A pre-zip (torch < 1.6) checkpoint: no globals can be listed before loading, so torch's
+    ``weights_only`` unpickler alone decides; any global beyond tensors and ``argparse.Namespace``
+    stops the load before it is built."""
+    try:
+        # torch warns about the pickle protocol of files it is about to refuse: the error says enough.
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if found := re.search(r"unsupported GLOBAL (\S+)", str(err)):
+            raise CheckpointError(
+                f"{path}: refused: the file would run or build Python objects ({found.group(1)}); "
+                "esmdiv loads tensors only"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_unpickler_reason(err)})") from None
+    except Exception as err:  # noqa: BLE001 - the legacy reader fails on arbitrary bytes in arbitrary ways
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+
+
+def _unpickler_reason(err: BaseException) -> str:
+    """The useful line of torch's weights-only error (its first line suggests weights_only=False)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if line.startswith(("Unsupported", "Trying to load"))]
+    return (useful or lines or [type(err).__name__])[0][:200]
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -239,8 +276,10 @@ def _checkpoint_file(spec: str, path: Path, build: _Build, source: str = "fair-e
     elif isinstance(data.get("model"), dict):  # fair-esm's {"model": ..., "cfg"/"args": ...}
         state = data["model"]
         cfg = (data.get("cfg") or {}).get("model") if isinstance(data.get("cfg"), dict) else data.get("args")
+    if not all(isinstance(key, str) for key in state):
+        raise CheckpointError(f"{path}: weights keyed by something other than names: not a state dict")
     if any(key.startswith(("esm.", "encoder.layer.", "embeddings.")) for key in state):
-        return _from_hf_state(spec, path, state, _hf_like_config(state), source, build)
+        return _from_hf_state(spec, path, state, _hf_like_config(state, path), source, build)
     state = {re.sub(r"^(encoder\.sentence_encoder\.|encoder\.)", "", k): v for k, v in state.items()}
     return _from_fair_esm_state(spec, path, state, cfg, source, build)
 
@@ -252,24 +291,31 @@ def _from_fair_esm_state(spec: str, path: Path, state: dict, cfg: Any, source: s
     layer_ids = {int(m.group(1)) for k in tensors if (m := re.match(r"layers\.(\d+)\.", k))}
     if not layer_ids or layer_ids != set(range(len(layer_ids))):
         raise CheckpointError(f"{path}: no consecutive 'layers.<i>.' weights: not an ESM-2 checkpoint")
+    if tensors["embed_tokens.weight"].dim() != 2:
+        raise CheckpointError(f"{path}: 'embed_tokens.weight' has shape {tuple(tensors['embed_tokens.weight'].shape)}, "
+                              "not (vocabulary, embed_dim)")
     num_layers, embed_dim = len(layer_ids), tensors["embed_tokens.weight"].shape[1]
     heads = getattr(cfg, "encoder_attention_heads", None) if isinstance(cfg, argparse.Namespace) else None
     token_dropout = getattr(cfg, "token_dropout", True) if isinstance(cfg, argparse.Namespace) else True
     notes = []
     if heads is None:
-        heads = _heads_for(embed_dim)
+        heads = _heads_for(embed_dim, path)
         notes.append(f"attention heads not readable from the checkpoint config; {heads} by ESM-2's table")
-    model = _new_esm2(num_layers, embed_dim, int(heads), bool(token_dropout), build)
+    try:
+        heads = int(heads)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: the config's encoder_attention_heads {heads!r} is not a number") from None
+    model = _new_esm2(num_layers, embed_dim, int(heads), bool(token_dropout), build, where=path)
     has_lm_head = _fill(model, tensors, path, optional=("contact_head.", "lm_head."))
     info = ModelInfo(spec, source, num_layers, embed_dim, int(heads), bool(token_dropout), False, has_lm_head, str(path), notes)
     return LoadedModel(model, model.alphabet, info)
 
 
-def _heads_for(embed_dim: int) -> int:
+def _heads_for(embed_dim: int, path: Path) -> int:
     for layers, dim, heads in ARCHITECTURES.values():
         if dim == embed_dim:
             return heads
-    raise CheckpointError(f"embed_dim {embed_dim} matches no ESM-2 architecture and the checkpoint does not say its heads")
+    raise CheckpointError(f"{path}: embed_dim {embed_dim} matches no ESM-2 architecture and the checkpoint does not say its heads")
 
 
 def _fill(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, optional: tuple[str, ...]) -> bool:
@@ -360,15 +406,33 @@ def _hf_folder(spec: str, folder: Path, build: _Build) -> LoadedModel:
     return _from_hf_state(spec, weights, state, config, "hf-folder", build)
 
 
-def _hf_like_config(state: dict) -> dict:
+def _check_hf_sizes(path: Path, state: dict, layers: int, dim: int) -> None:
+    """The config's sizes against the weights, before building: a wrong or hostile config.json must
+    not make esmdiv allocate a model the weights cannot fill."""
+    found = {int(m.group(1)) for k in state if isinstance(k, str) and (m := re.match(r"(?:esm\.)?encoder\.layer\.(\d+)\.", k))}
+    if layers != len(found):
+        raise CheckpointError(f"{path}: config says {layers} layers, the weights hold {len(found)} "
+                              "(a checkpoint of another architecture?)")
+    embeddings = state.get("esm.embeddings.word_embeddings.weight", state.get("embeddings.word_embeddings.weight"))
+    if isinstance(embeddings, torch.Tensor) and embeddings.dim() == 2 and embeddings.shape[1] != dim:
+        raise CheckpointError(f"{path}: config says hidden_size {dim}, the weights have {embeddings.shape[1]} "
+                              "(a checkpoint of another architecture?)")
+
+
+def _hf_like_config(state: dict, path: Path) -> dict:
     """Sizes of a Hugging Face ESM state dict found outside a folder (no config.json)."""
     prefix = "esm." if any(k.startswith("esm.") for k in state) else ""
     layers = {int(m.group(1)) for k in state if (m := re.match(rf"{prefix}encoder\.layer\.(\d+)\.", k))}
-    dim = state[f"{prefix}embeddings.word_embeddings.weight"].shape[1]
-    return {"num_hidden_layers": len(layers), "hidden_size": dim, "num_attention_heads": _heads_for(dim)}
+    embeddings = state.get(f"{prefix}embeddings.word_embeddings.weight")
+    if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2:
+        raise CheckpointError(f"{path}: no 2-D '{prefix}embeddings.word_embeddings.weight': not an ESM checkpoint")
+    dim = embeddings.shape[1]
+    return {"num_hidden_layers": len(layers), "hidden_size": dim, "num_attention_heads": _heads_for(dim, path)}
 
 
 def _from_hf_state(spec: str, path: Path, state: dict, config: dict, source: str, build: _Build) -> LoadedModel:
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: config.json holds a {type(config).__name__}, not the model's settings")
     if config.get("position_embedding_type", "rotary") != "rotary" or config.get("emb_layer_norm_before"):
         raise CheckpointError(f"{path}: not an ESM-2 checkpoint (absolute positions or embedding layer norm: ESM-1b?)")
     if config.get("vocab_size", 33) != 33:
@@ -377,6 +441,7 @@ def _from_hf_state(spec: str, path: Path, state: dict, config: dict, source: str
         layers, dim, heads = (int(config[k]) for k in ("num_hidden_layers", "hidden_size", "num_attention_heads"))
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: config lacks the ESM sizes ({err})") from None
+    _check_hf_sizes(path, state, layers, dim)
     mapped: dict[str, torch.Tensor] = {}
     classifier: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -396,7 +461,7 @@ def _from_hf_state(spec: str, path: Path, state: dict, config: dict, source: str
             mapped[f"layers.{index}.{_HF_LAYER_MAP[module]}.{kind}"] = value
         else:
             raise CheckpointError(f"{path}: key '{key}' has no fair-esm counterpart")
-    model = _new_esm2(layers, dim, heads, bool(config.get("token_dropout", True)), build)
+    model = _new_esm2(layers, dim, heads, bool(config.get("token_dropout", True)), build, where=path)
     has_lm_head = _fill(model, mapped, path, optional=("contact_head.", "lm_head."))
     info = ModelInfo(spec, source, layers, dim, heads, bool(config.get("token_dropout", True)), False, has_lm_head, str(path))
     if classifier and set(classifier) != {"dense.weight", "dense.bias", "out_proj.weight", "out_proj.bias"}:

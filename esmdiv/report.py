@@ -35,7 +35,7 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
         console.print(f"[bold]env[/]     {escape(describe(result.environment))}", highlight=False)
     inputs = result.inputs
     console.print(
-        f"[bold]input[/]   {inputs.path}: {inputs.records} records, {s['n']} audited, "
+        f"[bold]input[/]   {escape(inputs.path)}: {inputs.records} records, {s['n']} audited, "
         f"{len(inputs.truncated)} truncated, {len(inputs.skipped)} skipped"
     )
     for warning in result.warnings:
@@ -49,7 +49,7 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
         m = r.metrics
         labels = f"{r.label_v1}/{r.label_v2}" + (" ✗" if r.label_v1 != r.label_v2 else "")
         table.add_row(
-            r.id, str(r.length), f"{m.cosine:.7f}", f"{m.mad:.2e}", f"{m.max_abs_diff:.2e}", labels,
+            Text(r.id), str(r.length), f"{m.cosine:.7f}", f"{m.mad:.2e}", f"{m.max_abs_diff:.2e}", labels,
             f"{r.confidence_v1:.4f}", f"{r.confidence_v2:.4f}",
         )
     console.print(table)
@@ -178,7 +178,7 @@ def _details(result: AuditResult) -> Table:
 
 
 def _model_label(model: dict) -> str:
-    label = f"{model['spec']} ({model['num_layers']} layers, {model['embed_dim']} dims, {model['attention_heads']} heads)"
+    label = f"{escape(model['spec'])} ({model['num_layers']} layers, {model['embed_dim']} dims, {model['attention_heads']} heads)"
     if model.get("random_weights"):
         label += " [bold yellow]RANDOM WEIGHTS[/]"
     return label

@@ -1,0 +1,293 @@
+"""Fails closed: faults at every stage, Ctrl-C, non-finite outputs and hostile checkpoints never end
+in ACCEPT, and a run that did not finish leaves ``"complete": false`` where its report would be."""
+
+import ast
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import esmdiv.audit
+import esmdiv.report
+from esmdiv.cli import app
+from esmdiv.paths import ForwardOutput, padded_forward
+
+from conftest import FIXTURES, ROOT
+from corpus import MARKER, evil_checkpoint, evil_hf_folder
+
+runner = CliRunner()
+VERDICTS = ("ACCEPT", "VALIDATE", "FALLBACK")
+# Six short sequences of distinct lengths; --max-tokens 64 splits them into three batches.
+SMALL = "".join(f">s{n}\n{'MKTAYIAKVLGLFDIVKKVVGALGSLWW'[:n]}\n" for n in (8, 12, 16, 20, 24, 28))
+
+
+def check(tmp_path, *args, fasta=None):
+    path = tmp_path / "small.fasta"
+    path.write_text(SMALL if fasta is None else fasta)
+    result = runner.invoke(app, ["check", str(path), "--device", "cpu", "--max-tokens", "64", *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return result
+
+
+def fail_on_call(n, exc):
+    """A compare_batch that works n - 1 times, then raises ``exc``."""
+    real, calls = esmdiv.audit.compare_batch, []
+
+    def fake(run, sequences, tokens):
+        calls.append(1)
+        if len(calls) == n:
+            raise exc
+        return real(run, sequences, tokens)
+
+    return fake
+
+
+def raising(exc):
+    def fake(*args, **kwargs):
+        raise exc
+
+    return fake
+
+
+# (where the fault is injected, the stage the partial report names, sequences finished by then)
+STAGE_FAULTS = [
+    ("esmdiv.audit.load_model", "model", 0),
+    ("esmdiv.audit._warm_up", "audit", 0),
+    ("second-batch", "audit", 2),
+    ("esmdiv.audit.summarise", "decision", 6),
+    ("esmdiv.audit.decide", "decision", 6),
+    ("esmdiv.report.render_summary", "report", 6),
+]
+
+
+@pytest.mark.parametrize("target, stage, done", STAGE_FAULTS, ids=[t for t, _, _ in STAGE_FAULTS])
+def test_an_unexpected_fault_at_any_stage_is_exit_1_and_a_partial_report(target, stage, done, tmp_path, monkeypatch):
+    if target == "second-batch":
+        monkeypatch.setattr(esmdiv.audit, "compare_batch", fail_on_call(2, RuntimeError("kernel exploded")))
+    else:
+        module, name = target.rsplit(".", 1)
+        monkeypatch.setattr(sys.modules[module], name, raising(RuntimeError("kernel exploded")))
+    out = tmp_path / "r.json"
+    result = check(tmp_path, "--json", str(out))
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("internal error: RuntimeError: kernel exploded")
+    assert "no verdict" in lines[0] and "Traceback" not in result.stderr
+    assert not any(v in result.stdout for v in VERDICTS)
+    report = json.loads(out.read_text())  # for "report", this replaced the complete report written first
+    assert (report["complete"], report["verdict"]) == (False, None)
+    assert report["error"] == {"stage": stage, "type": "RuntimeError", "message": "kernel exploded", "exit_code": 1}
+    assert report["sequences_done"] == done == len(report["sequences"])
+    assert "summary" not in report and "reasons" not in report
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.setattr(esmdiv.audit, "load_model", raising(RuntimeError("kernel exploded")))
+    result = check(tmp_path, "--debug")
+    assert result.exit_code == 1 and "Traceback" in result.stderr and "kernel exploded" in result.stderr
+
+
+def test_a_failed_write_of_the_report_is_not_a_verdict(tmp_path, monkeypatch):
+    monkeypatch.setattr(esmdiv.report, "write_json", raising(RuntimeError("disk on fire")))
+    result = check(tmp_path, "--json", str(tmp_path / "r.json"))
+    assert result.exit_code == 1 and not any(v in result.stdout for v in VERDICTS)
+
+
+def test_ctrl_c_is_exit_130_with_a_partial_report(tmp_path, monkeypatch):
+    monkeypatch.setattr(esmdiv.audit, "compare_batch", fail_on_call(3, KeyboardInterrupt()))
+    out = tmp_path / "r.json"
+    result = check(tmp_path, "--json", str(out))
+    assert result.exit_code == 130
+    assert result.stderr.strip().splitlines() == ["interrupted: no verdict"]
+    assert not any(v in result.stdout for v in VERDICTS)
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and report["verdict"] is None
+    assert report["error"]["type"] == "KeyboardInterrupt" and report["error"]["exit_code"] == 130
+    assert report["sequences_done"] == 4  # the two batches that finished, each sequence whole
+    assert all(s["cosine"] > 0.9999 for s in report["sequences"])
+
+
+def _torch_loaded(pid: int) -> bool:
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches /proc/<pid>/maps (Linux)")
+def test_a_real_sigint_mid_run_is_exit_130(tmp_path):
+    out = tmp_path / "r.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "esmdiv", "check", str(FIXTURES / "seed18.fasta"), "--device", "cpu", "--json", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    deadline = time.monotonic() + 120
+    while not _torch_loaded(child.pid) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the model build or the run
+    child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["interrupted: no verdict"] and "ACCEPT" not in stdout
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and report["error"]["exit_code"] == 130
+
+
+def test_a_stale_accept_at_the_json_path_is_replaced(tmp_path):
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps({"complete": True, "verdict": "ACCEPT"}))
+    result = check(tmp_path, "--json", str(out), fasta=">a\nMK-T\n")
+    assert result.exit_code == 2
+    report = json.loads(out.read_text())
+    assert report["verdict"] is None and report["complete"] is False and report["error"]["stage"] == "input"
+
+
+# --- non-finite outputs --------------------------------------------------------------------------------
+
+
+def poison_padded(row_value, rows=(0,)):
+    """padded_forward whose batches (not the 1-sequence warm-up) carry ``row_value`` in given rows."""
+
+    def fake(model, tokens, *args, **kwargs):
+        out = padded_forward(model, tokens, *args, **kwargs)
+        last = model.num_layers
+        x = out.representations[last].clone()
+        if x.shape[0] > 1:
+            for row in rows:
+                x[row, 2] = row_value
+        return ForwardOutput({last: x}, out.logits)
+
+    return fake
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_reference_output_is_fallback_naming_the_sequence(value, tmp_path, monkeypatch):
+    monkeypatch.setattr(esmdiv.audit, "padded_forward", poison_padded(value))
+    out = tmp_path / "r.json"
+    result = check(tmp_path, "--json", str(out), "--max-tokens", "4096")  # one batch, longest (s28) first
+    assert result.exit_code == 20 and "FALLBACK" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["verdict"] == "FALLBACK" and report["complete"] is True
+    assert report["summary"]["nonfinite"] == ["s28: v1 (padded) output not finite"]
+    assert next(s for s in report["sequences"] if s["id"] == "s28")["cosine"] is None  # JSON null, not NaN
+
+
+def test_nan_in_a_bos_row_is_caught(tmp_path, monkeypatch):
+    """A row outside the residues (BOS) still reaches pooling and <cls> heads: never ACCEPT."""
+
+    def fake(model, tokens, *args, **kwargs):
+        out = padded_forward(model, tokens, *args, **kwargs)
+        x = out.representations[model.num_layers].clone()
+        if x.shape[0] > 1:
+            x[0, 0] = float("nan")
+        return ForwardOutput({model.num_layers: x}, out.logits)
+
+    monkeypatch.setattr(esmdiv.audit, "padded_forward", fake)
+    out = tmp_path / "r.json"
+    result = check(tmp_path, "--json", str(out), "--max-tokens", "4096")
+    assert result.exit_code == 20
+    assert json.loads(out.read_text())["summary"]["nonfinite"][0] == "s28: v1 (padded) output not finite"
+
+
+def test_nan_everywhere_is_fallback_even_with_the_loosest_thresholds(tmp_path, monkeypatch):
+    monkeypatch.setattr(esmdiv.audit, "padded_forward", poison_padded(float("nan"), rows=range(6)))
+    out = tmp_path / "r.json"
+    result = check(tmp_path, "--max-tokens", "4096", "--accept-agreement", "0", "--validate-agreement", "0",
+                   "--min-cosine", "-1", "--max-mad", "1e308", "--json", str(out))
+    assert result.exit_code == 20 and json.loads(out.read_text())["verdict"] == "FALLBACK"
+
+
+# --- checkpoints never run code ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("build", [evil_checkpoint, lambda tmp: evil_checkpoint(tmp, legacy=True), evil_hf_folder],
+                         ids=["zip", "legacy", "hf-folder"])
+def test_a_malicious_checkpoint_is_exit_2_and_runs_nothing(build, tmp_path):
+    spec = build(tmp_path)
+    result = check(tmp_path, "--model", spec)
+    assert result.exit_code == 2 and "refused" in result.stderr and "posix.system" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / MARKER).exists()
+
+
+def test_the_malicious_checkpoint_is_real(tmp_path):
+    """Control: unpickled the unsafe way, the same file does write the marker."""
+    path = evil_checkpoint(tmp_path)
+    torch.load(path, weights_only=False)
+    assert (tmp_path / MARKER).exists()
+
+
+def _calls(tree, module, attr):
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+            and n.func.attr == attr and isinstance(n.func.value, ast.Name) and n.func.value.id == module]
+
+
+def test_every_torch_load_is_weights_only_and_nothing_else_unpickles():
+    sources = {p: p.read_text() for p in (ROOT / "esmdiv").glob("*.py")}
+    loads = 0
+    for path, text in sources.items():
+        tree = ast.parse(text)
+        for call in _calls(tree, "torch", "load"):
+            loads += 1
+            flags = {k.arg: k.value for k in call.keywords}
+            assert isinstance(flags.get("weights_only"), ast.Constant) and flags["weights_only"].value is True, path
+        assert not _calls(tree, "pickle", "load") and not _calls(tree, "pickle", "loads"), path
+        assert "esm.pretrained" not in text and "load_model_and_alphabet" not in text, path
+    assert loads >= 2  # the zip and the legacy readers: the scan saw them
+
+
+def test_a_safetensors_state_dict_loads_as_the_same_model(random_8m, tmp_path):
+    from safetensors.torch import save_file
+
+    from esmdiv.models import load_model
+
+    state = {k: v.contiguous() for k, v in random_8m.model.state_dict().items()
+             if "inv_freq" not in k and k != "lm_head.weight"}  # lm_head.weight is tied to embed_tokens
+    save_file(state, tmp_path / "esm2_8m.safetensors")
+    loaded = load_model(str(tmp_path / "esm2_8m.safetensors"))
+    assert loaded.info.source == "safetensors"
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in state.items())
+
+
+def test_a_legacy_format_checkpoint_loads(random_8m, tmp_path):
+    """torch < 1.6 files (no zip) are read by the weights-only unpickler too."""
+    import argparse
+
+    from esmdiv.models import load_model
+
+    state = {f"encoder.sentence_encoder.{k}": v for k, v in random_8m.model.state_dict().items() if "inv_freq" not in k}
+    args = argparse.Namespace(encoder_attention_heads=20, token_dropout=True)
+    torch.save({"model": state, "args": args}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    loaded = load_model(str(tmp_path / "old.pt"))
+    assert torch.equal(loaded.model.embed_tokens.weight, random_8m.model.embed_tokens.weight)
+
+
+def test_an_option_that_does_not_parse_is_exit_2_without_traceback(tmp_path):
+    result = check(tmp_path, "--min-cosine", "abc")
+    assert result.exit_code == 2 and "--min-cosine" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cuda_oom_halves_down_to_single_sequences_and_the_report_says_so(tmp_path, monkeypatch):
+    real = esmdiv.audit.compare_batch
+
+    def one_at_a_time(run, sequences, tokens):
+        if len(sequences) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(run, sequences, tokens)
+
+    monkeypatch.setattr(esmdiv.audit, "compare_batch", one_at_a_time)
+    out = tmp_path / "r.json"
+    result = check(tmp_path, "--json", str(out), "--max-tokens", "4096")
+    report = json.loads(out.read_text())
+    assert result.exit_code == 0 and report["complete"] is True and len(report["sequences"]) == 6
+    halvings = [w for w in report["warnings"] if "token budget halved" in w]
+    assert halvings and report["max_tokens"] < 4096
+    assert halvings[-1].endswith(f"halved to {report['max_tokens']}")
