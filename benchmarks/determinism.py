@@ -22,10 +22,14 @@ import time
 from pathlib import Path
 
 IGNORED = {"timings"}  # wall-clock figures: different every run by nature
+IGNORED_ENVIRONMENT = {"captured_at"}  # when the fingerprint was taken: a clock reading too
 
 
 def comparable(report: dict) -> dict:
-    return {k: v for k, v in report.items() if k not in IGNORED}
+    out = {k: v for k, v in report.items() if k not in IGNORED}
+    if isinstance(out.get("environment"), dict):
+        out["environment"] = {k: v for k, v in out["environment"].items() if k not in IGNORED_ENVIRONMENT}
+    return out
 
 
 def differences(a, b, path: str = "") -> tuple[int, float, list[str]]:

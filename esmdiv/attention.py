@@ -4,7 +4,8 @@ Backends, in the order ``auto`` tries them on CUDA:
 
 - ``flash-attn``: ``flash_attn.flash_attn_varlen_func`` from the FlashAttention package.
 - ``torch``: ``torch.nn.attention.varlen.varlen_attn``, FlashAttention-2 inside PyTorch (CUDA).
-- ``reference``: exact attention computed per sequence in fp32 with plain matmuls; any device.
+- ``reference``: exact attention computed per sequence in fp32 (fp64 for fp64 inputs) with plain
+  matmuls; any device.
   ``auto`` picks it on CPU, where it stands in for the kernels.
 
 The softmax scale is passed to the kernel (``head_dim ** -0.5`` for ESM-2) rather than folded
@@ -112,7 +113,8 @@ def _reference(q, k, v, cu_seqlens, max_seqlen, scale):
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
-        qs, ks, vs = (t[start:end].transpose(0, 1).float() for t in (q, k, v))  # (H, L, D)
+        # (H, L, D) in fp32 at least (fp64 stays fp64: the reference run's packed algorithm)
+        qs, ks, vs = (t[start:end].transpose(0, 1).to(torch.promote_types(t.dtype, torch.float32)) for t in (q, k, v))
         weights = torch.softmax((qs @ ks.transpose(1, 2)) * scale, dim=-1)
         out[start:end] = (weights @ vs).transpose(0, 1).to(q.dtype)
     return out

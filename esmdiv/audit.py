@@ -30,7 +30,15 @@ from esmdiv.models import LoadedModel, load_model
 from esmdiv.packing import batches_by_tokens, encode, encoder_table, pack, pad, to_padded
 from esmdiv.partial import PartialRun
 from esmdiv.paths import packed_forward, padded_forward
-from esmdiv.reference import ReferenceDistance, build_reference, check_choice, distances_to_reference, reference_dtype
+from esmdiv.reference import (
+    ReferenceDistance,
+    algorithm_tolerance,
+    build_reference,
+    check_choice,
+    distances_to_reference,
+    reference_dtype,
+    reference_forward,
+)
 from esmdiv.runtime import default_compile, resolve_device, resolve_dtype, synchronize
 from esmdiv.stats import agreement_lower_bound
 from esmdiv.trace import DEFAULT_TRACE_THRESHOLD, TraceAccumulator
@@ -84,7 +92,8 @@ class SequenceResult:
     original_length: int
     metrics: SequenceMetrics
     predictions: list[Prediction]  # one per head, the first is the primary head
-    reference: tuple[ReferenceDistance, ReferenceDistance] | None = None  # (padded, packed) vs reference
+    # (padded, packed, packed algorithm at reference precision) against the reference
+    reference: tuple[ReferenceDistance, ReferenceDistance, ReferenceDistance] | None = None
     mlm: dict | None = None
     first_nonfinite_layer: int | None = None
     invariance: dict | None = None
@@ -112,9 +121,9 @@ class SequenceResult:
         if len(self.predictions) > 1:
             out["predictions"] = [vars(p) for p in self.predictions]
         if self.reference is not None:
-            v1, v2 = self.reference
-            out["reference"] = {"v1": v1.to_dict(), "v2": v2.to_dict(), "label": primary.label_ref,
-                                "nearer": _nearer(v1.rel_l2, v2.rel_l2)}
+            v1, v2, algorithm = self.reference
+            out["reference"] = {"v1": v1.to_dict(), "v2": v2.to_dict(), "algorithm": algorithm.to_dict(),
+                                "label": primary.label_ref, "nearer": _nearer(v1.rel_l2, v2.rel_l2)}
         if self.mlm is not None:
             out["mlm"] = self.mlm
         if self.first_nonfinite_layer is not None:
@@ -300,7 +309,7 @@ def run_audit(
         seconds = run.seconds[path]
         timings[f"{path}_s"] = seconds
         timings[f"{path}_tokens_per_s"] = total_tokens / seconds if seconds > 0 else None
-    summary, evidence = summarise(results, [h.name for h in heads], dtype)
+    summary, evidence = summarise(results, [h.name for h in heads], dtype, reference_dtype(device))
     if run.reference is not None:
         summary["reference"]["dtype"] = str(reference_dtype(device)).replace("torch.", "")
     summary["mlm"] = _mlm_summary(run, results, loaded)
@@ -445,11 +454,19 @@ def compare_batch(run: _Run, sequences: list[AuditSequence], tokens: list[torch.
         mlm = [{"top1_agreement": a, "js": d} for a, d in zip(top1.tolist(), js.tolist())]
         _perplexity_sample(run, sequences, tokens)
 
-    reference: list[tuple[ReferenceDistance, ReferenceDistance] | None] = [None] * b
+    reference: list[tuple[ReferenceDistance, ...] | None] = [None] * b
     ref = None
     if run.reference is not None:
-        ref = run.timed("reference", n_tokens, lambda: padded_forward(run.reference, padded).representations[last])
-        reference = list(zip(distances_to_reference(v1, ref, lengths), distances_to_reference(v2, ref, lengths, eos_bug)))
+        ref = run.timed("reference", n_tokens, lambda: reference_forward(run.reference, padded))
+        # The packed algorithm itself at the reference's precision (exact attention): what is
+        # left of its distance to the reference is a difference of function, not of rounding.
+        algorithm = run.timed("reference", n_tokens, lambda: to_padded(packed_forward(
+            run.reference, packed, "reference", faults=run.faults).representations[last], packed))
+        reference = list(zip(
+            distances_to_reference(v1, ref, lengths),
+            distances_to_reference(v2, ref, lengths, eos_bug),
+            distances_to_reference(algorithm, ref, lengths, eos_bug),
+        ))
 
     record_index = torch.tensor([s.index for s in sequences], device=run.device)
     predictions = [_predict(head, comparison, v1, v2, ref, lengths, record_index) for head in run.heads]
@@ -527,7 +544,10 @@ def _nonfinite_outside_residues(results: list[SequenceResult]) -> list[str]:
 
 
 def summarise(
-    results: list[SequenceResult], head_names: list[str] | None = None, dtype: torch.dtype = torch.float32
+    results: list[SequenceResult],
+    head_names: list[str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    ref_dtype: torch.dtype = torch.float64,
 ) -> tuple[dict, Evidence]:
     """The summary block of the report and the evidence the decision tree reads."""
     head_names = head_names or ["head"]
@@ -574,14 +594,17 @@ def summarise(
         agreeing=per_head[worst]["n"] - per_head[worst]["disagreements"],
     )
     if results and results[0].reference is not None:
-        summary["reference"], evidence.reference = _reference_summary(results, len(head_names), dtype)
+        summary["reference"], evidence.reference = _reference_summary(results, len(head_names), dtype, ref_dtype)
     return summary, evidence
 
 
-def _reference_summary(results: list[SequenceResult], n_heads: int, dtype: torch.dtype) -> tuple[dict, ReferenceEvidence]:
+def _reference_summary(
+    results: list[SequenceResult], n_heads: int, dtype: torch.dtype, ref_dtype: torch.dtype
+) -> tuple[dict, ReferenceEvidence]:
     d1 = [r.reference[0] for r in results]
     d2 = [r.reference[1] for r in results]
-    finite = all(math.isfinite(d.rel_l2) for d in d1 + d2)
+    da = [r.reference[2] for r in results]
+    finite = all(math.isfinite(d.rel_l2) for d in d1 + d2 + da)
     nearer = [_nearer(a.rel_l2, b.rel_l2) for a, b in zip(d1, d2)]
     # Distances at the run precision's rounding floor count as equal, so a ratio of two
     # vanishing numbers cannot fail the gate.
@@ -601,6 +624,7 @@ def _reference_summary(results: list[SequenceResult], n_heads: int, dtype: torch
         "finite": finite,
         "v1": side(d1),
         "v2": side(d2),
+        "algorithm": side(da),
         "ratio": ratio,
         "packed_nearer": nearer.count("packed"),
         "padded_nearer": nearer.count("padded"),
@@ -614,6 +638,8 @@ def _reference_summary(results: list[SequenceResult], n_heads: int, dtype: torch
         agreeing=agreeing,
         min_cosine=summary["v2"]["cosine_min"],
         max_mad=summary["v2"]["mad"]["max"],
+        algorithm_error=summary["algorithm"]["rel_l2"]["max"],
+        algorithm_tolerance=algorithm_tolerance(ref_dtype),
     )
     return summary, evidence
 

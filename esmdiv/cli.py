@@ -61,6 +61,8 @@ def guard(debug: bool) -> Iterator[None]:
         raise typer.Exit(err.exit_code) from None
     except KeyboardInterrupt:
         stderr.print("interrupted: no verdict", highlight=False)
+        if debug:
+            stderr.print(traceback.format_exc(), highlight=False)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except typer.Exit:
         raise
@@ -141,6 +143,10 @@ def check(
     max_invariance_ratio: float = typer.Option(
         2.0, help="With --invariance: packed's largest movement may be at most this times the padded path's."
     ),
+    max_algorithm_error: Optional[float] = typer.Option(
+        None, help="With a reference: the packed algorithm at reference precision may differ from it by this "
+        "rel-L2 (default: 0.1 sqrt(eps) of the reference dtype: 3.5e-5 fp32, 1.5e-9 fp64)."
+    ),
     trace: bool = typer.Option(False, "--trace", help="Compare the hidden states after every layer."),
     trace_threshold: float = typer.Option(1e-2, help="rel-L2 at which --trace names the first layer crossing it."),
     mlm: Optional[bool] = typer.Option(
@@ -188,7 +194,7 @@ def check(
             max_tokens=max_tokens,
             thresholds=Thresholds(
                 accept_agreement, validate_agreement, min_cosine, max_mad, max_reference_ratio, max_invariance_ratio,
-                gate, confidence,
+                max_algorithm_error, gate, confidence,
             ),
             proxy_seeds=parse_seeds(proxy_seeds),
             head_activation=head_activation,
@@ -421,7 +427,11 @@ def bench(
 
 
 def main() -> None:
-    app(prog_name="esmdiv")
+    try:
+        app(prog_name="esmdiv")
+    except KeyboardInterrupt:  # before or after any command's guard: still the documented code
+        sys.stderr.write("interrupted: no verdict\n")
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
     min cosine <= min_cosine or max MAD >= max_mad              -> VALIDATE
     packed farther from the reference than max_reference_ratio
       times the padded path (when a reference ran)              -> VALIDATE
+    the packed algorithm, run at the reference's precision,
+      differs from the reference by more than max_algorithm_error -> VALIDATE
     packed moved with its neighbours more than
       max_invariance_ratio times the padded path (--invariance) -> VALIDATE
     otherwise                                                   -> ACCEPT
@@ -46,6 +48,7 @@ class Thresholds:
     max_mad: float = 0.01  # every sequence's pooled mean abs diff must be below this
     max_reference_ratio: float = 2.0  # packed's distance to the reference / padded's, at most
     max_invariance_ratio: float = 2.0  # packed's movement with its neighbours / padded's, at most
+    max_algorithm_error: float | None = None  # None: by the reference's dtype (reference.algorithm_tolerance)
     gate: str = "point"  # agreement gates on the point estimate or on its lower bound
     confidence: float = 0.95  # of that lower bound
 
@@ -66,6 +69,8 @@ class Thresholds:
             value = getattr(self, name)
             if not value >= 1 or math.isinf(value):
                 raise UsageError(f"--{name.replace('_', '-')} {value} must be a number of at least 1")
+        if self.max_algorithm_error is not None and not (0 < self.max_algorithm_error < math.inf):
+            raise UsageError(f"--max-algorithm-error {self.max_algorithm_error} must be a positive number")
         if self.gate not in GATE_MODES:
             raise UsageError(f"--gate '{self.gate}' (choose {', '.join(GATE_MODES)})")
         if not 0 < self.confidence < 1:
@@ -84,6 +89,8 @@ class ReferenceEvidence:
     agreeing: int  # sequences whose packed label equals the reference label
     min_cosine: float  # packed vs reference, lowest pooled cosine
     max_mad: float  # packed vs reference, largest pooled MAD
+    algorithm_error: float = math.nan  # the packed algorithm at reference precision: largest rel-L2
+    algorithm_tolerance: float = math.nan  # its default limit (esmdiv.reference.algorithm_tolerance)
 
 
 @dataclass
@@ -173,6 +180,11 @@ def decide(evidence: Evidence, thresholds: Thresholds) -> Decision:
             "reference ratio", ref.ratio, t.max_reference_ratio, ref.ratio <= t.max_reference_ratio,
             "packed path's distance to the reference is {v:.3g}x the padded path's {op} {t}x", "<=", ">",
         ))
+        algorithm_limit = t.max_algorithm_error or ref.algorithm_tolerance
+        reasons.append(_gate(
+            "algorithm", ref.algorithm_error, algorithm_limit, ref.algorithm_error <= algorithm_limit,
+            "packed algorithm at reference precision: rel-L2 to the reference {v:.3g} {op} {t:.3g}", "<=", ">",
+        ))
     if evidence.invariance is not None:
         padded_moved, packed_moved = evidence.invariance
         allowed = t.max_invariance_ratio * padded_moved
@@ -195,6 +207,8 @@ def decide(evidence: Evidence, thresholds: Thresholds) -> Decision:
     }
     if ref is not None and ref.finite:
         tolerances["max_reference_ratio"] = {"needed": ref.ratio, "passes_if": f"--max-reference-ratio at least {ref.ratio:.4g}"}
+        tolerances["max_algorithm_error"] = {
+            "needed": ref.algorithm_error, "passes_if": f"--max-algorithm-error at least {ref.algorithm_error:.4g}"}
     return Decision(verdict, reasons, tolerances, notes)
 
 

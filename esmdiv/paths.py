@@ -110,7 +110,8 @@ def _attention_in(x, ln_w, ln_b, eps: float, w_qkv, b_qkv, cos, sin, num_heads: 
     """Layer norm, one q/k/v GEMM, rotary on q and k: ``(T, C)`` -> three ``(T, H, D)``."""
     h = F.layer_norm(x, x.shape[-1:], ln_w, ln_b, eps)
     q, k, v = F.linear(h, w_qkv, b_qkv).view(len(x), 3, num_heads, -1).unbind(1)
-    return _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin), v.contiguous()
+    # v stays a strided view of the GEMM output: the kernels need only a contiguous last dim.
+    return _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin), v
 
 
 def _attention_out(x, o, w_o, b_o, ln_w, ln_b, eps: float, w1, b1, w2, b2, gelu: str):
@@ -122,8 +123,12 @@ def _attention_out(x, o, w_o, b_o, ln_w, ln_b, eps: float, w1, b1, w2, b2, gelu:
 
 @lru_cache(maxsize=None)
 def _compiled(fn):
-    # dynamic: one graph for every pack length; weights are arguments, so one graph for all layers.
-    return torch.compile(fn, dynamic=True)
+    # Weights are arguments, so one graph serves every layer. Shapes: automatic dynamic, so
+    # after the first new pack length only the token dimension becomes symbolic; the widths
+    # stay static and the kernels keep simple index arithmetic. Room for the fault variants
+    # of the self-test (each is its own graph).
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return torch.compile(fn)
 
 
 def fused_qkv(attn) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,25 +157,28 @@ def fused_qkv(attn) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ``(T, H, D)`` by per-token angles in the tables' precision; ``cos``/``sin`` ``(T, 1, D)``."""
-    xf = x.to(cos.dtype)
-    x1, x2 = xf.chunk(2, dim=-1)
-    return (xf * cos + torch.cat((-x2, x1), dim=-1) * sin).to(x.dtype)
+    """Rotate ``x`` ``(T, H, D)`` by per-token angles, in the tables' precision.
+
+    ``cos``/``sin``: ``(T, 1, D/2)``. The same arithmetic as fair-esm's
+    ``x * cos + rotate_half(x) * sin`` with its duplicated tables, reading half the table.
+    """
+    x1, x2 = x.to(cos.dtype).chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
 
 
 def _rotary(model, positions: torch.Tensor, fp16: bool = False):
-    """cos and sin ``(T, 1, head_dim)`` for each token's position, in fp32.
+    """cos and sin ``(T, 1, head_dim / 2)`` for each token's position: fp32 (fp64 for an fp64 model).
 
     With ``fp16`` the tables are built as fair-esm's half model builds them (the
     ``inv_freq`` buffer and positions in fp16): the known fp16-rotary bug.
     """
     head_dim = model.layers[0].self_attn.head_dim
     if fp16:
-        inv_freq = _inv_freq(head_dim, positions.device).half()
+        inv_freq = _inv_freq(head_dim, positions.device, torch.float32).half()
         freqs = torch.outer(positions.half(), inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos()[:, None, :], emb.sin()[:, None, :]
-    cos, sin = _rotary_tables(head_dim, _table_size(int(positions.max()) + 1), positions.device)
+        return freqs.cos()[:, None, :], freqs.sin()[:, None, :]
+    dtype = torch.float64 if model.embed_tokens.weight.dtype == torch.float64 else torch.float32
+    cos, sin = _rotary_tables(head_dim, _table_size(int(positions.max()) + 1), positions.device, dtype)
     return cos[positions][:, None, :], sin[positions][:, None, :]
 
 
@@ -179,16 +187,14 @@ def _table_size(n: int) -> int:
 
 
 @lru_cache(maxsize=16)
-def _rotary_tables(head_dim: int, n_positions: int, device: torch.device):
-    t = torch.arange(n_positions, device=device, dtype=torch.float32)
-    freqs = torch.outer(t, _inv_freq(head_dim, device))
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
+def _rotary_tables(head_dim: int, n_positions: int, device: torch.device, dtype: torch.dtype):
+    freqs = torch.outer(torch.arange(n_positions, device=device, dtype=dtype), _inv_freq(head_dim, device, dtype))
+    return freqs.cos(), freqs.sin()
 
 
-def _inv_freq(head_dim: int, device: torch.device) -> torch.Tensor:
-    # Recomputed in fp32 rather than read from the module, whose buffer is half in a half model.
-    return 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+def _inv_freq(head_dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Recomputed rather than read from the module, whose buffer is half in a half model.
+    return 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=device, dtype=dtype) / head_dim))
 
 
 def _shift_boundaries(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -144,6 +144,7 @@ def _details(result: AuditResult) -> Table:
             f"packed nearer on {ref['packed_nearer']}/{s['n']}",
         )
         table.add_row("label agreement with the reference", f"padded {ref['agreement_v1']:.2%}, packed {ref['agreement_v2']:.2%}")
+        table.add_row(f"packed algorithm in {ref['dtype']}: rel-L2 to the reference", f"max {ref['algorithm']['rel_l2']['max']:.2e}")
     mlm = s.get("mlm", {})
     if "skipped" in mlm:
         table.add_row("MLM metrics", f"skipped: {mlm['skipped']}")
