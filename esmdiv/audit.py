@@ -18,6 +18,8 @@ import torch
 from esmdiv import __version__
 from esmdiv.attention import resolve_backend
 from esmdiv.decision import Decision, Evidence, ReferenceEvidence, Thresholds, decide
+from esmdiv.distributed import RankFailed, broadcast_code, current_world, error_payload, gather_to_root, shard_by_tokens
+from esmdiv.distributed import init as init_distributed
 from esmdiv.errors import EnvironmentUnavailable, InputError, UsageError
 from esmdiv.fasta import iter_fasta
 from esmdiv.faults import Fault
@@ -230,6 +232,7 @@ class _Run:
     mlm_sample: int = 0
     perplexity: PerplexitySums = field(default_factory=PerplexitySums)
     compile: bool = False
+    max_tokens: int = 0  # the token budget the main pass ended with (the invariance pass reuses it)
     keep_pooled: bool = False  # for the invariance pass
     pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     seconds: dict = field(default_factory=lambda: {"padded": 0.0, "packed": 0.0, "reference": 0.0})
@@ -256,7 +259,10 @@ def run_audit(
     (see :mod:`esmdiv.partial`).
     """
     partial = PartialRun({}) if partial is None else partial
+    world = current_world()
     device = resolve_device(config.device)
+    if world is not None and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", world.local_rank)  # torchrun: one GPU per local rank
     dtype_name, dtype = resolve_dtype(config.dtype, device)
     backend = resolve_backend(config.backend, device, dtype)
     check_choice(config.reference)
@@ -267,10 +273,15 @@ def run_audit(
     # A first pass validates the whole file before any model loads: bad input fails in seconds.
     partial.stage = "input"
     input_report = partial.inputs = InputReport(str(config.fasta))
-    total_tokens = sum(len(s.sequence) + 2 for s in iter_sequences(iter_fasta(config.fasta), input_report, config.long_policy))
+    lengths = {s.index: len(s.sequence) + 2 for s in iter_sequences(iter_fasta(config.fasta), input_report, config.long_policy)}
+    total_tokens = sum(lengths.values())
     if input_report.records == len(input_report.skipped):
         raise InputError(f"{config.fasta}: no sequence left to audit ({len(input_report.skipped)} skipped as too long)")
     extra = load_extra_features(config.extra_features, input_report.records) if config.extra_features else None
+    mine = None
+    if world is not None:
+        init_distributed(world, device)
+        mine = shard_by_tokens(lengths, world.size)[world.rank]
 
     partial.stage = "model"
     t0 = time.perf_counter()
@@ -283,7 +294,7 @@ def run_audit(
     if mlm and not loaded.info.has_lm_head:
         raise UsageError(f"--mlm: {loaded.info.spec} has no language-model head")
     run = _Run(
-        loaded, device, backend, heads, config.faults, progress,
+        loaded, device, backend, heads, config.faults, progress if world is None or world.is_root else None,
         reference=_cached_reference(loaded, device) if config.reference == "fp32" else None,
         trace=TraceAccumulator(loaded.info.num_layers) if config.trace else None,
         mlm=mlm, mlm_sample=config.mlm_sample if mlm else 0, keep_pooled=config.invariance,
@@ -292,16 +303,35 @@ def run_audit(
     partial.finished = run.finished
     partial.stage = "audit"
     _warm_up(run)
-    if progress:
-        progress.start(total_tokens)
+    if run.progress:
+        run.progress.start(total_tokens if mine is None else sum(lengths[i] for i in mine))
     sequences = iter_sequences(iter_fasta(config.fasta), InputReport(str(config.fasta)), config.long_policy)
-    results, notices, budget = _audit_stream(run, sequences, max_tokens)
+    if mine is not None:
+        sequences = (s for s in sequences if s.index in mine)
+    try:
+        results, notices, budget = _audit_stream(run, sequences, max_tokens)
+        run.max_tokens = budget
+        if config.invariance:
+            from esmdiv.invariance import run_invariance
+
+            run_invariance(run, config, results)
+    except Exception as err:
+        if world is None:
+            raise
+        gather_to_root(error_payload(err), world)  # the others must not wait for this rank forever
+        raise
+    if world is not None:
+        gathered = gather_to_root({"results": results, "notices": notices, "budget": budget, "seconds": run.seconds,
+                                   "trace": run.trace, "perplexity": run.perplexity}, world)
+        if not world.is_root:
+            return FollowerResult(broadcast_code(0, world))
+        results, notices, budget = _merge_ranks(run, gathered)
     results.sort(key=lambda r: r.index)
     invariance = None
     if config.invariance:
-        from esmdiv.invariance import run_invariance
+        from esmdiv.invariance import invariance_summary
 
-        invariance = run_invariance(run, config, results, budget)
+        invariance = invariance_summary(results)
     partial.stage = "decision"
 
     timings = {"model_load_s": load_seconds, "tokens": total_tokens}
@@ -321,6 +351,9 @@ def run_audit(
     t1 = time.perf_counter()
     fingerprint = environment(device, dtype, backend, loaded, config.fasta, input_report.records)
     timings["fingerprint_s"] = time.perf_counter() - t1
+    if world is not None:
+        timings["ranks"] = world.size
+        broadcast_code(decision.verdict.exit_code, world)
     return AuditResult(
         model=model_dict(loaded),
         device=str(device),
@@ -341,6 +374,29 @@ def run_audit(
         invariance=invariance,
         environment=fingerprint,
     )
+
+
+@dataclass
+class FollowerResult:
+    """What a non-root rank of a distributed audit returns: rank 0 reports, all exit alike."""
+
+    exit_code: int
+
+
+def _merge_ranks(run: _Run, gathered: list[dict]) -> tuple[list[SequenceResult], list[str], int]:
+    """Rank 0: every rank's results and accumulators into one run; a failed rank fails it all."""
+    for rank, payload in enumerate(gathered):
+        if "error" in payload:
+            raise RankFailed(rank, payload["error"], payload["exit_code"])
+    results = [r for payload in gathered for r in payload["results"]]
+    notices = [f"rank {rank}: {n}" for rank, payload in enumerate(gathered) for n in payload["notices"]]
+    for path in run.seconds:  # the job takes as long as its slowest rank
+        run.seconds[path] = max(payload["seconds"][path] for payload in gathered)
+    for payload in gathered[1:]:
+        if run.trace is not None:
+            run.trace.merge(payload["trace"])
+        run.perplexity.merge(payload["perplexity"])
+    return results, notices, min(payload["budget"] for payload in gathered)
 
 
 def _cached_reference(loaded: LoadedModel, device: torch.device) -> torch.nn.Module:

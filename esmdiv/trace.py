@@ -64,6 +64,17 @@ class TraceAccumulator:
         s.nonfinite |= bool(bad.any())
         return bad
 
+    def merge(self, other: "TraceAccumulator") -> None:
+        """Fold in another rank's sums (distributed audits)."""
+        for mine, theirs in zip(self.sums, other.sums):
+            mine.max_abs_diff = max(mine.max_abs_diff, theirs.max_abs_diff)
+            mine.sq_diff += theirs.sq_diff
+            mine.sq_ref += theirs.sq_ref
+            mine.cos_sum += theirs.cos_sum
+            mine.cos_min = min(mine.cos_min, theirs.cos_min)
+            mine.rows += theirs.rows
+            mine.nonfinite |= theirs.nonfinite
+
     def result(self, threshold: float = DEFAULT_TRACE_THRESHOLD) -> dict:
         """The curve, the first layer whose rel-L2 exceeds ``threshold`` and the largest jump."""
         layers = []
@@ -78,11 +89,15 @@ class TraceAccumulator:
                 "nonfinite": s.nonfinite,
             })
         first = next((l["layer"] for l in layers if l["nonfinite"] or l["rel_l2"] > threshold), None)
-        jumps = [(layers[i]["rel_l2"] / max(layers[i - 1]["rel_l2"], 1e-30), i) for i in range(1, len(layers))]
+        differing = next((l["layer"] for l in layers if l["rel_l2"] > 0 or l["nonfinite"]), None)
+        # Growth from one layer to the next, where the layer before already differed (a jump
+        # from exactly 0 is the first differing layer, reported on its own).
+        jumps = [(layers[i]["rel_l2"] / layers[i - 1]["rel_l2"], i) for i in range(1, len(layers)) if layers[i - 1]["rel_l2"] > 0]
         jump_ratio, jump_layer = max(jumps) if jumps else (math.nan, None)
         return {
             "threshold": threshold,
             "first_layer_over": first,
+            "first_differing_layer": differing,
             "largest_jump_layer": jump_layer,
             "largest_jump_ratio": jump_ratio,
             "layers": layers,
