@@ -159,7 +159,7 @@ def check(
     extra_features: Optional[Path] = typer.Option(
         None, help=".npy (n_records, k) features concatenated before the pooled embedding for a --head file."
     ),
-    gate: str = typer.Option("point", help="Agreement gates read the point estimate or its lower 'bound'."),
+    gate: str = typer.Option("point", help="The ACCEPT bar reads the agreement's point estimate or its lower 'bound' (the FALLBACK floor: the point)."),
     confidence: float = typer.Option(0.95, help="Confidence of the agreement's Clopper-Pearson lower bound."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON here."),
     junit_path: Optional[Path] = typer.Option(

@@ -14,8 +14,10 @@
 
 With a reference run, the packed path is not punished for being more accurate than the padded
 one: each agreement/cosine/MAD gate reads the better of "packed against padded" and "packed
-against the reference", and says which. With ``gate="bound"`` the agreement gates read the
-one-sided Clopper-Pearson lower bound of the agreement instead of the point estimate.
+against the reference", and says which. With ``gate="bound"`` the ACCEPT bar reads the
+one-sided Clopper-Pearson lower bound of the agreement instead of the point estimate; the FALLBACK
+floor keeps the point estimate (too few sequences is a reason to look, not evidence against the
+packed path).
 """
 
 from __future__ import annotations
@@ -166,8 +168,8 @@ def decide(evidence: Evidence, thresholds: Thresholds) -> Decision:
         reasons.append(Reason("reference finite", False, None, None,
                               "the reference run went non-finite: the audit cannot vouch for either path"))
     reasons += [
-        _gate("agreement >= validate", gated, t.validate_agreement, gated >= t.validate_agreement,
-              f"{label} {{v:.2%}} {{op}} the FALLBACK floor {{t:.2%}} ({agreement_source})", ">=", "<"),
+        _gate("agreement >= validate", agreement, t.validate_agreement, agreement >= t.validate_agreement,
+              f"label agreement {{v:.2%}} {{op}} the FALLBACK floor {{t:.2%}} ({agreement_source})", ">=", "<"),
         _gate("agreement > accept", gated, t.accept_agreement, gated > t.accept_agreement,
               f"{label} {{v:.2%}} {{op}} the ACCEPT bar {{t:.2%}} ({agreement_source})", ">", "<="),
         _gate("min cosine", min_cosine, t.min_cosine, min_cosine > t.min_cosine,

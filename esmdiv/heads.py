@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,8 @@ def file_head(path: Path, embed_dim: int, activation: str = "relu", extra: np.nd
             state = state[wrapper]
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     weights = [k for k, v in tensors.items() if k.endswith("weight") and v.ndim == 2]
+    if path.suffix == ".safetensors":  # stored sorted as text ('10.weight' before '2.weight'): index order
+        weights.sort(key=lambda k: [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", k)])
     used = set(weights) | {k[: -len("weight")] + "bias" for k in weights}
     if not weights or set(tensors) - used:
         extra_keys = sorted(set(tensors) - used)

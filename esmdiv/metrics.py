@@ -28,7 +28,8 @@ def mean_pool_batch(reps: torch.Tensor, lengths: torch.Tensor, include_eos: bool
     ``include_eos`` reproduces the known pooling bug (EOS averaged in).
     """
     mask = residue_mask(lengths, reps.shape[1], include_eos)
-    total = (reps.to(torch.promote_types(reps.dtype, torch.float32)) * mask[..., None]).sum(1)
+    # where, not a product: a non-finite padding, BOS or EOS row must not reach the mean (NaN * 0 is NaN).
+    total = torch.where(mask[..., None], reps.to(torch.promote_types(reps.dtype, torch.float32)), 0.0).sum(1)
     return total / mask.sum(1, keepdim=True).clamp(min=1)
 
 
@@ -103,7 +104,8 @@ def compare_embeddings(v1: torch.Tensor, v2: torch.Tensor, lengths: torch.Tensor
     diff = torch.where(m, (a - b).abs(), 0.0)
     n_rows = mask.sum(1).clamp(min=1)
     n_elements = n_rows * v1.shape[2]
-    row_cos = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-30)  # (B, L)
+    # fp32 rounding can put the cosine of near-equal rows just past 1: clamp, as cosine_rows does
+    row_cos = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-30).clamp(-1.0, 1.0)  # (B, L)
     ref_norm = torch.where(m, a, 0.0).double().pow(2).flatten(1).sum(1).sqrt()
     columns = [
         cosine_rows(pooled_v1, pooled_v2),

@@ -44,7 +44,8 @@ class TraceAccumulator:
         bad = ~((torch.isfinite(a) & torch.isfinite(b)) | ~m).flatten(1).all(1)
         ok = m & ~bad[:, None, None]
         diff = torch.where(ok, a - b, 0.0)
-        cos = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-30)
+        # clamped: fp32 rounding can put the cosine of near-equal rows just past 1
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-30).clamp(-1.0, 1.0)
         row_ok = mask & ~bad[:, None]
         stats = torch.stack([
             diff.abs().amax().double() if diff.numel() else torch.zeros((), dtype=torch.float64, device=a.device),

@@ -1,0 +1,258 @@
+"""esmdiv.metrics against values worked out by hand on tiny tensors.
+
+Layout of every hand batch: ``(B, L, D)`` with row 0 BOS, then the residues, then EOS, then
+padding. Padding rows hold huge (or non-finite) values that must never reach a number.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from esmdiv.metrics import (
+    compare_embeddings,
+    cosine,
+    cosine_rows,
+    mean_pool,
+    mean_pool_batch,
+    prediction_summary,
+    residue_mask,
+    spread,
+    _quantile,
+)
+
+HUGE = 1e30
+E11, E8 = 2.0**-11, 2.0**-8  # exact in fp32: 4.9e-4 (within 1e-3) and 3.9e-3 (within 1e-2 only)
+
+
+def hand_batch():
+    """Two sequences, D=2. Sequence 0: 4 tokens (BOS, 2 residues, EOS), one padding row.
+    Sequence 1: 3 tokens (BOS, 1 residue, EOS), two padding rows."""
+    v1 = torch.tensor([
+        [[9, 9], [1, 0], [0, 1], [5, 5], [HUGE, -HUGE]],
+        [[3, 3], [1, 2], [7, 7], [HUGE, HUGE], [-HUGE, HUGE]],
+    ], dtype=torch.float32)
+    v2 = torch.tensor([
+        [[0, 0], [2, 0], [1, 2], [-5, -5], [-HUGE, HUGE]],
+        [[3, 3], [1 + E11, 2 + E8], [7, 7], [-HUGE, -HUGE], [HUGE, HUGE]],
+    ], dtype=torch.float32)
+    return v1, v2, torch.tensor([4, 3])
+
+
+def test_residue_mask_marks_residues_only_and_eos_on_request():
+    lengths = torch.tensor([4, 3, 2])
+    assert residue_mask(lengths, 5).tolist() == [
+        [False, True, True, False, False],
+        [False, True, False, False, False],
+        [False, False, False, False, False],  # BOS + EOS only: no residue
+    ]
+    assert residue_mask(lengths, 5, include_eos=True).tolist() == [
+        [False, True, True, True, False],
+        [False, True, True, False, False],
+        [False, True, False, False, False],
+    ]
+
+
+def test_mean_pool_batch_averages_residues_and_ignores_bos_eos_padding():
+    v1, v2, lengths = hand_batch()
+    # seq 0: ([1,0] + [0,1]) / 2; seq 1: the single residue [1, 2]
+    assert mean_pool_batch(v1, lengths).tolist() == [[0.5, 0.5], [1.0, 2.0]]
+    # seq 0 of v2: ([2,0] + [1,2]) / 2
+    assert mean_pool_batch(v2, lengths)[0].tolist() == [1.5, 1.0]
+
+
+def test_mean_pool_with_eos_is_the_known_pooling_bug():
+    v1, v2, lengths = hand_batch()
+    # ([2,0] + [1,2] + [-5,-5]) / 3 = [-2/3, -1]; seq 1: ([1+E11, 2+E8] + [7,7]) / 2
+    pooled = mean_pool_batch(v2, lengths, include_eos=True)
+    assert pooled[0].tolist() == pytest.approx([-2 / 3, -1.0])
+    assert pooled[1].tolist() == pytest.approx([(8 + E11) / 2, (9 + E8) / 2])
+
+
+def test_mean_pool_of_one_sequence():
+    v1, v2, _ = hand_batch()
+    assert mean_pool(v1[0, :4]).tolist() == [0.5, 0.5]
+    assert mean_pool(v1[0, :4], include_eos=True).tolist() == pytest.approx([2.0, 2.0])  # ([1,0]+[0,1]+[5,5])/3
+    assert mean_pool(v1[0, :4]).dtype == torch.float32
+    assert mean_pool(v1[0, :4].half()).dtype == torch.float32
+    assert mean_pool(v1[0, :4].double()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("poison", [math.nan, math.inf, -math.inf])
+def test_non_finite_padding_is_never_read(poison):
+    v1, v2, lengths = hand_batch()
+    v1[1, 3:] = poison
+    v2[1, 3:] = poison
+    assert mean_pool_batch(v1, lengths).tolist() == [[0.5, 0.5], [1.0, 2.0]]
+    m = compare_embeddings(v1, v2, lengths).metrics[1]
+    assert m.finite_v1 and m.finite_v2
+    assert math.isfinite(m.cosine) and math.isfinite(m.mad) and m.max_abs_diff == E8
+
+
+def test_compare_embeddings_matches_hand_values():
+    v1, v2, lengths = hand_batch()
+    comparison = compare_embeddings(v1, v2, lengths)
+    assert comparison.pooled_v1.tolist() == [[0.5, 0.5], [1.0, 2.0]]
+    assert comparison.pooled_v2.tolist() == [[1.5, 1.0], [1 + E11, 2 + E8]]
+    s0, s1 = comparison.metrics
+
+    # Sequence 0: pooled [0.5, 0.5] vs [1.5, 1.0]: cos = 1.25 / (sqrt(.5) sqrt(3.25)) = 5 / sqrt(26)
+    assert s0.cosine == pytest.approx(5 / math.sqrt(26), abs=1e-12)
+    assert s0.mad == pytest.approx((1.0 + 0.5) / 2, abs=1e-12)
+    # residue diffs [1, 0] and [1, 1] (BOS differs by 9 and EOS by 10: never counted)
+    assert s0.max_abs_diff == 1.0
+    # residue cosines: [1,0]·[2,0] -> 1; [0,1]·[1,2] -> 2/sqrt(5)
+    assert s0.residue_cosine_min == pytest.approx(2 / math.sqrt(5), abs=1e-6)
+    assert s0.residue_cosine_mean == pytest.approx((1 + 2 / math.sqrt(5)) / 2, abs=1e-6)
+    # ||Δ|| = sqrt(1 + 0 + 1 + 1), ||v1|| = sqrt(1 + 0 + 0 + 1)
+    assert s0.rel_l2 == pytest.approx(math.sqrt(3 / 2), abs=1e-12)
+    assert s0.p999_abs_diff == 1.0  # |Δ| = {0, 1, 1, 1}: the 99.9th percentile of 4 values is the largest
+    assert s0.allclose_1e3 == 0.25 and s0.allclose_1e2 == 0.25  # only the 0 is within either tolerance
+    assert s0.finite_v1 and s0.finite_v2
+
+    # Sequence 1: one residue [1, 2] vs [1 + 2^-11, 2 + 2^-8]
+    a, b = np.array([1.0, 2.0]), np.array([1 + E11, 2 + E8])
+    cos = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    assert s1.cosine == pytest.approx(cos, abs=1e-12)
+    assert s1.mad == pytest.approx((E11 + E8) / 2, abs=1e-12)
+    assert s1.max_abs_diff == E8
+    assert s1.residue_cosine_min == pytest.approx(cos, abs=1e-6) and s1.residue_cosine_mean == pytest.approx(cos, abs=1e-6)
+    assert s1.rel_l2 == pytest.approx(math.hypot(E11, E8) / math.sqrt(5), rel=1e-12)
+    assert s1.p999_abs_diff == E8
+    assert s1.allclose_1e3 == 0.5  # 2^-11 <= 1e-3 < 2^-8
+    assert s1.allclose_1e2 == 1.0
+
+
+def test_compare_embeddings_with_eos_pooled_on_the_packed_side():
+    v1, v2, lengths = hand_batch()
+    s0 = compare_embeddings(v1, v2, lengths, include_eos_v2=True).metrics[0]
+    # pooled [0.5, 0.5] vs [-2/3, -1]: cos = (-1/3 - 1/2) / (sqrt(1/2) sqrt(13/9)) = -5 / sqrt(26)
+    assert s0.cosine == pytest.approx(-5 / math.sqrt(26), abs=1e-7)
+    assert s0.mad == pytest.approx((7 / 6 + 3 / 2) / 2, abs=1e-7)
+    # the residue-level metrics never see EOS
+    assert s0.max_abs_diff == 1.0 and s0.rel_l2 == pytest.approx(math.sqrt(3 / 2), abs=1e-12)
+
+
+def test_identical_paths_give_cosine_one_and_zero_differences():
+    v1, _, lengths = hand_batch()
+    for m in compare_embeddings(v1, v1.clone(), lengths).metrics:
+        assert m.cosine == pytest.approx(1.0, abs=1e-15) and m.mad == 0.0 and m.max_abs_diff == 0.0 and m.rel_l2 == 0.0
+        assert m.p999_abs_diff == 0.0 and m.allclose_1e3 == 1.0 and m.allclose_1e2 == 1.0
+
+
+@pytest.mark.parametrize(
+    "row, path, value",
+    [(0, "v2", math.nan), (3, "v1", math.inf), (1, "v1", math.nan), (2, "v2", -math.inf)],
+    ids=["nan-bos-v2", "inf-eos-v1", "nan-residue-v1", "inf-residue-v2"],
+)
+def test_a_non_finite_token_row_makes_only_that_sequence_non_finite(row, path, value):
+    v1, v2, lengths = hand_batch()
+    (v1 if path == "v1" else v2)[0, row, 1] = value
+    s0, s1 = compare_embeddings(v1, v2, lengths).metrics
+    assert (s0.finite_v1, s0.finite_v2) == ((False, True) if path == "v1" else (True, False))
+    assert math.isnan(s0.cosine) and math.isnan(s0.mad) and math.isnan(s0.max_abs_diff)
+    assert math.isnan(s0.rel_l2) and math.isnan(s0.allclose_1e3)
+    assert s1.finite_v1 and s1.finite_v2 and s1.max_abs_diff == E8  # the other sequence is untouched
+
+
+def test_nan_in_the_bos_row_makes_the_sequence_non_finite_even_though_pooling_skips_it():
+    v1, v2, lengths = hand_batch()
+    v2[1, 0, 0] = math.nan
+    s1 = compare_embeddings(v1, v2, lengths).metrics[1]
+    assert s1.finite_v1 and not s1.finite_v2 and math.isnan(s1.cosine)
+
+
+def test_p999_is_the_nearest_rank_percentile_on_a_known_set():
+    # 1500 residues x 1 dim, |Δ| = k / 2048 for k = 1..1500 in a shuffled order (exact in fp32)
+    n = 1500
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    v1 = torch.zeros(1, n + 2, 1)
+    v2 = torch.zeros(1, n + 2, 1)
+    v2[0, 1:-1, 0] = (order + 1).float() / 2048
+    v2[0, 0, 0] = v2[0, -1, 0] = 100.0  # BOS and EOS: far above every residue difference
+    m = compare_embeddings(v1, v2, torch.tensor([n + 2])).metrics[0]
+    values = np.arange(1, n + 1) / 2048
+    # nearest rank: 0.999 * 1500 = 1498.5, so the 1499th smallest value
+    assert m.p999_abs_diff == 1499 / 2048 == np.percentile(values, 99.9, method="inverted_cdf")
+    assert m.max_abs_diff == 1500 / 2048
+    assert m.allclose_1e3 == 2 / n  # 1/2048 and 2/2048 <= 1e-3 < 3/2048
+    assert m.allclose_1e2 == 20 / n  # 1/2048 .. 20/2048 <= 1e-2 < 21/2048
+
+
+def test_quantile_works_past_torch_quantile_limit():
+    n = 2**24 + 5  # torch.quantile refuses more than 2**24 elements
+    values = (torch.randperm(n, generator=torch.Generator().manual_seed(0)) + 1).double()  # 1..n, shuffled
+    # the ceil(q n)-th smallest of 1..n is ceil(q n) itself
+    assert float(_quantile(values, 0.999)) == math.ceil(0.999 * n)
+    assert float(_quantile(torch.tensor([]), 0.999)) == 0.0
+
+
+def test_cosine_rows_zero_vectors_and_signs():
+    a = torch.tensor([[0.0, 0.0], [0.0, 0.0], [3.0, 4.0], [1.0, 0.0], [1.0, 1.0]])
+    b = torch.tensor([[0.0, 0.0], [1.0, 2.0], [0.0, 0.0], [-2.0, 0.0], [0.0, 5.0]])
+    cos = cosine_rows(a, b)
+    assert cos.dtype == torch.float64
+    assert cos.tolist() == pytest.approx([1.0, 0.0, 0.0, -1.0, 1 / math.sqrt(2)], abs=1e-15)
+
+
+def test_cosine_rows_never_leaves_minus_one_to_one():
+    x = torch.randn(256, 37, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1e3
+    assert bool((cosine_rows(x, x) <= 1.0).all()) and bool((cosine_rows(x, -x) >= -1.0).all())
+    assert cosine_rows(x, x).tolist() == pytest.approx([1.0] * 256, abs=1e-15)
+
+
+def test_cosine_of_two_vectors():
+    assert cosine(torch.tensor([3.0, 4.0]), torch.tensor([4.0, 3.0])) == pytest.approx(24 / 25, abs=1e-15)
+    assert cosine(torch.zeros(3), torch.zeros(3)) == 1.0
+
+
+def test_prediction_summary_by_hand():
+    s = prediction_summary([0, 1, 1, 0], [0, 1, 0, 0], [0.1, 0.9, 0.6, 0.2], [0.1, 0.8, 0.4, 0.2])
+    assert (s.n, s.agreement, s.disagreements) == (4, 0.75, 1)
+    assert s.mean_conf_diff == pytest.approx((0 + 0.1 + 0.2 + 0) / 4)
+    assert s.max_conf_diff == pytest.approx(0.2)
+    x, y = np.array([0.1, 0.9, 0.6, 0.2]), np.array([0.1, 0.8, 0.4, 0.2])
+    dx, dy = x - x.mean(), y - y.mean()
+    assert s.pearson == pytest.approx((dx @ dy) / math.sqrt((dx @ dx) * (dy @ dy)), abs=1e-12)
+    assert s.pearson_note is None
+
+
+@pytest.mark.parametrize(
+    "conf_v1, conf_v2, note",
+    [([0.3], [0.3], "fewer than 2"), ([0.5, 0.5, 0.5], [0.1, 0.2, 0.3], "same confidence"),
+     ([0.1, math.nan, 0.3], [0.1, 0.2, 0.4], "non-finite")],
+)
+def test_pearson_undefined_cases_say_why(conf_v1, conf_v2, note):
+    labels = [0] * len(conf_v1)
+    s = prediction_summary(labels, labels, conf_v1, conf_v2)
+    assert s.pearson is None and note in s.pearson_note
+
+
+def test_prediction_summary_skips_nan_confidence_differences_and_refuses_nothing():
+    s = prediction_summary([0, 0, 1], [0, 0, 1], [0.1, math.nan, 0.3], [0.1, 0.2, 0.4])
+    assert s.mean_conf_diff == pytest.approx(0.05) and s.max_conf_diff == pytest.approx(0.1)
+    assert math.isnan(prediction_summary([0], [0], [math.nan], [0.1]).max_conf_diff)
+    with pytest.raises(ValueError):
+        prediction_summary([], [], [], [])
+
+
+def test_spread_uses_finite_values_only():
+    assert spread([1.0, math.nan, 3.0, math.inf, 2.0]) == {"min": 1.0, "mean": 2.0, "max": 3.0}
+    empty = spread([math.nan, -math.inf])
+    assert all(math.isnan(v) for v in empty.values())
+
+
+def test_residue_cosines_of_equal_rows_never_pass_one():
+    # fp32 cosine_similarity of a row with itself can round to 1 + 4e-7; a cosine above 1 is no cosine.
+    # Keep only such rows, so the unclamped min and mean would both be above 1.
+    rows = torch.randn(3000, 320, generator=torch.Generator().manual_seed(3))
+    rows = rows[torch.nn.functional.cosine_similarity(rows, rows, dim=-1, eps=1e-30) > 1][:64]
+    if not len(rows):
+        pytest.skip("this CPU's fp32 cosine_similarity never rounds above 1")
+    n = len(rows)
+    v = torch.zeros(1, n + 2, 320)
+    v[0, 1 : n + 1] = rows
+    m = compare_embeddings(v, v.clone(), torch.tensor([n + 2])).metrics[0]
+    assert m.residue_cosine_min <= 1.0 and m.residue_cosine_mean <= 1.0
+    assert m.residue_cosine_mean == pytest.approx(1.0, abs=1e-6)
