@@ -16,7 +16,7 @@ from esmdiv.fasta import iter_fasta
 from esmdiv.faults import Fault
 from esmdiv.inputs import InputReport, iter_sequences
 from esmdiv.metrics import mean_pool_batch
-from esmdiv.packing import encode, encoder_table, pack, pad, to_padded
+from esmdiv.packing import cut_batches, encode, encoder_table, pack, pad, to_padded
 from esmdiv.paths import packed_forward, padded_forward
 
 INVARIANCE_SEED = 1
@@ -24,18 +24,7 @@ INVARIANCE_SEED = 1
 
 def shuffled_batches(lengths: list[int], max_tokens: int, seed: int = INVARIANCE_SEED) -> list[list[int]]:
     """A seeded permutation cut greedily into batches of at most ``max_tokens`` padded tokens."""
-    order = np.random.default_rng(seed).permutation(len(lengths)).tolist()
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for index in order:
-        longest = max([lengths[i] for i in current] + [lengths[index]])
-        if current and (len(current) + 1) * longest > max_tokens:
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
+    return cut_batches(np.random.default_rng(seed).permutation(len(lengths)).tolist(), lengths, max_tokens)
 
 
 def run_invariance(run, config, results) -> None:

@@ -95,15 +95,21 @@ def batches_by_tokens(lengths: Sequence[int], max_tokens: int) -> list[list[int]
     footprint: both paths run the same batches, so the comparison stays fair. A sequence longer
     than the budget gets a batch of its own.
     """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return cut_batches(sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)), lengths, max_tokens)
+
+
+def cut_batches(order: Sequence[int], lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Cut ``order`` greedily into consecutive batches of at most ``max_tokens`` padded tokens
+    (``len(batch) * its longest length``); a sequence over the budget gets a batch of its own."""
     batches: list[list[int]] = []
     current: list[int] = []
+    longest = 0
     for index in order:
-        longest = lengths[current[0]] if current else lengths[index]
-        if current and (len(current) + 1) * longest > max_tokens:
+        if current and (len(current) + 1) * max(longest, lengths[index]) > max_tokens:
             batches.append(current)
-            current = []
+            current, longest = [], 0
         current.append(index)
+        longest = max(longest, lengths[index])
     if current:
         batches.append(current)
     return batches
