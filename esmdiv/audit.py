@@ -500,7 +500,8 @@ def compare_batch(run: _Run, sequences: list[AuditSequence], tokens: list[torch.
     first_bad: list[int | None] = [None] * b
     if run.trace:
         for layer in layers:
-            bad = run.trace.add(layer, out_v1.representations[layer], to_padded(out_v2.representations[layer], packed), mask)
+            v2_layer = v2 if layer == last else to_padded(out_v2.representations[layer], packed)
+            bad = run.trace.add(layer, out_v1.representations[layer], v2_layer, mask)
             for j in torch.nonzero(bad).flatten().tolist():
                 first_bad[j] = layer if first_bad[j] is None else first_bad[j]
 
@@ -710,7 +711,7 @@ def _mlm_summary(run: _Run, results: list[SequenceResult], loaded: LoadedModel) 
 
 
 def _bound_summary(evidence: Evidence, thresholds: Thresholds) -> dict:
-    agreeing = evidence.agreeing if evidence.agreeing is not None else round(evidence.agreement * evidence.n)
+    agreeing = evidence.agreeing_count()
     return {  # the bound is reported whatever --gate says
         "confidence": thresholds.confidence,
         "agreeing": agreeing,

@@ -108,6 +108,12 @@ class Evidence:
     reference: ReferenceEvidence | None = None
     invariance: tuple[float, float] | None = None  # (padded, packed) largest movement with neighbours
 
+    def agreeing_count(self) -> int:
+        """``agreeing``, or the count behind ``agreement`` (0 for NaN: unknown counts as none)."""
+        if self.agreeing is not None:
+            return self.agreeing
+        return 0 if math.isnan(self.agreement) else round(self.agreement * self.n)
+
 
 @dataclass
 class Reason:
@@ -137,7 +143,7 @@ def decide(evidence: Evidence, thresholds: Thresholds) -> Decision:
     if evidence.n == 0:
         raise ValueError("no sequences were audited: nothing to decide")
     t, ref = thresholds, evidence.reference
-    agreeing = evidence.agreeing if evidence.agreeing is not None else _count(evidence)
+    agreeing = evidence.agreeing_count()
     agreement, agreement_source = evidence.agreement, "packed vs padded"
     min_cosine, cosine_source = evidence.min_cosine, "packed vs padded"
     max_mad, mad_source = evidence.max_mad, "packed vs padded"
@@ -212,11 +218,6 @@ def decide(evidence: Evidence, thresholds: Thresholds) -> Decision:
         tolerances["max_algorithm_error"] = {
             "needed": ref.algorithm_error, "passes_if": f"--max-algorithm-error at least {ref.algorithm_error:.4g}"}
     return Decision(verdict, reasons, tolerances, notes)
-
-
-def _count(evidence: Evidence) -> int:
-    """Agreeing sequences behind a fraction (0 for NaN: an unknown agreement counts as none)."""
-    return 0 if math.isnan(evidence.agreement) else round(evidence.agreement * evidence.n)
 
 
 def _finite_reason(evidence: Evidence) -> Reason:

@@ -10,15 +10,13 @@ this run, never a stale or invented verdict: ``"complete": false`` and ``"verdic
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from esmdiv import __version__
 from esmdiv.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EsmdivError
+from esmdiv.files import finite_or_none, write_text
 from esmdiv.inputs import InputReport
 
 #: The stages of ``esmdiv check``, in order; ``error.stage`` in a partial report is the one that failed.
@@ -70,27 +68,7 @@ def exit_code_for(error: BaseException) -> int:
 def write_partial(report: dict, path: str | Path) -> None:
     """Write a partial report atomically, non-finite numbers as null.
 
-    Deliberately free of torch (unlike :func:`esmdiv.report.write_json`): it must work when the
-    run was interrupted while torch itself was still importing.
+    Deliberately free of torch (unlike :mod:`esmdiv.report`): it must work when the run was
+    interrupted while torch itself was still importing.
     """
-    path = Path(path)
-    text = json.dumps(_finite_or_none(report), indent=2, allow_nan=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
-    return value
+    write_text(json.dumps(finite_or_none(report), indent=2, allow_nan=False) + "\n", path, "--json")

@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from esmdiv.audit import AuditResult
-from esmdiv.files import write_text
+from esmdiv.files import finite_or_none, write_text  # noqa: F401 - finite_or_none re-exported
 from esmdiv.fingerprint import describe
 
 VERDICT_STYLE = {"ACCEPT": "bold green", "VALIDATE": "bold yellow", "FALLBACK": "bold red"}
@@ -196,18 +196,4 @@ def _nan_high(x: float) -> float:
 
 def write_json(data: dict, path: str | Path, option: str = "--json") -> None:
     """Write ``data`` as JSON atomically (a reader never sees half a file). NaN becomes null."""
-    write_text(json.dumps(_finite_or_none(data), indent=2, allow_nan=False) + "\n", path, option)
-
-
-def finite_or_none(value):
-    """``value`` as its JSON file will hold it: every non-finite float becomes ``None``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(v) for v in value]
-    return value
-
-
-_finite_or_none = finite_or_none
+    write_text(json.dumps(finite_or_none(data), indent=2, allow_nan=False) + "\n", path, option)
