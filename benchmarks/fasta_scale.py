@@ -50,8 +50,8 @@ def generate(path: Path, records: int, lengths: tuple[int, int] = (20, 80), seed
 
 def read(path: Path) -> dict:
     """Stream ``path`` through the reader in this process; the figures of that pass."""
-    from esmdiv.fasta import iter_fasta
-    from esmdiv.inputs import InputReport, iter_sequences
+    from esmdiv.input.fasta import iter_fasta
+    from esmdiv.input.sequences import InputReport, iter_sequences
 
     rss_before = _peak_rss_mb()
     report = InputReport(str(path))

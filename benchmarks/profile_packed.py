@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from esmdiv.attention import resolve_backend
-from esmdiv.models import load_model
-from esmdiv.packing import batches_by_tokens, encode, encoder_table, pack, pad
-from esmdiv.paths import packed_forward, padded_forward
-from esmdiv.workloads import lognormal_workload
+from esmdiv.forward.attention import resolve_backend
+from esmdiv.model.loading import load_model
+from esmdiv.forward.packing import batches_by_tokens, encode, encoder_table, pack, pad
+from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.padded import padded_forward
+from esmdiv.input.workloads import lognormal_workload
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 :func:`run_bench` is what ``esmdiv bench`` calls and what tests call directly. Method:
 
 - The workload (a FASTA file or the synthetic ``lognormal`` one) is encoded and split into batches
-  once, with :func:`~esmdiv.packing.batches_by_tokens`; every path runs those same batches. Each
+  once, with :func:`~esmdiv.forward.packing.batches_by_tokens`; every path runs those same batches. Each
   batch is padded (``(B, L)`` tokens plus a ``(B, L)`` attention mask for HF) and packed
   (``input_ids (T,)``, ``cu_seqlens (B+1,)``) and moved to the device *before* any timing, so
   host-side work stays out of the timed region.
@@ -34,17 +34,18 @@ from typing import Callable, Sequence
 import torch
 
 from esmdiv import __version__
-from esmdiv.attention import resolve_backend
-from esmdiv.audit import DEFAULT_MAX_TOKENS
+from esmdiv.forward.attention import resolve_backend
+from esmdiv.audit.run import DEFAULT_MAX_TOKENS
 from esmdiv.errors import EnvironmentUnavailable, InputError, UsageError
-from esmdiv.fasta import iter_fasta
-from esmdiv.hf_peer import HFPeer, build_hf_peer, hf_forward, hf_unavailable
-from esmdiv.inputs import LONG_POLICIES, AuditSequence, InputReport, iter_sequences
-from esmdiv.models import LoadedModel, load_model
-from esmdiv.packing import Packed, batches_by_tokens, encode, encoder_table, pack, pad, to_padded
-from esmdiv.paths import packed_forward, padded_forward
-from esmdiv.runtime import resolve_device, resolve_dtype, synchronize
-from esmdiv.workloads import lognormal_workload
+from esmdiv.input.fasta import iter_fasta
+from esmdiv.model.hf_peer import HFPeer, build_hf_peer, hf_forward, hf_unavailable
+from esmdiv.input.sequences import LONG_POLICIES, AuditSequence, InputReport, iter_sequences
+from esmdiv.model.loading import LoadedModel, load_model
+from esmdiv.forward.packing import Packed, batches_by_tokens, encode, encoder_table, pack, pad, to_padded
+from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.padded import padded_forward
+from esmdiv.forward.device import resolve_device, resolve_dtype, synchronize
+from esmdiv.input.workloads import lognormal_workload
 
 SCHEMA = "esmdiv-bench/1"
 PATHS = ("padded", "packed", "hf")

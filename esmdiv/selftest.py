@@ -1,6 +1,6 @@
 """Self-test: would the audit notice the bugs that real packed ESM-2 paths have shipped with?
 
-Each known bug (:mod:`esmdiv.faults`) is forced into the packed path in turn and the whole
+Each known bug (:mod:`esmdiv.forward.faults`) is forced into the packed path in turn and the whole
 audit runs on the shipped 18-sequence fixture, with the high-precision reference and the
 neighbour-invariance pass on; once more with no bug. The self-test passes when the clean run is
 ACCEPT and no injected bug is.
@@ -13,11 +13,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from esmdiv.audit import AuditConfig, AuditResult, run_audit
-from esmdiv.decision import Thresholds, Verdict
-from esmdiv.faults import Fault
-from esmdiv.models import load_model
-from esmdiv.runtime import resolve_device, resolve_dtype
+from esmdiv.audit.run import AuditConfig, AuditResult, run_audit
+from esmdiv.measure.decision import Thresholds, Verdict
+from esmdiv.forward.faults import Fault
+from esmdiv.model.loading import load_model
+from esmdiv.forward.device import resolve_device, resolve_dtype
 
 
 def seed18_path() -> Path:

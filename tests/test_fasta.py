@@ -3,8 +3,8 @@ import gzip
 import pytest
 
 from esmdiv.errors import FastaError
-from esmdiv.fasta import read_fasta
-from esmdiv.inputs import MAX_RESIDUES, load_sequences
+from esmdiv.input.fasta import read_fasta
+from esmdiv.input.sequences import MAX_RESIDUES, load_sequences
 
 from conftest import FIXTURES
 

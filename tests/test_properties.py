@@ -13,10 +13,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from esmdiv.errors import FastaError
-from esmdiv.fasta import RESIDUES, read_fasta
-from esmdiv.inputs import LONG_POLICIES, MAX_RESIDUES, InputReport, iter_sequences
-from esmdiv.packing import batches_by_tokens, encode, pack, pad, to_padded, unpack
-from esmdiv.paths import packed_forward, padded_forward
+from esmdiv.input.fasta import RESIDUES, read_fasta
+from esmdiv.input.sequences import LONG_POLICIES, MAX_RESIDUES, InputReport, iter_sequences
+from esmdiv.forward.packing import batches_by_tokens, encode, pack, pad, to_padded, unpack
+from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.padded import padded_forward
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -235,7 +236,7 @@ def _zip_of(members: dict[str, bytes]) -> bytes:
 def test_random_bytes_as_a_checkpoint_give_a_checkpoint_error(data, suffix, as_zip):
     """Garbage, or garbage inside torch's zip layout, is always CheckpointError (exit 2), never a crash."""
     from esmdiv.errors import CheckpointError
-    from esmdiv.models import load_model
+    from esmdiv.model.loading import load_model
 
     if as_zip:
         data = _zip_of({as_zip: data, "archive/version": b"3\n"})

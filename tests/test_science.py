@@ -8,20 +8,21 @@ import pytest
 import torch
 from scipy import stats
 
-from esmdiv.decision import Evidence, ReferenceEvidence, Thresholds, Verdict, decide
-from esmdiv.invariance import shuffled_batches
-from esmdiv.mlm import PerplexitySums, masked_copy, masked_nll, token_agreement
-from esmdiv.packing import encode, pack, pad, to_padded
-from esmdiv.paths import packed_forward, padded_forward
-from esmdiv.reference import (
+from esmdiv.measure.decision import Evidence, ReferenceEvidence, Thresholds, Verdict, decide
+from esmdiv.measure.invariance import shuffled_batches
+from esmdiv.measure.mlm import PerplexitySums, masked_copy, masked_nll, token_agreement
+from esmdiv.forward.packing import encode, pack, pad, to_padded
+from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.padded import padded_forward
+from esmdiv.forward.high_precision import (
     algorithm_tolerance,
     build_reference,
     distances_to_reference,
     full_precision_softmax,
     reference_forward,
 )
-from esmdiv.stats import agreement_lower_bound, sequences_needed
-from esmdiv.trace import TraceAccumulator
+from esmdiv.measure.stats import agreement_lower_bound, sequences_needed
+from esmdiv.measure.trace import TraceAccumulator
 
 from helpers import random_sequences
 

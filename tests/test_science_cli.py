@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from esmdiv.cli import app
-from esmdiv.schemas import validation_errors
+from esmdiv.cli.app import app
+from esmdiv.report.schemas import validation_errors
 
 from conftest import FIXTURES
 

@@ -5,8 +5,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from esmdiv.cli import app
-from esmdiv.faults import Fault
+from esmdiv.cli.app import app
+from esmdiv.forward.faults import Fault
 from esmdiv.selftest import SelftestRow, passed, seed18_path
 
 from conftest import FIXTURES

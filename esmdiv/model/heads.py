@@ -88,7 +88,7 @@ def classification_head(state: dict[str, torch.Tensor]) -> Head:
 
 def file_head(path: Path, embed_dim: int, activation: str = "relu", extra: np.ndarray | None = None) -> Head:
     """A Linear or MLP from a ``.pt`` / ``.safetensors`` state dict, sizes read from its weights."""
-    from esmdiv.models import load_state_file
+    from esmdiv.model.loading import load_state_file
 
     if activation not in ACTIVATIONS:
         raise UsageError(f"--head-activation '{activation}' (choose {', '.join(ACTIVATIONS)})")

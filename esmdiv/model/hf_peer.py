@@ -3,7 +3,7 @@
 :func:`build_hf_peer` builds an ``EsmModel`` whose configuration is read off fair-esm's ``ESM2``
 and whose parameters *are* that model's tensors: the HF modules are created on the meta device
 and the fair-esm tensors assigned to them (the reverse of the HF -> fair-esm key map in
-:mod:`esmdiv.models`), so the peer runs the same weights in the same dtype on the same device and
+:mod:`esmdiv.model.loading`), so the peer runs the same weights in the same dtype on the same device and
 costs no second copy of them in memory. Only the rotary ``inv_freq`` is new: fp32, as HF computes it.
 
 ``transformers`` is optional: :func:`hf_unavailable` says why the peer cannot run, or ``None``.
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from esmdiv.errors import EnvironmentUnavailable
-from esmdiv.models import _HF_LAYER_MAP, _HF_TOP_MAP, LoadedModel
+from esmdiv.model.loading import _HF_LAYER_MAP, _HF_TOP_MAP, LoadedModel
 
 # HF module path inside a layer -> fair-esm's, and HF top-level key -> fair-esm's.
 _LAYER_TO_FAIR = dict(_HF_LAYER_MAP)

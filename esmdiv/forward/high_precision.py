@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from esmdiv.errors import EnvironmentUnavailable, UsageError
-from esmdiv.metrics import cosine_rows, mean_pool_batch, residue_mask
+from esmdiv.measure.metrics import cosine_rows, mean_pool_batch, residue_mask
 
 REFERENCE_CHOICES = ("fp32", "none")
 def algorithm_tolerance(dtype: torch.dtype) -> float:

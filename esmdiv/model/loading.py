@@ -111,11 +111,34 @@ def load_model(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype
                 f"{spec}: not a model file, a Hugging Face folder, random:<arch> or a fair-esm ESM-2 name ({names})"
             )
     loaded.model.eval()
-    from esmdiv.paths import fused_qkv
-
     for layer in loaded.model.layers:  # q/k/v become views of one weight; see fused_qkv
         fused_qkv(layer.self_attn)
     return loaded
+
+
+def fused_qkv(attn) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ``(3C, C)`` weight and ``(3C,)`` bias for the q/k/v projections, without a copy.
+
+    The first call allocates the fused tensors, copies q, k, v in, and rebinds the three
+    modules' parameters as views of them: fair-esm's own forward keeps working on the very
+    same numbers and the model holds no second set of weights.
+    """
+    fused = getattr(attn, "_esmdiv_fused_qkv", None)
+    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+    if fused is not None and fused[0].data_ptr() == attn.q_proj.weight.data_ptr() and fused[0].dtype == attn.q_proj.weight.dtype:
+        return fused  # still the views made below (not replaced by .to() or a reload)
+    weight = attn.q_proj.weight
+    # Never inference tensors, even when first called inside packed_forward's inference mode:
+    # the parameters must stay usable by any later caller.
+    with torch.inference_mode(False), torch.no_grad():
+        fused_w = torch.cat([p.weight for p in projections])
+        fused_b = torch.cat([p.bias for p in projections])
+        size = weight.shape[0]
+        for i, p in enumerate(projections):
+            p.weight = torch.nn.Parameter(fused_w[i * size:(i + 1) * size], requires_grad=False)
+            p.bias = torch.nn.Parameter(fused_b[i * size:(i + 1) * size], requires_grad=False)
+    attn._esmdiv_fused_qkv = (fused_w, fused_b)
+    return fused_w, fused_b
 
 
 @dataclass(frozen=True)

@@ -16,23 +16,24 @@ import numpy as np
 import torch
 
 from esmdiv import __version__
-from esmdiv.attention import resolve_backend
-from esmdiv.decision import Decision, Evidence, ReferenceEvidence, Thresholds, decide
+from esmdiv.forward.attention import resolve_backend
+from esmdiv.measure.decision import Decision, Evidence, ReferenceEvidence, Thresholds, decide
 from esmdiv.distributed import RankFailed, broadcast_code, current_world, error_payload, gather_to_root, shard_by_tokens
 from esmdiv.distributed import init as init_distributed
 from esmdiv.errors import EnvironmentUnavailable, InputError, UsageError
-from esmdiv.fasta import iter_fasta
-from esmdiv.faults import Fault
-from esmdiv.fingerprint import environment
-from esmdiv.heads import Head, build_heads, confidence, load_extra_features
-from esmdiv.inputs import AuditSequence, InputReport, iter_sequences
-from esmdiv.metrics import SequenceMetrics, compare_embeddings, mean_pool_batch, prediction_summary, residue_mask, spread
-from esmdiv.mlm import PerplexitySums, masked_copy, masked_nll, token_agreement
-from esmdiv.models import LoadedModel, load_model
-from esmdiv.packing import batches_by_tokens, encode, encoder_table, pack, pad, to_padded
-from esmdiv.partial import PartialRun
-from esmdiv.paths import packed_forward, padded_forward
-from esmdiv.reference import (
+from esmdiv.input.fasta import iter_fasta
+from esmdiv.forward.faults import Fault
+from esmdiv.report.fingerprint import environment
+from esmdiv.model.heads import Head, build_heads, confidence, load_extra_features
+from esmdiv.input.sequences import AuditSequence, InputReport, iter_sequences
+from esmdiv.measure.metrics import SequenceMetrics, compare_embeddings, mean_pool_batch, prediction_summary, residue_mask, spread
+from esmdiv.measure.mlm import PerplexitySums, masked_copy, masked_nll, token_agreement
+from esmdiv.model.loading import LoadedModel, load_model
+from esmdiv.forward.packing import batches_by_tokens, encode, encoder_table, pack, pad, to_padded
+from esmdiv.report.partial import PartialRun
+from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.padded import padded_forward
+from esmdiv.forward.high_precision import (
     ReferenceDistance,
     algorithm_tolerance,
     build_reference,
@@ -41,9 +42,9 @@ from esmdiv.reference import (
     reference_dtype,
     reference_forward,
 )
-from esmdiv.runtime import default_compile, resolve_device, resolve_dtype, synchronize
-from esmdiv.stats import agreement_lower_bound
-from esmdiv.trace import DEFAULT_TRACE_THRESHOLD, TraceAccumulator
+from esmdiv.forward.device import default_compile, resolve_device, resolve_dtype, synchronize
+from esmdiv.measure.stats import agreement_lower_bound
+from esmdiv.measure.trace import DEFAULT_TRACE_THRESHOLD, TraceAccumulator
 
 DEFAULT_MAX_TOKENS = {"cuda": 16384, "cpu": 4096}
 # Sequences are sorted by length within windows of this many batches' worth of tokens: batches
@@ -161,7 +162,7 @@ class AuditResult:
     trace: dict | None = None
     invariance: dict | None = None
 
-    environment: dict = field(default_factory=dict)  # esmdiv.fingerprint.environment(...)
+    environment: dict = field(default_factory=dict)  # esmdiv.report.fingerprint.environment(...)
 
     @property
     def head(self) -> str:
@@ -256,7 +257,7 @@ def run_audit(
     """Run both paths over the FASTA and decide. ``loaded`` reuses a model already on its device.
 
     ``partial``, when given, is filled as the run goes, so a run that fails still leaves evidence
-    (see :mod:`esmdiv.partial`).
+    (see :mod:`esmdiv.report.partial`).
     """
     partial = PartialRun({}) if partial is None else partial
     world = current_world()
@@ -312,7 +313,7 @@ def run_audit(
         results, notices, budget = _audit_stream(run, sequences, max_tokens)
         run.max_tokens = budget
         if config.invariance:
-            from esmdiv.invariance import run_invariance
+            from esmdiv.measure.invariance import run_invariance
 
             run_invariance(run, config, results)
     except Exception as err:
@@ -329,7 +330,7 @@ def run_audit(
     results.sort(key=lambda r: r.index)
     invariance = None
     if config.invariance:
-        from esmdiv.invariance import invariance_summary
+        from esmdiv.measure.invariance import invariance_summary
 
         invariance = invariance_summary(results)
     partial.stage = "decision"

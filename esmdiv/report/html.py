@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from esmdiv.errors import EnvironmentUnavailable
-from esmdiv.junit import AGREEMENT_GATES, incomplete_reason, sequence_problems
+from esmdiv.report.junit import AGREEMENT_GATES, incomplete_reason, sequence_problems
 
 VERDICT_MEANING = {
     "ACCEPT": "the packed path may replace the padded one",
@@ -585,7 +585,7 @@ def render_markdown(report: dict, plots: list[Plot] | None = None, image_paths: 
 def write_reports(report: dict, html_path: str | Path | None = None, markdown_path: str | Path | None = None,
                   plots_in_markdown: bool = True, source: str | None = None) -> list[Path]:
     """Write the HTML page and/or the Markdown (its PNGs in ``<name>_files/`` beside it)."""
-    from esmdiv.files import write_text
+    from esmdiv.report.files import write_text
 
     written: list[Path] = []
     need_plots = html_path is not None or (markdown_path is not None and plots_in_markdown)

@@ -1,45 +1,27 @@
-"""The two forwards being compared, over the same fair-esm ``ESM2`` module and weights.
+"""v2, the packed path: fair-esm's ``ESM2`` computation on a packed batch with no padding.
 
-- :func:`padded_forward` (v1, the reference): fair-esm's own ``model(tokens, repr_layers=...)``
-  on a right-padded (B, L) batch: bmm attention with a key padding mask.
-- :func:`packed_forward` (v2, the fast path): the same computation on a packed batch with no
-  padding, varlen attention and fp32 rotary embeddings whose positions restart per sequence.
-  It calls the model's own submodules; it never copies a weight.
+:func:`packed_forward` runs the same module and weights as :func:`~esmdiv.forward.padded.padded_forward`
+on ``input_ids (T,)`` and ``cu_seqlens (B+1,)``: varlen attention, fp32 rotary embeddings whose
+positions restart per sequence, one fused q/k/v GEMM. It calls the model's own submodules; it never
+copies a weight.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import AbstractSet
 
 import torch
 import torch.nn.functional as F
 
-from esmdiv.attention import varlen_attention
-from esmdiv.faults import Fault
-from esmdiv.packing import Packed
+from esmdiv.forward.attention import varlen_attention
+from esmdiv.forward.faults import Fault
+from esmdiv.forward.packing import Packed
+from esmdiv.forward.padded import ForwardOutput
+from esmdiv.model.loading import fused_qkv
 
 # fair-esm trains with 15 % of tokens chosen, 80 % of those masked (esm/model/esm2.py).
 MASK_RATIO_TRAIN = 0.15 * 0.8
-
-
-@dataclass
-class ForwardOutput:
-    """``representations[layer]``: padded ``(B, L, C)`` or packed ``(T, C)``; layer ``num_layers``
-    carries the final layer norm, as in fair-esm. ``logits`` (same leading shape, vocab last)
-    when asked for."""
-
-    representations: dict[int, torch.Tensor]
-    logits: torch.Tensor | None = None
-
-
-@torch.inference_mode()
-def padded_forward(model, tokens: torch.Tensor, repr_layers=None, need_logits: bool = False) -> ForwardOutput:
-    """fair-esm's forward. ``tokens``: ``(B, L)`` int64, right-padded with ``padding_idx``."""
-    layers = [model.num_layers] if repr_layers is None else list(repr_layers)
-    result = model(tokens, repr_layers=layers)
-    return ForwardOutput(result["representations"], result["logits"] if need_logits else None)
 
 
 @torch.inference_mode()
@@ -55,10 +37,10 @@ def packed_forward(
     """The padding-free forward. Reads top to bottom like fair-esm's ``ESM2.forward``.
 
     Args:
-        packed: a :class:`~esmdiv.packing.Packed` batch on the model's device.
-        backend: attention backend name (:func:`esmdiv.attention.resolve_backend`).
+        packed: a :class:`~esmdiv.forward.packing.Packed` batch on the model's device.
+        backend: attention backend name (:func:`esmdiv.forward.attention.resolve_backend`).
         repr_layers: layers whose ``(T, C)`` hidden states to return (default: the last).
-        faults: known bugs to inject on purpose (:mod:`esmdiv.faults`); empty in a normal run.
+        faults: known bugs to inject on purpose (:mod:`esmdiv.forward.faults`); empty in a normal run.
         compile: run each layer's two dense regions through ``torch.compile`` (CUDA): layer
             norm, fused q/k/v projection and fp32 rotary in one; output projection, residual,
             layer norm and the erf-GELU MLP in the other.
@@ -129,31 +111,6 @@ def _compiled(fn):
     # of the self-test (each is its own graph).
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     return torch.compile(fn)
-
-
-def fused_qkv(attn) -> tuple[torch.Tensor, torch.Tensor]:
-    """One ``(3C, C)`` weight and ``(3C,)`` bias for the q/k/v projections, without a copy.
-
-    The first call allocates the fused tensors, copies q, k, v in, and rebinds the three
-    modules' parameters as views of them: fair-esm's own forward keeps working on the very
-    same numbers and the model holds no second set of weights.
-    """
-    fused = getattr(attn, "_esmdiv_fused_qkv", None)
-    projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-    if fused is not None and fused[0].data_ptr() == attn.q_proj.weight.data_ptr() and fused[0].dtype == attn.q_proj.weight.dtype:
-        return fused  # still the views made below (not replaced by .to() or a reload)
-    weight = attn.q_proj.weight
-    # Never inference tensors, even when first called inside packed_forward's inference mode:
-    # the parameters must stay usable by any later caller.
-    with torch.inference_mode(False), torch.no_grad():
-        fused_w = torch.cat([p.weight for p in projections])
-        fused_b = torch.cat([p.bias for p in projections])
-        size = weight.shape[0]
-        for i, p in enumerate(projections):
-            p.weight = torch.nn.Parameter(fused_w[i * size:(i + 1) * size], requires_grad=False)
-            p.bias = torch.nn.Parameter(fused_b[i * size:(i + 1) * size], requires_grad=False)
-    attn._esmdiv_fused_qkv = (fused_w, fused_b)
-    return fused_w, fused_b
 
 
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

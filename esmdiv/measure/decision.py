@@ -27,7 +27,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from esmdiv.errors import EXIT_ACCEPT, EXIT_FALLBACK, EXIT_VALIDATE, UsageError
-from esmdiv.stats import agreement_lower_bound, sequences_needed
+from esmdiv.measure.stats import agreement_lower_bound, sequences_needed
 
 GATE_MODES = ("point", "bound")
 
@@ -92,7 +92,7 @@ class ReferenceEvidence:
     min_cosine: float  # packed vs reference, lowest pooled cosine
     max_mad: float  # packed vs reference, largest pooled MAD
     algorithm_error: float = math.nan  # the packed algorithm at reference precision: largest rel-L2
-    algorithm_tolerance: float = math.nan  # its default limit (esmdiv.reference.algorithm_tolerance)
+    algorithm_tolerance: float = math.nan  # its default limit (esmdiv.forward.high_precision.algorithm_tolerance)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from esmdiv.errors import FastaError, UsageError
-from esmdiv.fasta import ProteinRecord, iter_fasta
+from esmdiv.input.fasta import ProteinRecord, iter_fasta
 
 MAX_RESIDUES = 1022
 LONG_POLICIES = ("truncate", "skip", "error", "full")

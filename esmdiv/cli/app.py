@@ -18,7 +18,7 @@ from rich.text import Text
 
 from esmdiv import __version__
 from esmdiv.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EsmdivError, OutputError
-from esmdiv.partial import PartialRun, write_partial  # no torch: cheap to import here
+from esmdiv.report.partial import PartialRun, write_partial  # no torch: cheap to import here
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ACCEPT, 10 VALIDATE, 20 FALLBACK, 2 usage or bad input, "
@@ -176,10 +176,12 @@ def check(
     ))
     # Imports inside: Ctrl-C while torch loads is still exit 130 and still leaves a partial report.
     with guard(debug), partial_report_on_failure(json_path, partial):
-        from esmdiv.audit import AuditConfig, FollowerResult, run_audit
-        from esmdiv.decision import Thresholds
-        from esmdiv.junit import write_junit
-        from esmdiv.report import PathProgress, finite_or_none, render_summary, write_json
+        from esmdiv.audit.run import AuditConfig, FollowerResult, run_audit
+        from esmdiv.measure.decision import Thresholds
+        from esmdiv.report.junit import write_junit
+        from esmdiv.cli.console import PathProgress, render_summary
+        from esmdiv.report.files import finite_or_none
+        from esmdiv.report.json_report import write_json
 
         if json_path is not None:
             check_output_path(json_path)
@@ -243,7 +245,7 @@ def selftest(
     """Inject each known packed-path bug in turn and check that the audit catches every one."""
     from rich.table import Table
 
-    from esmdiv.report import write_json
+    from esmdiv.report.json_report import write_json
     from esmdiv.selftest import passed, run_selftest
 
     with guard(debug):
@@ -293,15 +295,15 @@ def report_command(
 ) -> None:
     """Turn a run's JSON into a page for people (verdict, reasons, plots) and/or JUnit XML."""
     from esmdiv.errors import UsageError
-    from esmdiv.junit import write_junit
-    from esmdiv.schemas import read_report
+    from esmdiv.report.junit import write_junit
+    from esmdiv.report.schemas import read_report
 
     with guard(debug):
         if html_path is None and markdown_path is None and junit_path is None:
             raise UsageError("nothing to write: give --html PATH, --markdown PATH and/or --junit PATH")
         data = read_report(run_json)
         if html_path is not None or markdown_path is not None:
-            from esmdiv.htmlreport import require_matplotlib, write_reports
+            from esmdiv.report.html import require_matplotlib, write_reports
 
             if html_path is not None or plots:
                 require_matplotlib()
@@ -325,23 +327,23 @@ def env_command(
     """Print this machine's fingerprint (what every report records) and which attention backends run here."""
     from rich.table import Table
 
-    from esmdiv.fingerprint import environment
-    from esmdiv.htmlreport import environment_rows
-    from esmdiv.report import write_json
-    from esmdiv.runtime import resolve_device, resolve_dtype
-    from esmdiv.schemas import SCHEMA_VERSION
+    from esmdiv.report.fingerprint import environment
+    from esmdiv.report.html import environment_rows
+    from esmdiv.report.json_report import write_json
+    from esmdiv.forward.device import resolve_device, resolve_dtype
+    from esmdiv.report.schemas import SCHEMA_VERSION
 
     with guard(debug):
         dev = resolve_device(device)
         dtype_name, torch_dtype = resolve_dtype(dtype, dev)
         records = None
         if fasta is not None:
-            from esmdiv.fasta import iter_fasta
+            from esmdiv.input.fasta import iter_fasta
 
             records = sum(1 for _ in iter_fasta(fasta))
         loaded = None
         if model is not None:
-            from esmdiv.models import load_model
+            from esmdiv.model.loading import load_model
 
             loaded = load_model(model, dev, torch_dtype)
         env = environment(dev, torch_dtype, None, loaded, fasta, records)
@@ -402,10 +404,10 @@ def bench(
     import shlex
 
     from esmdiv.bench import BenchConfig, make_workload, parse_paths, run_bench
-    from esmdiv.runtime import default_compile, resolve_device
-    from esmdiv.bench_report import render_bench
-    from esmdiv.report import write_json
-    from esmdiv.workloads import write_fasta as write_workload_fasta
+    from esmdiv.forward.device import default_compile, resolve_device
+    from esmdiv.cli.console import render_bench
+    from esmdiv.report.json_report import write_json
+    from esmdiv.input.workloads import write_fasta as write_workload_fasta
 
     with guard(debug):
         config = BenchConfig(

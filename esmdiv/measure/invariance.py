@@ -12,12 +12,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from esmdiv.fasta import iter_fasta
-from esmdiv.faults import Fault
-from esmdiv.inputs import InputReport, iter_sequences
-from esmdiv.metrics import mean_pool_batch
-from esmdiv.packing import cut_batches, encode, encoder_table, pack, pad, to_padded
-from esmdiv.paths import packed_forward, padded_forward
+from esmdiv.input.fasta import iter_fasta
+from esmdiv.forward.faults import Fault
+from esmdiv.input.sequences import InputReport, iter_sequences
+from esmdiv.measure.metrics import mean_pool_batch
+from esmdiv.forward.packing import cut_batches, encode, encoder_table, pack, pad, to_padded
+from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.padded import padded_forward
 
 INVARIANCE_SEED = 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from esmdiv.errors import EnvironmentUnavailable, UsageError
-from esmdiv.models import DTYPES
+from esmdiv.model.loading import DTYPES
 
 
 def resolve_device(name: str) -> torch.device:

@@ -21,7 +21,7 @@ from typing import Iterable
 import numpy as np
 
 from esmdiv.errors import OutputError
-from esmdiv.inputs import AuditSequence
+from esmdiv.input.sequences import AuditSequence
 
 AMINO_ACIDS = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 

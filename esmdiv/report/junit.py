@@ -100,7 +100,7 @@ def junit_xml(report: dict) -> str:
 
 
 def write_junit(report: dict, path: str | Path) -> None:
-    from esmdiv.files import write_text
+    from esmdiv.report.files import write_text
 
     write_text(junit_xml(report), path, option="--junit")
 

@@ -132,7 +132,7 @@ def package_versions(names=PACKAGES) -> dict[str, str | None]:
 def esmdiv_source() -> dict:
     """esmdiv's version and, where known, the git commit it runs from (and whether edited)."""
     commit, dirty, how = None, None, None
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the checkout that holds esmdiv/report/fingerprint.py
     top = _git(root, "rev-parse", "--show-toplevel")
     if top is not None and Path(top).resolve() == root:
         commit = _git(root, "rev-parse", "HEAD")
@@ -231,7 +231,7 @@ def _driver_cuda_version() -> str | None:
 def backend_table(device: torch.device, dtype: torch.dtype) -> dict:
     """Each attention backend on ``device`` in ``dtype``: available or every reason it is not,
     plus the one ``--backend auto`` would pick."""
-    from esmdiv.attention import BACKENDS, backend_availability, resolve_backend
+    from esmdiv.forward.attention import BACKENDS, backend_availability, resolve_backend
 
     availability = backend_availability(device, dtype)
     extra = {
@@ -247,7 +247,7 @@ def backend_table(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
-    from esmdiv.models import DTYPES
+    from esmdiv.model.loading import DTYPES
 
     return next((k for k, v in DTYPES.items() if v == dtype), str(dtype).replace("torch.", ""))
 
@@ -265,7 +265,7 @@ def environment(
     """The ``environment`` section: software, hardware, what ran, weights and input checksums.
 
     ``backend`` is the backend that ran (``None`` for ``esmdiv env``, which reports what
-    ``auto`` would pick); ``loaded`` a :class:`~esmdiv.models.LoadedModel`; ``fasta`` and
+    ``auto`` would pick); ``loaded`` a :class:`~esmdiv.model.loading.LoadedModel`; ``fasta`` and
     ``records`` the input file and its record count. Whatever is not given is ``null``.
     """
     cuda = cuda_info()

@@ -1,6 +1,6 @@
 """What a run that did not finish can still say, for the report it never completed.
 
-:func:`~esmdiv.audit.run_audit` fills a :class:`PartialRun` as it goes: the stage it reached, the
+:func:`~esmdiv.audit.run.run_audit` fills a :class:`PartialRun` as it goes: the stage it reached, the
 device, dtype and backend it resolved, the model it loaded, the input it counted and the sequences
 it has already compared. When the run fails (bad input, a fault, Ctrl-C) the CLI writes
 :meth:`PartialRun.to_dict` where ``--json`` asked for the report, so a pipeline finds evidence of
@@ -9,15 +9,14 @@ this run, never a stale or invented verdict: ``"complete": false`` and ``"verdic
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from esmdiv import __version__
 from esmdiv.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EsmdivError
-from esmdiv.files import finite_or_none, write_text
-from esmdiv.inputs import InputReport
+from esmdiv.report.json_report import write_json
+from esmdiv.input.sequences import InputReport
 
 #: The stages of ``esmdiv check``, in order; ``error.stage`` in a partial report is the one that failed.
 STAGES = ("options", "input", "model", "audit", "decision", "report")
@@ -66,9 +65,10 @@ def exit_code_for(error: BaseException) -> int:
 
 
 def write_partial(report: dict, path: str | Path) -> None:
-    """Write a partial report atomically, non-finite numbers as null.
+    """Write a partial report as a full one is written (:func:`~esmdiv.report.json_report.write_json`:
+    atomically, the same file mode, non-finite numbers as null).
 
-    Deliberately free of torch (unlike :mod:`esmdiv.report`): it must work when the run was
-    interrupted while torch itself was still importing.
+    Deliberately free of torch: it must work when the run was interrupted while torch itself was
+    still importing.
     """
-    write_text(json.dumps(finite_or_none(report), indent=2, allow_nan=False) + "\n", path, "--json")
+    write_json(report, path, "--json")

@@ -1,0 +1,1 @@
+"""Input: reading and validating FASTA, the long-sequence policy, synthetic workloads (no torch)."""
