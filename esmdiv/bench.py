@@ -21,10 +21,7 @@
 from __future__ import annotations
 
 import gc
-import importlib.metadata
-import platform
 import statistics
-import subprocess
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,8 +31,6 @@ from typing import Callable, Sequence
 import torch
 
 from esmdiv import __version__
-from esmdiv.forward.attention import resolve_backend
-from esmdiv.audit.run import DEFAULT_MAX_TOKENS
 from esmdiv.errors import EnvironmentUnavailable, InputError, UsageError
 from esmdiv.input.fasta import iter_fasta
 from esmdiv.model.hf_peer import HFPeer, build_hf_peer, hf_forward, hf_unavailable
@@ -44,8 +39,9 @@ from esmdiv.model.loading import LoadedModel, load_model
 from esmdiv.forward.packing import Packed, batches_by_tokens, encode, encoder_table, pack, pad, to_padded
 from esmdiv.forward.packed import packed_forward
 from esmdiv.forward.padded import padded_forward
-from esmdiv.forward.device import resolve_device, resolve_dtype, synchronize
+from esmdiv.forward.device import resolve_run, synchronize
 from esmdiv.input.workloads import lognormal_workload
+from esmdiv.report.fingerprint import bench_environment
 
 SCHEMA = "esmdiv-bench/1"
 PATHS = ("padded", "packed", "hf")
@@ -316,15 +312,13 @@ def run_bench(config: BenchConfig, loaded: LoadedModel | None = None, log: Log |
     hf_missing = hf_unavailable() if "hf" in requested else None
     if hf_missing and config.paths is not None:
         raise EnvironmentUnavailable(f"--paths hf: the Hugging Face peer is not available: {hf_missing}")
-    device = resolve_device(config.device)
-    dtype_name, dtype = resolve_dtype(config.dtype, device)
-    backend = resolve_backend(config.backend, device, dtype)
-    max_tokens = config.max_tokens or DEFAULT_MAX_TOKENS[device.type]
-    if max_tokens < 3:
-        raise UsageError(f"--max-tokens {max_tokens} is too small (a sequence needs at least 3 tokens)")
+    # --max-tokens 0 has always meant the default budget here (as None does)
+    placement = resolve_run(config.device, config.dtype, config.backend, config.max_tokens or None)
+    device, dtype_name, dtype, backend = placement.device, placement.dtype_name, placement.dtype, placement.backend
+    max_tokens = placement.max_tokens
     workload = make_workload(config)
     date = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    env = environment(device)  # at the start: the git state is that of the code that runs
+    env = bench_environment(device)  # at the start: the git state is that of the code that runs
 
     if loaded is None:
         say(f"loading {config.model} on {device} ({dtype_name})")
@@ -385,15 +379,11 @@ def run_bench(config: BenchConfig, loaded: LoadedModel | None = None, log: Log |
         if result.ok:
             say(f"  {name}: median {result.median_s:.3f} s, {result.tokens_per_s:,.0f} tokens/s")
 
-    info = loaded.info
+    model_block = {k: v for k, v in loaded.info.to_dict().items() if k not in ("has_lm_head", "notes")}
     return BenchResult(
         config=config,
         environment=env,
-        model={
-            "spec": info.spec, "source": info.source, "path": info.path, "num_layers": info.num_layers,
-            "embed_dim": info.embed_dim, "attention_heads": info.attention_heads,
-            "random_weights": info.random_weights,
-        },
+        model=model_block,
         dtype=dtype_name,
         backend=backend,
         max_tokens=max_tokens,
@@ -460,69 +450,3 @@ def _check(name: str, output, reference: torch.Tensor, prepared: _Prepared, inde
         "finite": finite,
         "ok": finite and relative <= tolerance,
     }
-
-
-# --- environment ----------------------------------------------------------------------------------
-
-
-def environment(device: torch.device) -> dict:
-    """Where the benchmark ran: device, memory, library versions, git commit."""
-    cuda = device.type == "cuda"
-    props = torch.cuda.get_device_properties(device) if cuda else None
-    return {
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
-        "gpu_memory_gib": props.total_memory / 2**30 if props else None,
-        "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "driver": _driver_version() if cuda else None,
-        "fair_esm": _version("fair-esm"),
-        "transformers": _version("transformers"),
-        "flash_attn": _version("flash-attn") or _version("flash_attn"),
-        "esmdiv": __version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        **_git(),
-    }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _driver_version() -> str | None:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
-        )
-        return out.stdout.strip().splitlines()[0] or None
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return None
-
-
-def _git() -> dict:
-    """The commit of the esmdiv checkout that ran, and whether it had uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        return {"git_commit": commit or None, "git_dirty": bool(dirty)}
-    except (OSError, subprocess.SubprocessError):
-        return {"git_commit": None, "git_dirty": None}

@@ -2,6 +2,7 @@
 
 import random
 
+import pytest
 import torch
 
 from esmdiv.measure.metrics import mean_pool
@@ -37,3 +38,13 @@ def max_pooled_mad(reps_v1, reps_v2, include_eos=False):
     return max(
         float((mean_pool(a) - mean_pool(b, include_eos=include_eos)).abs().mean()) for a, b in zip(reps_v1, reps_v2)
     )
+
+
+def rows_whose_self_cosine_exceeds_one() -> torch.Tensor:
+    """Up to 64 random fp32 rows whose cosine_similarity with themselves rounds above 1 (by up to
+    4e-7 on some CPUs); skips the test where this CPU never rounds so."""
+    rows = torch.randn(3000, 320, generator=torch.Generator().manual_seed(3))
+    rows = rows[torch.nn.functional.cosine_similarity(rows, rows, dim=-1, eps=1e-30) > 1][:64]
+    if not len(rows):
+        pytest.skip("this CPU's fp32 cosine_similarity never rounds above 1")
+    return rows

@@ -157,6 +157,21 @@ def test_a_stale_accept_at_the_json_path_is_replaced(tmp_path):
     assert report["verdict"] is None and report["complete"] is False and report["error"]["stage"] == "input"
 
 
+def test_a_partial_report_is_written_as_a_full_one_is(tmp_path):
+    """Same writer, so the same file mode under any umask (and no temporary file left behind)."""
+    old = os.umask(0o027)
+    try:
+        full, partial = tmp_path / "full.json", tmp_path / "partial.json"
+        assert check(tmp_path, "--json", str(full)).exit_code == 0
+        assert check(tmp_path, "--json", str(partial), fasta=">a\nMK-T\n").exit_code == 2
+    finally:
+        os.umask(old)
+    assert json.loads(partial.read_text())["complete"] is False and json.loads(full.read_text())["complete"] is True
+    assert partial.stat().st_mode & 0o777 == full.stat().st_mode & 0o777 == 0o640
+    assert partial.read_text().endswith("}\n") and full.read_text().endswith("}\n")
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
 # --- non-finite outputs --------------------------------------------------------------------------------
 
 

@@ -22,6 +22,8 @@ from esmdiv.measure.metrics import (
     _quantile,
 )
 
+from helpers import rows_whose_self_cosine_exceeds_one
+
 HUGE = 1e30
 E11, E8 = 2.0**-11, 2.0**-8  # exact in fp32: 4.9e-4 (within 1e-3) and 3.9e-3 (within 1e-2 only)
 
@@ -246,10 +248,7 @@ def test_spread_uses_finite_values_only():
 def test_residue_cosines_of_equal_rows_never_pass_one():
     # fp32 cosine_similarity of a row with itself can round to 1 + 4e-7; a cosine above 1 is no cosine.
     # Keep only such rows, so the unclamped min and mean would both be above 1.
-    rows = torch.randn(3000, 320, generator=torch.Generator().manual_seed(3))
-    rows = rows[torch.nn.functional.cosine_similarity(rows, rows, dim=-1, eps=1e-30) > 1][:64]
-    if not len(rows):
-        pytest.skip("this CPU's fp32 cosine_similarity never rounds above 1")
+    rows = rows_whose_self_cosine_exceeds_one()
     n = len(rows)
     v = torch.zeros(1, n + 2, 320)
     v[0, 1 : n + 1] = rows

@@ -23,7 +23,9 @@ from typer.testing import CliRunner
 
 from esmdiv.cli.app import app
 from esmdiv.report.fingerprint import SAMPLE_ELEMENTS, sha256_file, tensor_sample_digest, weights_checksum
-from esmdiv.report.html import make_plots, render_html, render_markdown
+from esmdiv.report.html import render_html
+from esmdiv.report.markdown import render_markdown
+from esmdiv.report.plots import make_plots
 from esmdiv.report.junit import junit_xml
 from esmdiv.report.schemas import environment_report_schema, report_schema, validation_errors
 
@@ -426,7 +428,7 @@ def test_junit_path_that_is_a_directory_is_exit_2(tmp_path, run):
 
 
 def test_plots_need_no_display_and_no_pyplot(run):
-    script = ("import json, sys; from esmdiv.report.html import make_plots; make_plots(json.load(open(sys.argv[1]))); "
+    script = ("import json, sys; from esmdiv.report.plots import make_plots; make_plots(json.load(open(sys.argv[1]))); "
               "import matplotlib; print(matplotlib.get_backend().lower(), 'matplotlib.pyplot' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND")}
     done = subprocess.run([sys.executable, "-c", script, str(run / "r.json")], cwd=ROOT, env=env,

@@ -24,7 +24,7 @@ from esmdiv.forward.high_precision import (
 from esmdiv.measure.stats import agreement_lower_bound, sequences_needed
 from esmdiv.measure.trace import TraceAccumulator
 
-from helpers import random_sequences
+from helpers import random_sequences, rows_whose_self_cosine_exceeds_one
 
 # ----------------------------------------------------------------------------- agreement bound
 
@@ -514,10 +514,7 @@ def test_a_sequence_over_the_budget_runs_alone():
 def test_trace_cosine_of_equal_rows_never_passes_one():
     # fp32 cosine_similarity of a row with itself can round to 1 + 4e-7 (the report schema caps cosines at 1);
     # keep only such rows, so the unclamped mean would be above 1
-    rows = torch.randn(3000, 320, generator=torch.Generator().manual_seed(3))
-    rows = rows[torch.nn.functional.cosine_similarity(rows, rows, dim=-1, eps=1e-30) > 1][:64]
-    if not len(rows):
-        pytest.skip("this CPU's fp32 cosine_similarity never rounds above 1")
+    rows = rows_whose_self_cosine_exceeds_one()
     n = len(rows)
     acc = TraceAccumulator(num_layers=0)
     acc.add(0, rows[None], rows[None].clone(), torch.ones(1, n, dtype=torch.bool))

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from esmdiv import __version__
-from esmdiv.forward.attention import resolve_backend
 from esmdiv.measure.decision import Decision, Evidence, ReferenceEvidence, Thresholds, decide
 from esmdiv.distributed import RankFailed, broadcast_code, current_world, error_payload, gather_to_root, shard_by_tokens
 from esmdiv.distributed import init as init_distributed
@@ -42,11 +41,10 @@ from esmdiv.forward.high_precision import (
     reference_dtype,
     reference_forward,
 )
-from esmdiv.forward.device import default_compile, resolve_device, resolve_dtype, synchronize
+from esmdiv.forward.device import default_compile, resolve_run, synchronize
 from esmdiv.measure.stats import agreement_lower_bound
 from esmdiv.measure.trace import DEFAULT_TRACE_THRESHOLD, TraceAccumulator
 
-DEFAULT_MAX_TOKENS = {"cuda": 16384, "cpu": 4096}
 # Sequences are sorted by length within windows of this many batches' worth of tokens: batches
 # stay nearly padding-free while memory stays bounded by the window, not by the file.
 WINDOW_BATCHES = 64
@@ -261,15 +259,12 @@ def run_audit(
     """
     partial = PartialRun({}) if partial is None else partial
     world = current_world()
-    device = resolve_device(config.device)
-    if world is not None and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", world.local_rank)  # torchrun: one GPU per local rank
-    dtype_name, dtype = resolve_dtype(config.dtype, device)
-    backend = resolve_backend(config.backend, device, dtype)
+    # torchrun: one GPU per local rank
+    placement = resolve_run(config.device, config.dtype, config.backend, config.max_tokens,
+                            world.local_rank if world is not None else None)
+    device, dtype_name, dtype, backend = placement.device, placement.dtype_name, placement.dtype, placement.backend
+    max_tokens = placement.max_tokens
     check_choice(config.reference)
-    max_tokens = DEFAULT_MAX_TOKENS[device.type] if config.max_tokens is None else config.max_tokens
-    if max_tokens < 3:
-        raise UsageError(f"--max-tokens {max_tokens} is too small (a sequence needs at least 3 tokens)")
     partial.resolved = {"device": str(device), "dtype": dtype_name, "backend": backend, "max_tokens": max_tokens}
     # A first pass validates the whole file before any model loads: bad input fails in seconds.
     partial.stage = "input"
@@ -289,7 +284,7 @@ def run_audit(
     if loaded is None:
         loaded = load_model(config.model, device, dtype)
     load_seconds = time.perf_counter() - t0
-    partial.model = model_dict(loaded)
+    partial.model = loaded.info.to_dict()
     heads = [h.to(device) for h in build_heads(config.head, loaded, config.proxy_seeds, config.head_activation, extra)]
     mlm = loaded.info.has_lm_head if config.mlm is None else config.mlm
     if mlm and not loaded.info.has_lm_head:
@@ -356,7 +351,7 @@ def run_audit(
         timings["ranks"] = world.size
         broadcast_code(decision.verdict.exit_code, world)
     return AuditResult(
-        model=model_dict(loaded),
+        model=loaded.info.to_dict(),
         device=str(device),
         dtype=dtype_name,
         backend=backend,
@@ -407,22 +402,6 @@ def _cached_reference(loaded: LoadedModel, device: torch.device) -> torch.nn.Mod
         ref = build_reference(loaded.model, device)
         loaded._reference = ref  # type: ignore[attr-defined]
     return ref
-
-
-def model_dict(loaded: LoadedModel) -> dict:
-    """The report's ``model`` block."""
-    info = loaded.info
-    return {
-        "spec": info.spec,
-        "source": info.source,
-        "path": info.path,
-        "num_layers": info.num_layers,
-        "embed_dim": info.embed_dim,
-        "attention_heads": info.attention_heads,
-        "random_weights": info.random_weights,
-        "has_lm_head": info.has_lm_head,
-        "notes": info.notes,
-    }
 
 
 def _audit_stream(run: _Run, sequences: Iterable[AuditSequence], max_tokens: int) -> tuple[list[SequenceResult], list[str], int]:

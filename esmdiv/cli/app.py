@@ -6,7 +6,6 @@ Nothing else lives here: the work is in plain functions that tests call directly
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -98,17 +97,6 @@ def partial_report_on_failure(json_path: Optional[Path], partial: PartialRun) ->
         raise
 
 
-def check_output_path(path: Path) -> None:
-    """Refuse a ``--json`` path that cannot be written before the run, not after it."""
-    if path.is_dir():
-        raise OutputError(f"{path}: is a directory; --json needs a file path")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: cannot write the report there ({parent} is not a writable folder)")
-
-
 @app.command(epilog=EXIT_CODES_HELP)
 def check(
     fasta: Path = typer.Argument(..., help="Protein FASTA file (plain or gzip).", show_default=False),
@@ -180,11 +168,11 @@ def check(
         from esmdiv.measure.decision import Thresholds
         from esmdiv.report.junit import write_junit
         from esmdiv.cli.console import PathProgress, render_summary
-        from esmdiv.report.files import finite_or_none
+        from esmdiv.report.files import check_output_path, finite_or_none
         from esmdiv.report.json_report import write_json
 
         if json_path is not None:
-            check_output_path(json_path)
+            check_output_path(json_path, "--json")
         config = AuditConfig(
             fasta=fasta,
             model=model,
@@ -303,7 +291,8 @@ def report_command(
             raise UsageError("nothing to write: give --html PATH, --markdown PATH and/or --junit PATH")
         data = read_report(run_json)
         if html_path is not None or markdown_path is not None:
-            from esmdiv.report.html import require_matplotlib, write_reports
+            from esmdiv.report.pages import write_reports
+            from esmdiv.report.plots import require_matplotlib
 
             if html_path is not None or plots:
                 require_matplotlib()
@@ -325,10 +314,8 @@ def env_command(
     debug: bool = typer.Option(False, help="Show tracebacks."),
 ) -> None:
     """Print this machine's fingerprint (what every report records) and which attention backends run here."""
-    from rich.table import Table
-
+    from esmdiv.cli.console import render_environment
     from esmdiv.report.fingerprint import environment
-    from esmdiv.report.html import environment_rows
     from esmdiv.report.json_report import write_json
     from esmdiv.forward.device import resolve_device, resolve_dtype
     from esmdiv.report.schemas import SCHEMA_VERSION
@@ -347,21 +334,7 @@ def env_command(
 
             loaded = load_model(model, dev, torch_dtype)
         env = environment(dev, torch_dtype, None, loaded, fasta, records)
-        table = Table(title="esmdiv environment", show_header=False)
-        table.add_column("what", style="bold")
-        table.add_column("value")
-        rows = environment_rows(env)
-        captured = rows.pop()  # stays last
-        if env["model"]:
-            w = env["model"]["weights"]
-            rows += [("model", f"{env['model']['spec']} ({env['model']['source']})"), ("weights sha256", f"{w['value']} ({w['scope']})")]
-        if env["input"]:
-            i = env["input"]
-            rows += [("input", f"{i['path']}: {i['records']} records, {i['bytes']:,} bytes"), ("input sha256", i["sha256"])]
-        for key, value in rows + [captured]:
-            style = "red" if key.startswith("backend ") and value.startswith("unavailable") else None
-            table.add_row(key, value, style=style)
-        stdout.print(table)
+        render_environment(env, stdout)
         if json_path is not None:
             write_json({"schema_version": SCHEMA_VERSION, "environment": env}, json_path)
             stdout.print(f"fingerprint written to {json_path}", highlight=False)

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from esmdiv.report.fingerprint import describe
+from esmdiv.report.text import describe, environment_table_rows
 
 if TYPE_CHECKING:  # the renderers take results; importing them here would load torch
     from esmdiv.audit.run import AuditResult
@@ -255,3 +255,17 @@ def render_bench(result: BenchResult, console: Console) -> None:
     ]
     if parts:
         console.print("[bold]speed-up[/]  " + "; ".join(parts) + " (ratio of medians)")
+
+
+# --- esmdiv env ------------------------------------------------------------------------------------
+
+
+def render_environment(env: dict, console: Console) -> None:
+    """The fingerprint as a two-column table; unavailable attention backends in red."""
+    table = Table(title="esmdiv environment", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for key, value in environment_table_rows(env):
+        style = "red" if key.startswith("backend ") and value.startswith("unavailable") else None
+        table.add_row(key, value, style=style)
+    console.print(table)

@@ -1,11 +1,56 @@
-"""Where and in what precision a run happens: device and dtype resolution."""
+"""Where and how the forwards run, resolved once from the options: the device and what follows
+from it (dtype, attention backend, token budget, whether to compile), for every driver alike.
+
+:func:`resolve_run` is what ``esmdiv check`` and ``esmdiv bench`` call; ``esmdiv env`` and the
+self-test use :func:`resolve_device` and :func:`resolve_dtype` alone (they time or audit nothing
+themselves).
+"""
 
 from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
 
 import torch
 
 from esmdiv.errors import EnvironmentUnavailable, UsageError
-from esmdiv.model.loading import DTYPES
+from esmdiv.forward.attention import resolve_backend
+
+#: The dtypes a run may ask for (``--dtype``), by name.
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: Token budget per batch, padded, when ``--max-tokens`` is not given.
+DEFAULT_MAX_TOKENS = {"cuda": 16384, "cpu": 4096}
+MIN_TOKENS = 3  # BOS, one residue, EOS
+
+
+@dataclass(frozen=True)
+class RunPlacement:
+    """The device, precision, attention backend and token budget one run uses."""
+
+    device: torch.device
+    dtype_name: str  # "fp16" | "bf16" | "fp32"
+    dtype: torch.dtype
+    backend: str  # the backend that will run (never "auto")
+    max_tokens: int
+
+
+def resolve_run(
+    device: str, dtype: str | None, backend: str, max_tokens: int | None, local_rank: int | None = None
+) -> RunPlacement:
+    """Resolve the options in order (device, dtype, backend, budget); the first bad one raises.
+
+    ``local_rank``: a torchrun rank's local index; a bare ``cuda`` device becomes ``cuda:local_rank``
+    (one GPU per local rank). ``max_tokens`` ``None``: :data:`DEFAULT_MAX_TOKENS` of the device.
+    """
+    resolved = resolve_device(device)
+    if local_rank is not None and resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", local_rank)
+    dtype_name, torch_dtype = resolve_dtype(dtype, resolved)
+    chosen = resolve_backend(backend, resolved, torch_dtype)
+    budget = DEFAULT_MAX_TOKENS[resolved.type] if max_tokens is None else max_tokens
+    if budget < MIN_TOKENS:
+        raise UsageError(f"--max-tokens {budget} is too small (a sequence needs at least {MIN_TOKENS} tokens)")
+    return RunPlacement(resolved, dtype_name, torch_dtype, chosen, budget)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -35,6 +80,11 @@ def resolve_dtype(name: str | None, device: torch.device) -> tuple[str, torch.dt
     return name, DTYPES[name]
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` -> ``"fp16"``; a dtype without a ``--dtype`` name -> torch's name (``float64``)."""
+    return next((k for k, v in DTYPES.items() if v == dtype), str(dtype).replace("torch.", ""))
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -44,6 +94,4 @@ def default_compile(device: torch.device) -> bool:
     """torch.compile the packed path by default on CUDA (where Triton builds its kernels), never on CPU."""
     if device.type != "cuda":
         return False
-    import importlib.util
-
     return importlib.util.find_spec("triton") is not None

@@ -51,26 +51,16 @@ class InputReport:
     nucleotide_like: list[str] = field(default_factory=list)
 
     def warnings(self) -> list[str]:
-        out = []
-        if self.nucleotide_like:
-            out.append(
-                f"{len(self.nucleotide_like)} record(s) contain only A C G T U N and look like DNA/RNA, "
-                f"not protein: {_names(self.nucleotide_like)}"
-            )
-        if self.truncated:
-            out.append(f"{len(self.truncated)} record(s) truncated to {MAX_RESIDUES} residues: {_names(self.truncated)}")
-        if self.skipped:
-            out.append(f"{len(self.skipped)} record(s) over {MAX_RESIDUES} residues skipped: {_names(self.skipped)}")
-        if self.beyond_context:
-            out.append(
-                f"{len(self.beyond_context)} record(s) run whole beyond ESM-2's trained context of {MAX_RESIDUES} "
-                f"residues: {_names(self.beyond_context)}"
-            )
-        if self.lowercase:
-            out.append(f"{len(self.lowercase)} record(s) had lower-case residues, read as upper case: {_names(self.lowercase)}")
-        if self.stop_stripped:
-            out.append(f"{len(self.stop_stripped)} record(s) ended in '*', stripped: {_names(self.stop_stripped)}")
-        return out
+        """One line per kind of record the summary must mention, naming the first few."""
+        kinds = (
+            (self.nucleotide_like, "contain only A C G T U N and look like DNA/RNA, not protein"),
+            (self.truncated, f"truncated to {MAX_RESIDUES} residues"),
+            (self.skipped, f"over {MAX_RESIDUES} residues skipped"),
+            (self.beyond_context, f"run whole beyond ESM-2's trained context of {MAX_RESIDUES} residues"),
+            (self.lowercase, "had lower-case residues, read as upper case"),
+            (self.stop_stripped, "ended in '*', stripped"),
+        )
+        return [f"{len(ids)} record(s) {what}: {_names(ids)}" for ids, what in kinds if ids]
 
     def to_dict(self) -> dict:
         return {

@@ -30,6 +30,10 @@ from esmdiv.errors import EXIT_ACCEPT, EXIT_FALLBACK, EXIT_VALIDATE, UsageError
 from esmdiv.measure.stats import agreement_lower_bound, sequences_needed
 
 GATE_MODES = ("point", "bound")
+#: Gates whose failure alone makes the verdict FALLBACK; any other failed gate makes it VALIDATE.
+FALLBACK_GATES = ("finite", "reference finite", "agreement >= validate")
+#: The gates that read label agreement (a label flip breaks a gate only when one of them fails).
+AGREEMENT_GATES = ("agreement >= validate", "agreement > accept")
 
 
 class Verdict(str, enum.Enum):
@@ -202,7 +206,7 @@ def decide(evidence: Evidence, thresholds: Thresholds) -> Decision:
             f"{'<=' if packed_moved <= allowed else '>'} {t.max_invariance_ratio}x the padded path's {padded_moved:.3g}",
         ))
     failed = {r.gate for r in reasons if not r.passed}
-    if failed & {"finite", "reference finite", "agreement >= validate"}:
+    if failed & set(FALLBACK_GATES):
         verdict = Verdict.FALLBACK
     elif failed:
         verdict = Verdict.VALIDATE

@@ -48,8 +48,6 @@ FAIR_ESM_NAMES: dict[str, str] = {
 }
 FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 @dataclass
 class ModelInfo:
@@ -65,6 +63,20 @@ class ModelInfo:
     has_lm_head: bool
     path: str | None = None
     notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The report's ``model`` block (a benchmark's leaves out ``has_lm_head`` and ``notes``)."""
+        return {
+            "spec": self.spec,
+            "source": self.source,
+            "path": self.path,
+            "num_layers": self.num_layers,
+            "embed_dim": self.embed_dim,
+            "attention_heads": self.attention_heads,
+            "random_weights": self.random_weights,
+            "has_lm_head": self.has_lm_head,
+            "notes": self.notes,
+        }
 
     @property
     def description(self) -> str:

@@ -11,6 +11,17 @@ from typing import Any
 from esmdiv.errors import OutputError
 
 
+def check_output_path(path: Path, option: str) -> None:
+    """Refuse a report path that cannot be written before the run, not after it."""
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory; {option} needs a file path")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write the report there ({parent} is not a writable folder)")
+
+
 def write_text(text: str | bytes, path: str | Path, option: str) -> None:
     """Write a report file atomically; ``option`` names the flag that asked for it in errors."""
     path = Path(path)

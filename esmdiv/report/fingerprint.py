@@ -42,6 +42,8 @@ from typing import Any
 import torch
 
 from esmdiv import __version__
+from esmdiv.forward.attention import BACKENDS, backend_availability, resolve_backend
+from esmdiv.forward.device import dtype_name
 
 SAMPLE_ELEMENTS = 1 << 16
 _CHUNK = 8 << 20
@@ -175,7 +177,7 @@ def cuda_info() -> dict:
         info["cudnn"] = torch.backends.cudnn.version()
     except Exception:  # noqa: BLE001 - cuDNN absent or broken: say nothing rather than fail
         pass
-    info["driver"] = _driver_version()
+    info["driver"] = driver_version()
     info["driver_cuda"] = _driver_cuda_version()
     try:
         info["gpus"] = [gpu_info(i) for i in range(torch.cuda.device_count())]
@@ -196,7 +198,8 @@ def gpu_info(index: int) -> dict:
     }
 
 
-def _driver_version() -> str | None:
+def driver_version() -> str | None:
+    """The NVIDIA driver's version, from /proc or nvidia-smi; ``None`` where neither says."""
     try:
         text = Path("/proc/driver/nvidia/version").read_text()
         if m := re.search(r"Kernel Module\s+(?:for\s+\S+\s+)?([0-9][0-9.]+)", text):
@@ -226,13 +229,22 @@ def _driver_cuda_version() -> str | None:
     return None
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
 # --- backends ------------------------------------------------------------------------------------
 
 def backend_table(device: torch.device, dtype: torch.dtype) -> dict:
     """Each attention backend on ``device`` in ``dtype``: available or every reason it is not,
     plus the one ``--backend auto`` would pick."""
-    from esmdiv.forward.attention import BACKENDS, backend_availability, resolve_backend
-
     availability = backend_availability(device, dtype)
     extra = {
         "flash-attn": None if importlib.util.find_spec("flash_attn") else "the flash-attn package is not installed",
@@ -243,13 +255,7 @@ def backend_table(device: torch.device, dtype: torch.dtype) -> dict:
     for name in BACKENDS:
         reasons = [r for r in (availability[name], extra.get(name)) if r]
         table[name] = {"available": availability[name] is None, "why_not": "; ".join(dict.fromkeys(reasons)) or None}
-    return {"device": str(device), "dtype": _dtype_name(dtype), "auto": resolve_backend("auto", device, dtype), "backends": table}
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    from esmdiv.model.loading import DTYPES
-
-    return next((k for k, v in DTYPES.items() if v == dtype), str(dtype).replace("torch.", ""))
+    return {"device": str(device), "dtype": dtype_name(dtype), "auto": resolve_backend("auto", device, dtype), "backends": table}
 
 
 # --- the whole fingerprint -----------------------------------------------------------------------
@@ -289,7 +295,7 @@ def environment(
         "run": {
             "device": str(device),
             "gpu": gpu,
-            "dtype": _dtype_name(dtype),
+            "dtype": dtype_name(dtype),
             "backend": backend if backend is not None else backends["auto"],
             "backend_chosen_by": "run" if backend is not None else "auto (no run)",
             "torch_threads": torch.get_num_threads(),
@@ -300,17 +306,27 @@ def environment(
     }
 
 
-def describe(env: dict) -> str:
-    """One line for logs: versions, GPU and the weights digest."""
-    p = env["packages"]
-    parts = [f"esmdiv {env['esmdiv']['version']}" + (f" ({env['esmdiv']['git_commit'][:10]}"
-             + ("+dirty" if env["esmdiv"].get("git_dirty") else "") + ")" if env["esmdiv"].get("git_commit") else ""),
-             f"torch {p['torch']}", f"fair-esm {p['fair-esm'] or 'absent'}", f"flash-attn {p['flash-attn'] or 'absent'}",
-             f"Python {env['python']['version']}"]
-    gpu = env["run"].get("gpu")
-    if gpu:
-        parts.append(f"{gpu['name']} ({gpu['memory_gib']} GiB, driver {env['cuda']['driver'] or '?'}, CUDA {env['cuda']['torch_cuda']})")
-    if env.get("model"):
-        w = env["model"]["weights"]
-        parts.append(f"weights sha256 {w['value'][:12]}… ({w['scope']})")
-    return ", ".join(parts)
+def bench_environment(device: torch.device) -> dict:
+    """The flat ``environment`` block of a benchmark's JSON (``esmdiv-bench/1``): device, memory,
+    library versions, and the esmdiv commit (:func:`esmdiv_source`: only esmdiv's own checkout)."""
+    cuda = device.type == "cuda"
+    props = torch.cuda.get_device_properties(device) if cuda else None
+    versions = package_versions(("fair-esm", "transformers", "flash-attn", "flash_attn"))
+    source = esmdiv_source()
+    return {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if cuda else cpu_name(),
+        "gpu_memory_gib": props.total_memory / 2**30 if props else None,
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "driver": driver_version() if cuda else None,
+        "fair_esm": versions["fair-esm"],
+        "transformers": versions["transformers"],
+        "flash_attn": versions["flash-attn"] or versions["flash_attn"],
+        "esmdiv": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": source["git_commit"],
+        "git_dirty": source["git_dirty"],
+    }

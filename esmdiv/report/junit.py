@@ -21,30 +21,16 @@ the cases, ``system-out`` and ``system-err`` in that order; every case has ``nam
 
 from __future__ import annotations
 
-import math
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-AGREEMENT_GATES = ("agreement >= validate", "agreement > accept")
-FALLBACK_GATES = ("finite", "agreement >= validate")
+from esmdiv.measure.decision import FALLBACK_GATES
+from esmdiv.report.files import write_text
+from esmdiv.report.gates import agreement_gate_failed, incomplete_reason, sequence_problems
+from esmdiv.report.text import finite_number
+
 _XML_ILLEGAL = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-
-
-def sequence_problems(seq: dict, thresholds: dict, agreement_failed: bool) -> list[str]:
-    """How one sequence breaks a gate, one readable line each (empty: it breaks none)."""
-    problems = []
-    for path, key in (("v1 (padded)", "finite_v1"), ("v2 (packed)", "finite_v2")):
-        if not seq.get(key, True):
-            problems.append(f"non-finite output on {path} [finite]")
-    cosine, mad = _num(seq.get("cosine")), _num(seq.get("mad"))
-    if cosine is not None and not cosine > thresholds["min_cosine"]:
-        problems.append(f"pooled cosine {cosine:.10g} <= {thresholds['min_cosine']:g} [min cosine]")
-    if mad is not None and not mad < thresholds["max_mad"]:
-        problems.append(f"pooled MAD {mad:.3e} >= {thresholds['max_mad']:g} [max MAD]")
-    if agreement_failed and seq.get("label_v1") != seq.get("label_v2"):
-        problems.append(f"label flipped {seq.get('label_v1')} -> {seq.get('label_v2')} [label agreement]")
-    return problems
 
 
 def junit_tree(report: dict) -> ET.Element:
@@ -63,7 +49,6 @@ def junit_tree(report: dict) -> ET.Element:
         _close(suite, "", "")
     else:
         verdict = report["verdict"]
-        failed = {r["gate"] for r in report["reasons"] if not r["passed"]}
         gates = _suite(root, "esmdiv.gates", 1, timestamp, hostname, properties)
         for reason in report["reasons"]:
             case = _case(gates, reason["gate"], "esmdiv.gates")
@@ -79,7 +64,7 @@ def junit_tree(report: dict) -> ET.Element:
         timings = report.get("timings") or {}
         seconds = sum(timings.get(k) or 0.0 for k in ("padded_s", "packed_s"))
         sequences = _suite(root, "esmdiv.sequences", 2, timestamp, hostname, properties, time=seconds)
-        agreement_failed = bool(failed & set(AGREEMENT_GATES))
+        agreement_failed = agreement_gate_failed(report)
         for seq in report["sequences"]:
             case = _case(sequences, seq["id"], "esmdiv.sequences")
             problems = sequence_problems(seq, report["thresholds"], agreement_failed)
@@ -100,8 +85,6 @@ def junit_xml(report: dict) -> str:
 
 
 def write_junit(report: dict, path: str | Path) -> None:
-    from esmdiv.report.files import write_text
-
     write_text(junit_xml(report), path, option="--junit")
 
 
@@ -185,30 +168,14 @@ def _properties(report: dict) -> list[tuple[str, str]]:
 
 def _numbers(seq: dict) -> str:
     def fmt(v, spec):
-        return "n/a (not finite)" if _num(v) is None else format(v, spec)
+        return "n/a (not finite)" if finite_number(v) is None else format(v, spec)
 
     return (
         f"length {seq.get('length')} (of {seq.get('original_length')})\n"
         f"pooled cosine {fmt(seq.get('cosine'), '.12f')}"
-        + ("" if _num(seq.get("cosine")) is None else f" (1 - cosine {1 - seq['cosine']:.2e})") + "\n"
+        + ("" if finite_number(seq.get("cosine")) is None else f" (1 - cosine {1 - seq['cosine']:.2e})") + "\n"
         f"pooled MAD {fmt(seq.get('mad'), '.3e')}\n"
         f"max |diff| {fmt(seq.get('max_abs_diff'), '.3e')}\n"
         f"label v1/v2 {seq.get('label_v1')}/{seq.get('label_v2')}\n"
         f"confidence v1/v2 {fmt(seq.get('confidence_v1'), '.6f')}/{fmt(seq.get('confidence_v2'), '.6f')}"
     )
-
-
-def incomplete_reason(report: dict) -> str:
-    error = report.get("error")
-    if isinstance(error, dict):
-        text = error.get("message") or str(error)
-        if error.get("exit_code") is not None:
-            text += f" (exit {error['exit_code']})"
-        return text
-    return str(error) if error else "the report is marked incomplete and says no more"
-
-
-def _num(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
