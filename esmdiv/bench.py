@@ -39,7 +39,7 @@ from esmdiv.model.loading import LoadedModel, load_model
 from esmdiv.forward.packing import Packed, batches_by_tokens, encode, encoder_table, pack, pad, to_padded
 from esmdiv.forward.packed import packed_forward
 from esmdiv.forward.padded import padded_forward
-from esmdiv.forward.device import resolve_run, synchronize
+from esmdiv.forward.device import RunPlacement, resolve_run, synchronize
 from esmdiv.input.workloads import lognormal_workload
 from esmdiv.report.fingerprint import bench_environment
 
@@ -52,7 +52,7 @@ PATH_DESCRIPTIONS = {
     "hf": "transformers EsmModel (sdpa attention) on the same right-padded batches with an attention mask",
 }
 # A path whose output on the check batch differs from fair-esm's padded one by more than this
-# (mean |diff| relative to mean |reference|, over real tokens) is flagged: rounding in fp16/bf16
+# (mean |diff| relative to mean |padded output|, over real tokens) is flagged: rounding in fp16/bf16
 # stays near 1e-3/1e-2, a wrong model or a broken weight map is of order 1.
 CHECK_TOLERANCE = {"fp32": 1e-4, "fp16": 0.05, "bf16": 0.05}
 
@@ -277,6 +277,10 @@ class _Prepared:
     tokens: int
     slots: int
 
+    @property
+    def batches(self) -> int:
+        return len(self.padded)
+
 
 def _prepare(loaded: LoadedModel, workload: Workload, max_tokens: int, device: torch.device) -> _Prepared:
     alphabet = loaded.alphabet
@@ -301,6 +305,41 @@ def _prepare(loaded: LoadedModel, workload: Workload, max_tokens: int, device: t
 def run_bench(config: BenchConfig, loaded: LoadedModel | None = None, log: Log | None = None) -> BenchResult:
     """Time the requested paths over the workload; see the module docstring for the method."""
     say = log or (lambda message: None)
+    requested, hf_missing = _check_options(config)
+    # --max-tokens 0 has always meant the default budget here (as None does)
+    placement = resolve_run(config.device, config.dtype, config.backend, config.max_tokens or None)
+    workload = make_workload(config)
+    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    env = bench_environment(placement.device)  # at the start: the git state is that of the code that runs
+
+    if loaded is None:
+        say(f"loading {config.model} on {placement.device} ({placement.dtype_name})")
+        loaded = load_model(config.model, placement.device, placement.dtype)
+    prepared = _prepare(loaded, workload, placement.max_tokens, placement.device)
+    say(f"workload {workload.describe()}: {len(workload.sequences)} sequences, {prepared.tokens:,} tokens, "
+        f"{prepared.batches} batches of at most {placement.max_tokens} tokens")
+
+    timer = _PathTimer(config, loaded, placement, prepared, len(workload.sequences), say)
+    for name in requested:
+        timer.time(name, hf_missing)
+    return BenchResult(
+        config=config,
+        environment=env,
+        model={k: v for k, v in loaded.info.to_dict().items() if k not in ("has_lm_head", "notes")},
+        dtype=placement.dtype_name,
+        backend=placement.backend,
+        max_tokens=placement.max_tokens,
+        workload=workload,
+        batches=prepared.batches,
+        padded_slots=prepared.slots,
+        paths=timer.results,
+        date=date,
+        warnings=timer.warnings,
+    )
+
+
+def _check_options(config: BenchConfig) -> tuple[tuple[str, ...], str | None]:
+    """The paths to time, in :data:`PATHS` order, and why the HF peer cannot run (``None``: it can)."""
     if config.repeats < 1:
         raise UsageError(f"--repeats {config.repeats}: at least one timed pass is needed")
     if config.warmup < 0:
@@ -312,88 +351,84 @@ def run_bench(config: BenchConfig, loaded: LoadedModel | None = None, log: Log |
     hf_missing = hf_unavailable() if "hf" in requested else None
     if hf_missing and config.paths is not None:
         raise EnvironmentUnavailable(f"--paths hf: the Hugging Face peer is not available: {hf_missing}")
-    # --max-tokens 0 has always meant the default budget here (as None does)
-    placement = resolve_run(config.device, config.dtype, config.backend, config.max_tokens or None)
-    device, dtype_name, dtype, backend = placement.device, placement.dtype_name, placement.dtype, placement.backend
-    max_tokens = placement.max_tokens
-    workload = make_workload(config)
-    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    env = bench_environment(device)  # at the start: the git state is that of the code that runs
+    return requested, hf_missing
 
-    if loaded is None:
-        say(f"loading {config.model} on {device} ({dtype_name})")
-        loaded = load_model(config.model, device, dtype)
-    prepared = _prepare(loaded, workload, max_tokens, device)
-    n_batches = len(prepared.padded)
-    say(f"workload {workload.describe()}: {len(workload.sequences)} sequences, {prepared.tokens:,} tokens, "
-        f"{n_batches} batches of at most {max_tokens} tokens")
 
-    model = loaded.model
-    peer: HFPeer | None = None
-    runners: dict[str, Callable[[int], object]] = {
-        "padded": lambda i: padded_forward(model, prepared.padded[i]),
-        "packed": lambda i: packed_forward(model, prepared.packed[i], backend, **config.packed_kwargs),
-        "hf": lambda i: hf_forward(peer, prepared.padded[i], prepared.masks[i]),
-    }
-    results: dict[str, PathResult] = {}
-    warnings: list[str] = []
-    if loaded.info.random_weights:
-        warnings.append(f"model {loaded.info.spec} has RANDOM weights: timings hold for its architecture, not a trained model")
-    check_index = min(range(n_batches), key=lambda i: (prepared.padded[i].numel(), i))
-    reference = _last_hidden(padded_forward(model, prepared.padded[check_index]), model)
-    for name in requested:
+class _PathTimer:
+    """Times one path after another on the prepared batches, each first checked against fair-esm's
+    padded output on the smallest batch; collects each path's result and the warnings."""
+
+    def __init__(self, config: BenchConfig, loaded: LoadedModel, placement: RunPlacement, prepared: _Prepared,
+                 n_sequences: int, say: Log):
+        self.config, self.loaded, self.placement, self.prepared = config, loaded, placement, prepared
+        self.n_sequences, self.say = n_sequences, say
+        self.results: dict[str, PathResult] = {}
+        self.warnings: list[str] = []
+        if loaded.info.random_weights:
+            self.warnings.append(
+                f"model {loaded.info.spec} has RANDOM weights: timings hold for its architecture, not a trained model")
+        self.peer: HFPeer | None = None
+        self.check_index = min(range(prepared.batches), key=lambda i: (prepared.padded[i].numel(), i))
+        self.expected = _last_hidden(padded_forward(loaded.model, prepared.padded[self.check_index]), loaded.model)
+
+    def runner(self, name: str) -> Callable[[int], object]:
+        """Runs the path on batch ``i``."""
+        model, prepared = self.loaded.model, self.prepared
+        if name == "padded":
+            return lambda i: padded_forward(model, prepared.padded[i])
+        if name == "packed":
+            return lambda i: packed_forward(model, prepared.packed[i], self.placement.backend, **self.config.packed_kwargs)
+        return lambda i: hf_forward(self.peer, prepared.padded[i], prepared.masks[i])
+
+    def time(self, name: str, hf_missing: str | None) -> None:
         if name == "hf" and hf_missing:
-            results[name] = PathResult(name, "not available", f"not available: {hf_missing}")
-            continue
+            self.results[name] = PathResult(name, "not available", f"not available: {hf_missing}")
+            return
+        prepared = self.prepared
         slots = prepared.tokens if name == "packed" else prepared.slots
-        result = PathResult(name, "ok", tokens=prepared.tokens, sequences=len(workload.sequences), slots=slots)
+        result = PathResult(name, "ok", tokens=prepared.tokens, sequences=self.n_sequences, slots=slots)
         if name == "hf":
             try:
-                peer = build_hf_peer(loaded)
+                self.peer = build_hf_peer(self.loaded)
             except EnvironmentUnavailable as err:
-                if config.paths is not None:
+                if self.config.paths is not None:
                     raise
-                results[name] = PathResult(name, "not available", f"not available: {err}")
-                continue
-            result.note = f"transformers {peer.transformers_version}, attn_implementation={peer.attn_implementation}"
+                self.results[name] = PathResult(name, "not available", f"not available: {err}")
+                return
+            result.note = f"transformers {self.peer.transformers_version}, attn_implementation={self.peer.attn_implementation}"
+        run_batch = self.runner(name)
         try:
             if name != "padded":
-                result.check = _check(name, runners[name](check_index), reference, prepared, check_index, model, dtype_name)
-                if not result.check["ok"]:
-                    warnings.append(
-                        f"{name}: output differs from fair-esm's padded one (mean |diff| "
-                        f"{result.check['relative_mean_abs_diff']:.2e} of mean |reference|, tolerance "
-                        f"{result.check['tolerance']:.0e}): this path may not be the same model"
-                    )
-            say(f"timing {name}: {config.warmup} warm-up pass(es), {config.repeats} timed pass(es)")
-            _time_path(result, runners[name], n_batches, device, config.warmup, config.repeats)
+                result.check = self._check(name, run_batch(self.check_index))
+            self.say(f"timing {name}: {self.config.warmup} warm-up pass(es), {self.config.repeats} timed pass(es)")
+            _time_path(result, run_batch, prepared.batches, self.placement.device, self.config.warmup,
+                       self.config.repeats)
         except torch.cuda.OutOfMemoryError:
-            result = PathResult(
-                name, "out of memory", f"CUDA out of memory at --max-tokens {max_tokens}",
-                tokens=prepared.tokens, sequences=len(workload.sequences), slots=slots,
-            )
-            warnings.append(f"{name}: CUDA out of memory at --max-tokens {max_tokens}; try a smaller budget")
-            gc.collect()
-            torch.cuda.empty_cache()
-        results[name] = result
+            result = self._out_of_memory(name, slots)
+        self.results[name] = result
         if result.ok:
-            say(f"  {name}: median {result.median_s:.3f} s, {result.tokens_per_s:,.0f} tokens/s")
+            self.say(f"  {name}: median {result.median_s:.3f} s, {result.tokens_per_s:,.0f} tokens/s")
 
-    model_block = {k: v for k, v in loaded.info.to_dict().items() if k not in ("has_lm_head", "notes")}
-    return BenchResult(
-        config=config,
-        environment=env,
-        model=model_block,
-        dtype=dtype_name,
-        backend=backend,
-        max_tokens=max_tokens,
-        workload=workload,
-        batches=n_batches,
-        padded_slots=prepared.slots,
-        paths=results,
-        date=date,
-        warnings=warnings,
-    )
+    def _check(self, name: str, output) -> dict:
+        check = _check(name, output, self.expected, self.prepared, self.check_index, self.loaded.model,
+                       self.placement.dtype_name)
+        if not check["ok"]:
+            self.warnings.append(
+                f"{name}: output differs from fair-esm's padded one (mean |diff| "
+                f"{check['relative_mean_abs_diff']:.2e} of mean |reference|, tolerance "
+                f"{check['tolerance']:.0e}): this path may not be the same model"
+            )
+        return check
+
+    def _out_of_memory(self, name: str, slots: int) -> PathResult:
+        max_tokens = self.placement.max_tokens
+        self.warnings.append(f"{name}: CUDA out of memory at --max-tokens {max_tokens}; try a smaller budget")
+        gc.collect()
+        torch.cuda.empty_cache()
+        return PathResult(
+            name, "out of memory", f"CUDA out of memory at --max-tokens {max_tokens}",
+            tokens=self.prepared.tokens, sequences=self.n_sequences, slots=slots,
+        )
 
 
 def _time_path(result: PathResult, run_batch: Callable[[int], object], n_batches: int, device: torch.device,
@@ -426,17 +461,17 @@ def _last_hidden(output, model) -> torch.Tensor:
     return output.representations[model.num_layers]
 
 
-def _check(name: str, output, reference: torch.Tensor, prepared: _Prepared, index: int, model, dtype_name: str) -> dict:
-    """Compare a path's output on batch ``index`` with fair-esm's padded ``reference`` ``(B, L, C)``
-    over the real tokens, in fp32."""
+def _check(name: str, output, expected: torch.Tensor, prepared: _Prepared, index: int, model, dtype_name: str) -> dict:
+    """Compare a path's output on batch ``index`` with fair-esm's padded output ``expected``
+    ``(B, L, C)`` over the real tokens, in fp32."""
     hidden = output if isinstance(output, torch.Tensor) else _last_hidden(output, model)
     if name == "packed":
         hidden = to_padded(hidden, prepared.packed[index])  # (T, C) -> (B, L, C)
     real = prepared.masks[index].bool()
-    ref, out = reference.float()[real], hidden.float()[real]  # (tokens, C)
-    diff = (out - ref).abs()
-    mean_ref = float(ref.abs().mean())
-    relative = float(diff.mean()) / mean_ref if mean_ref > 0 else float("inf")
+    want, out = expected.float()[real], hidden.float()[real]  # (tokens, C)
+    diff = (out - want).abs()
+    mean_want = float(want.abs().mean())
+    relative = float(diff.mean()) / mean_want if mean_want > 0 else float("inf")
     finite = bool(torch.isfinite(out).all())
     tolerance = CHECK_TOLERANCE[dtype_name]
     return {

@@ -13,7 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from esmdiv.audit.run import AuditConfig, AuditResult, run_audit
+from esmdiv.audit.results import AuditResult
+from esmdiv.audit.run import AuditConfig, run_audit
 from esmdiv.measure.decision import Thresholds, Verdict
 from esmdiv.forward.faults import Fault
 from esmdiv.model.loading import load_model
@@ -59,7 +60,7 @@ def run_selftest(
         config = AuditConfig(
             fasta=fasta, model=model, device=device, dtype=dtype, backend=backend,
             thresholds=thresholds or Thresholds(), faults=frozenset([fault]) if fault else frozenset(),
-            reference="fp32", invariance=True, mlm=False,
+            high_precision="fp32", invariance=True, mlm=False,
         )
         result = run_audit(config, loaded=loaded)
         settings = settings or {"model": result.model, "device": result.device, "dtype": result.dtype,

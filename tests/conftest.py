@@ -56,7 +56,7 @@ def pytest_collection_modifyitems(config, items):
 def _every_report_matches_the_schema(monkeypatch):
     """Every report a test produces (``AuditResult.to_dict``, so every ``--json`` too) is checked
     against the shipped JSON Schema, as the file would hold it (non-finite numbers as null)."""
-    from esmdiv.audit.run import AuditResult
+    from esmdiv.audit.results import AuditResult
     from esmdiv.report.files import finite_or_none
     from esmdiv.report.schemas import validation_errors
 

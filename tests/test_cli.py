@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import esmdiv.audit.batch
 import esmdiv.audit.run
 from esmdiv.cli.app import app
 from esmdiv.forward.packed import packed_forward
@@ -67,7 +68,7 @@ def test_fallback_exit_20_on_nan(monkeypatch, tmp_path):
             x[int(packed.cu_seqlens[1]) + 1] = float("nan")
         return x
 
-    monkeypatch.setattr(esmdiv.audit.run, "packed_forward", _poisoned(nan_in_second_sequence))
+    monkeypatch.setattr(esmdiv.audit.batch, "packed_forward", _poisoned(nan_in_second_sequence))
     out = tmp_path / "r.json"
     code, stdout, _ = run(SEED18, "--device", "cpu", "--json", str(out))
     assert code == 20 and "FALLBACK" in stdout and "not finite" in stdout
@@ -78,7 +79,7 @@ def test_fallback_exit_20_on_nan(monkeypatch, tmp_path):
 def test_fallback_exit_20_when_labels_disagree(monkeypatch, tmp_path):
     import xml.etree.ElementTree as ET
 
-    monkeypatch.setattr(esmdiv.audit.run, "packed_forward", _poisoned(lambda x, packed: -x))
+    monkeypatch.setattr(esmdiv.audit.batch, "packed_forward", _poisoned(lambda x, packed: -x))
     code, stdout, _ = run(SEED18, "--device", "cpu", "--junit", str(tmp_path / "r.xml"))
     assert code == 20 and "FALLBACK" in stdout and "label agreement" in stdout
     root = ET.parse(tmp_path / "r.xml").getroot()
@@ -92,7 +93,7 @@ def test_internal_error_is_exit_1_one_line_and_no_verdict(monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(esmdiv.audit.run, "packed_forward", boom)
+    monkeypatch.setattr(esmdiv.audit.batch, "packed_forward", boom)
     code, stdout, stderr = run(SEED18, "--device", "cpu")
     assert code == 1 and "internal error" in stderr and "kernel exploded" in stderr
     assert "ACCEPT" not in stdout and "Traceback" not in stderr + stdout
@@ -144,7 +145,7 @@ def test_version_and_help_list_exit_codes():
 
 
 def test_cuda_oom_halves_the_budget_and_says_so(monkeypatch, tmp_path):
-    real = esmdiv.audit.run.compare_batch
+    real = esmdiv.audit.batch.compare_batch
 
     def tight_memory(run, sequences, tokens):
         if sum(len(t) for t in tokens) > 1000:

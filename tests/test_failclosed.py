@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import esmdiv.audit.batch
 import esmdiv.audit.run
 import esmdiv.cli.console
 import esmdiv.report.json_report
@@ -39,7 +40,7 @@ def check(tmp_path, *args, fasta=None):
 
 def fail_on_call(n, exc):
     """A compare_batch that works n - 1 times, then raises ``exc``."""
-    real, calls = esmdiv.audit.run.compare_batch, []
+    real, calls = esmdiv.audit.batch.compare_batch, []
 
     def fake(run, sequences, tokens):
         calls.append(1)
@@ -60,7 +61,7 @@ def raising(exc):
 # (where the fault is injected, the stage the partial report names, sequences finished by then)
 STAGE_FAULTS = [
     ("esmdiv.audit.run.load_model", "model", 0),
-    ("esmdiv.audit.run._warm_up", "audit", 0),
+    ("esmdiv.audit.run.warm_up", "audit", 0),
     ("second-batch", "audit", 2),
     ("esmdiv.audit.run.summarise", "decision", 6),
     ("esmdiv.audit.run.decide", "decision", 6),
@@ -192,7 +193,7 @@ def poison_padded(row_value, rows=(0,)):
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_reference_output_is_fallback_naming_the_sequence(value, tmp_path, monkeypatch):
-    monkeypatch.setattr(esmdiv.audit.run, "padded_forward", poison_padded(value))
+    monkeypatch.setattr(esmdiv.audit.batch, "padded_forward", poison_padded(value))
     out = tmp_path / "r.json"
     result = check(tmp_path, "--json", str(out), "--max-tokens", "4096")  # one batch, longest (s28) first
     assert result.exit_code == 20 and "FALLBACK" in result.stdout
@@ -212,7 +213,7 @@ def test_nan_in_a_bos_row_is_caught(tmp_path, monkeypatch):
             x[0, 0] = float("nan")
         return ForwardOutput({model.num_layers: x}, out.logits)
 
-    monkeypatch.setattr(esmdiv.audit.run, "padded_forward", fake)
+    monkeypatch.setattr(esmdiv.audit.batch, "padded_forward", fake)
     out = tmp_path / "r.json"
     result = check(tmp_path, "--json", str(out), "--max-tokens", "4096")
     assert result.exit_code == 20
@@ -220,7 +221,7 @@ def test_nan_in_a_bos_row_is_caught(tmp_path, monkeypatch):
 
 
 def test_nan_everywhere_is_fallback_even_with_the_loosest_thresholds(tmp_path, monkeypatch):
-    monkeypatch.setattr(esmdiv.audit.run, "padded_forward", poison_padded(float("nan"), rows=range(6)))
+    monkeypatch.setattr(esmdiv.audit.batch, "padded_forward", poison_padded(float("nan"), rows=range(6)))
     out = tmp_path / "r.json"
     result = check(tmp_path, "--max-tokens", "4096", "--accept-agreement", "0", "--validate-agreement", "0",
                    "--min-cosine", "-1", "--max-mad", "1e308", "--json", str(out))
@@ -298,7 +299,7 @@ def test_an_option_that_does_not_parse_is_exit_2_without_traceback(tmp_path):
 
 
 def test_cuda_oom_halves_down_to_single_sequences_and_the_report_says_so(tmp_path, monkeypatch):
-    real = esmdiv.audit.run.compare_batch
+    real = esmdiv.audit.batch.compare_batch
 
     def one_at_a_time(run, sequences, tokens):
         if len(sequences) > 1:

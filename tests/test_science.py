@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from esmdiv.measure.decision import Evidence, ReferenceEvidence, Thresholds, Verdict, decide
+from esmdiv.measure.decision import Evidence, HighPrecisionEvidence, Thresholds, Verdict, decide
 from esmdiv.measure.invariance import shuffled_batches
 from esmdiv.measure.mlm import PerplexitySums, masked_copy, masked_nll, token_agreement
 from esmdiv.forward.packing import encode, pack, pad, to_padded
@@ -16,11 +16,11 @@ from esmdiv.forward.packed import packed_forward
 from esmdiv.forward.padded import padded_forward
 from esmdiv.forward.high_precision import (
     algorithm_tolerance,
-    build_reference,
-    distances_to_reference,
+    build_high_precision,
     full_precision_softmax,
-    reference_forward,
+    high_precision_forward,
 )
+from esmdiv.measure.metrics import distances_to_high_precision
 from esmdiv.measure.stats import agreement_lower_bound, sequences_needed
 from esmdiv.measure.trace import TraceAccumulator
 
@@ -279,7 +279,7 @@ def test_distances_to_reference_by_hand():
         [[3, 3], [1 + E11, 2 + E8], [7, 7], [0, 0], [0, 0]],
     ], dtype=torch.float32)
     lengths = torch.tensor([4, 3])
-    d0, d1 = distances_to_reference(path, ref, lengths)
+    d0, d1 = distances_to_high_precision(path, ref, lengths)
     # pooled path [1.5, 1] vs reference [0.5, 0.5]
     assert d0.cosine == pytest.approx(5 / math.sqrt(26), abs=1e-12)
     assert d0.mad == pytest.approx(0.75, abs=1e-12)
@@ -289,7 +289,7 @@ def test_distances_to_reference_by_hand():
     assert d1.mad == pytest.approx((E11 + E8) / 2, abs=1e-15)
     assert d1.rel_l2 == pytest.approx(math.hypot(E11, E8) / math.sqrt(5), rel=1e-12)
     # a buggy pipeline pooling EOS on the path: [-2/3, -1] vs [0.5, 0.5]; residue rel-L2 unchanged
-    e0 = distances_to_reference(path, ref, lengths, include_eos=True)[0]
+    e0 = distances_to_high_precision(path, ref, lengths, include_eos=True)[0]
     assert e0.cosine == pytest.approx(-5 / math.sqrt(26), abs=1e-7)
     assert e0.mad == pytest.approx(4 / 3, abs=1e-7)
     assert e0.rel_l2 == pytest.approx(math.sqrt(3 / 2), abs=1e-12)
@@ -300,7 +300,7 @@ def test_a_non_finite_residue_makes_that_distance_nan():
     ref = torch.ones(2, 4, 3, dtype=torch.float64)
     path = torch.ones(2, 4, 3)
     path[0, 2, 1] = math.nan
-    d0, d1 = distances_to_reference(path, ref, torch.tensor([4, 4]))
+    d0, d1 = distances_to_high_precision(path, ref, torch.tensor([4, 4]))
     assert all(math.isnan(v) for v in (d0.cosine, d0.mad, d0.rel_l2))
     assert (d1.cosine, d1.mad, d1.rel_l2) == (pytest.approx(1.0, abs=1e-15), 0.0, 0.0)
 
@@ -336,7 +336,7 @@ def test_full_precision_softmax_keeps_fp64_and_restores_fair_esm():
 
 def test_reference_is_a_fp64_copy_whose_packed_algorithm_agrees_to_fp64_rounding(random_8m):
     model, alphabet = random_8m.model, random_8m.alphabet
-    ref = build_reference(model, torch.device("cpu"))
+    ref = build_high_precision(model, torch.device("cpu"))
     assert ref is not model and next(model.parameters()).dtype == torch.float32  # the run model is untouched
     assert next(ref.parameters()).dtype == torch.float64
     rot = ref.layers[0].self_attn.rot_emb
@@ -347,18 +347,18 @@ def test_reference_is_a_fp64_copy_whose_packed_algorithm_agrees_to_fp64_rounding
     tokens = [encode(s, alphabet) for s in random_sequences([5, 40, 17, 90], seed=3)]
     padded, packed = pad(tokens, alphabet.padding_idx), pack(tokens)
     lengths = torch.tensor([len(t) for t in tokens])
-    out = reference_forward(ref, padded)
+    out = high_precision_forward(ref, padded)
     assert out.dtype == torch.float64 and out.shape == (4, 92, 320)
     algorithm = to_padded(packed_forward(ref, packed, "reference").representations[6], packed)
     tolerance = algorithm_tolerance(torch.float64)
-    assert max(d.rel_l2 for d in distances_to_reference(algorithm, out, lengths)) < tolerance / 100
+    assert max(d.rel_l2 for d in distances_to_high_precision(algorithm, out, lengths)) < tolerance / 100
     # fair-esm's fp32 softmax alone would put the fp64 reference above the algorithm tolerance
     with torch.inference_mode():
         fp32_softmax = ref(padded, repr_layers=[6])["representations"][6]
-    assert max(d.rel_l2 for d in distances_to_reference(algorithm, fp32_softmax, lengths)) > tolerance
+    assert max(d.rel_l2 for d in distances_to_high_precision(algorithm, fp32_softmax, lengths)) > tolerance
     # the fp32 run model sits at fp32 rounding from its reference
     v1 = padded_forward(model, padded).representations[6]
-    assert 1e-9 < max(d.rel_l2 for d in distances_to_reference(v1, out, lengths)) < 1e-5
+    assert 1e-9 < max(d.rel_l2 for d in distances_to_high_precision(v1, out, lengths)) < 1e-5
 
 
 # ----------------------------------------------------------------------------- decide() with a reference
@@ -369,7 +369,7 @@ FP64_TOLERANCE = algorithm_tolerance(torch.float64)
 def reference(**overrides):
     values = dict(finite=True, ratio=1.0, agreeing=100, min_cosine=0.99999, max_mad=1e-5,
                   algorithm_error=1e-13, algorithm_tolerance=FP64_TOLERANCE)
-    return ReferenceEvidence(**{**values, **overrides})
+    return HighPrecisionEvidence(**{**values, **overrides})
 
 
 def reasons(decision):
@@ -380,7 +380,7 @@ def test_packed_nearer_the_reference_than_the_padded_path_is_not_punished():
     # packed vs padded: 90 % agreement, cosine 0.95, MAD 0.05 -> FALLBACK on its own
     alone = decide(Evidence(100, 0.9, 0.95, 0.05), Thresholds())
     assert alone.verdict is Verdict.FALLBACK
-    decision = decide(Evidence(100, 0.9, 0.95, 0.05, reference=reference()), Thresholds())
+    decision = decide(Evidence(100, 0.9, 0.95, 0.05, high_precision=reference()), Thresholds())
     assert decision.verdict is Verdict.ACCEPT
     r = reasons(decision)
     for gate in ("agreement >= validate", "agreement > accept", "min cosine", "max MAD"):
@@ -389,7 +389,7 @@ def test_packed_nearer_the_reference_than_the_padded_path_is_not_punished():
 
 
 def test_the_reference_never_makes_a_gate_worse():
-    decision = decide(Evidence(100, 1.0, 0.99999, 1e-5, reference=reference(agreeing=90, min_cosine=0.9, max_mad=0.5)),
+    decision = decide(Evidence(100, 1.0, 0.99999, 1e-5, high_precision=reference(agreeing=90, min_cosine=0.9, max_mad=0.5)),
                       Thresholds())
     assert decision.verdict is Verdict.ACCEPT
     r = reasons(decision)
@@ -398,38 +398,38 @@ def test_the_reference_never_makes_a_gate_worse():
 
 
 def test_reference_ratio_above_the_threshold_is_validate():
-    assert decide(Evidence(100, 1.0, 0.9999, 1e-4, reference=reference(ratio=2.0)), Thresholds()).verdict is Verdict.ACCEPT
-    decision = decide(Evidence(100, 1.0, 0.9999, 1e-4, reference=reference(ratio=2.5)), Thresholds())
+    assert decide(Evidence(100, 1.0, 0.9999, 1e-4, high_precision=reference(ratio=2.0)), Thresholds()).verdict is Verdict.ACCEPT
+    decision = decide(Evidence(100, 1.0, 0.9999, 1e-4, high_precision=reference(ratio=2.5)), Thresholds())
     assert decision.verdict is Verdict.VALIDATE
     gate = reasons(decision)["reference ratio"]
     assert not gate.passed and (gate.value, gate.threshold) == (2.5, 2.0) and "2.5x" in gate.message
     loose = Thresholds(max_reference_ratio=3.0)
-    assert decide(Evidence(100, 1.0, 0.9999, 1e-4, reference=reference(ratio=2.5)), loose).verdict is Verdict.ACCEPT
+    assert decide(Evidence(100, 1.0, 0.9999, 1e-4, high_precision=reference(ratio=2.5)), loose).verdict is Verdict.ACCEPT
 
 
 def test_algorithm_error_above_tolerance_is_validate():
-    decision = decide(Evidence(100, 1.0, 0.9999, 1e-4, reference=reference(algorithm_error=1e-8)), Thresholds())
+    decision = decide(Evidence(100, 1.0, 0.9999, 1e-4, high_precision=reference(algorithm_error=1e-8)), Thresholds())
     assert decision.verdict is Verdict.VALIDATE
     gate = reasons(decision)["algorithm"]
     assert not gate.passed and gate.value == 1e-8 and gate.threshold == FP64_TOLERANCE
     # an explicit --max-algorithm-error replaces the dtype's default
     explicit = Thresholds(max_algorithm_error=1e-7)
-    passed = decide(Evidence(100, 1.0, 0.9999, 1e-4, reference=reference(algorithm_error=1e-8)), explicit)
+    passed = decide(Evidence(100, 1.0, 0.9999, 1e-4, high_precision=reference(algorithm_error=1e-8)), explicit)
     assert passed.verdict is Verdict.ACCEPT and reasons(passed)["algorithm"].threshold == 1e-7
-    nan = decide(Evidence(100, 1.0, 0.9999, 1e-4, reference=reference(algorithm_error=math.nan)), Thresholds())
+    nan = decide(Evidence(100, 1.0, 0.9999, 1e-4, high_precision=reference(algorithm_error=math.nan)), Thresholds())
     assert nan.verdict is Verdict.VALIDATE  # unknown never passes
 
 
 def test_non_finite_reference_is_fallback_and_lends_nothing():
     bad = reference(finite=False, ratio=math.nan, agreeing=100, min_cosine=math.nan, max_mad=math.nan)
-    decision = decide(Evidence(100, 1.0, 0.9999, 1e-4, reference=bad), Thresholds())
+    decision = decide(Evidence(100, 1.0, 0.9999, 1e-4, high_precision=bad), Thresholds())
     assert decision.verdict is Verdict.FALLBACK
     r = reasons(decision)
     assert not r["reference finite"].passed and "reference run went non-finite" in r["reference finite"].message
     assert "reference ratio" not in r and "algorithm" not in r
     assert "packed vs padded" in r["min cosine"].message
     # nor can a non-finite reference rescue a failing packed-vs-padded gate
-    rescued = decide(Evidence(100, 1.0, 0.5, 1e-4, reference=bad), Thresholds())
+    rescued = decide(Evidence(100, 1.0, 0.5, 1e-4, high_precision=bad), Thresholds())
     assert rescued.verdict is Verdict.FALLBACK and not reasons(rescued)["min cosine"].passed
 
 
@@ -467,7 +467,7 @@ def test_bound_gate_accepts_with_enough_sequences_and_the_note_goes_away():
 
 
 def test_tolerances_are_the_values_actually_needed_and_would_pass():
-    ev = Evidence(100, 0.9, 0.95, 0.05, agreeing=90, reference=reference(agreeing=98, min_cosine=0.991, max_mad=0.002,
+    ev = Evidence(100, 0.9, 0.95, 0.05, agreeing=90, high_precision=reference(agreeing=98, min_cosine=0.991, max_mad=0.002,
                                                                          ratio=2.5, algorithm_error=1e-8))
     decision = decide(ev, Thresholds())
     assert decision.verdict is Verdict.VALIDATE

@@ -1,28 +1,64 @@
-"""The ``esmdiv`` command line: parses options, calls the library, renders, exits.
+"""The ``esmdiv`` commands: parse options, call a driver, render with :mod:`esmdiv.cli.console`, exit.
 
-Nothing else lives here: the work is in plain functions that tests call directly.
+Nothing else lives here: the work is in plain functions that tests call directly. Options that
+several commands share (``--model``, ``--device``, ``--dtype``, ``--backend``, ``--compile``,
+``--long``, ``--debug``) are declared once, as the ``Annotated`` types below.
+
+Imports of torch-backed modules stay inside each command's :func:`guard`: Ctrl-C while torch is
+still loading is then exit 130 like any other, and ``check`` still leaves its partial report.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sys
 import traceback
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Annotated, Iterator, Optional
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from esmdiv import __version__
-from esmdiv.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EsmdivError, OutputError
+from esmdiv.cli import console
+from esmdiv.cli.console import stderr, stdout
+from esmdiv.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EsmdivError, OutputError, UsageError
+from esmdiv.report import json_report
 from esmdiv.report.partial import PartialRun, write_partial  # no torch: cheap to import here
+
+if TYPE_CHECKING:
+    from esmdiv.audit.results import AuditResult
+    from esmdiv.audit.run import AuditConfig
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ACCEPT, 10 VALIDATE, 20 FALLBACK, 2 usage or bad input, "
     "3 environment (no CUDA, backend or model unavailable), 1 internal error, 130 interrupted."
 )
+SELFTEST_EXIT_HELP = (
+    "Exit codes: 0 passed (clean run ACCEPT, every injected bug caught), 20 failed (a bug slipped "
+    "through or the clean run was not ACCEPT), 2 usage, 3 environment, 1 internal error."
+)
+BENCH_EXIT_HELP = (
+    "Exit codes: 0 done, 2 usage or bad input, 3 environment (no CUDA, backend, model or "
+    "transformers unavailable), 1 internal error, 130 interrupted."
+)
+
+# --- options shared by several commands -------------------------------------------------------------
+
+ModelOption = Annotated[str, typer.Option(
+    "--model", "-m",
+    help="fair-esm name (esm2_t33_650M_UR50D), fair-esm .pt, .safetensors, Hugging Face ESM folder, "
+    "or random:<8M|35M|150M|650M|3B|15B>[:seed] (seeded random weights).",
+)]
+DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+DtypeOption = Annotated[Optional[str], typer.Option(help="fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU).")]
+BackendOption = Annotated[str, typer.Option(help="Packed attention: auto, flash-attn, torch or reference.")]
+CompileOption = Annotated[Optional[bool], typer.Option(
+    "--compile/--no-compile", help="torch.compile the packed path's dense regions (default: on CUDA).",
+)]
+LongOption = Annotated[str, typer.Option("--long", help="Over 1022 residues: truncate, skip, error or full.")]
+DebugOption = Annotated[bool, typer.Option(help="Show tracebacks.")]
 
 app = typer.Typer(
     help="Audit whether a packed, padding-free ESM-2 forward diverges from fair-esm's padded one.\n\n" + EXIT_CODES_HELP,
@@ -30,8 +66,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-stdout = Console(width=None if sys.stdout.isatty() else 120)
-stderr = Console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -97,24 +131,21 @@ def partial_report_on_failure(json_path: Optional[Path], partial: PartialRun) ->
         raise
 
 
+# --- esmdiv check ------------------------------------------------------------------------------------
+
+
 @app.command(epilog=EXIT_CODES_HELP)
 def check(
     fasta: Path = typer.Argument(..., help="Protein FASTA file (plain or gzip).", show_default=False),
-    model: str = typer.Option(
-        "random:8M", "--model", "-m",
-        help="fair-esm name (esm2_t33_650M_UR50D), fair-esm .pt, .safetensors, Hugging Face ESM folder, "
-        "or random:<8M|35M|150M|650M|3B|15B>[:seed] (seeded random weights).",
-    ),
-    device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU)."),
-    backend: str = typer.Option("auto", help="Packed attention: auto, flash-attn, torch or reference."),
-    compile: Optional[bool] = typer.Option(
-        None, "--compile/--no-compile", help="torch.compile the packed path's dense regions (default: on CUDA)."
-    ),
+    model: ModelOption = "random:8M",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = None,
+    backend: BackendOption = "auto",
+    compile: CompileOption = None,
     head: str = typer.Option(
         "auto", help="Prediction head: auto (the checkpoint's own, else proxy), model, proxy, or a head file (.pt/.safetensors)."
     ),
-    long: str = typer.Option("truncate", "--long", help="Over 1022 residues: truncate, skip, error or full."),
+    long: LongOption = "truncate",
     max_tokens: Optional[int] = typer.Option(
         None, help="Token budget per batch, padded (default: 16384 on CUDA, 4096 on CPU)."
     ),
@@ -154,7 +185,7 @@ def check(
         None, "--junit", help="Write JUnit XML here for CI: one test case per gate and one per sequence."
     ),
     worst: int = typer.Option(10, help="Rows in the worst-sequences table."),
-    debug: bool = typer.Option(False, help="Show tracebacks."),
+    debug: DebugOption = False,
 ) -> None:
     """Run both paths over FASTA and print the verdict; the exit code is the verdict's."""
     partial = PartialRun(dict(
@@ -162,112 +193,84 @@ def check(
         max_tokens=max_tokens, accept_agreement=accept_agreement, validate_agreement=validate_agreement,
         min_cosine=min_cosine, max_mad=max_mad,
     ))
-    # Imports inside: Ctrl-C while torch loads is still exit 130 and still leaves a partial report.
     with guard(debug), partial_report_on_failure(json_path, partial):
-        from esmdiv.audit.run import AuditConfig, FollowerResult, run_audit
+        from esmdiv.audit.run import AuditConfig
         from esmdiv.measure.decision import Thresholds
-        from esmdiv.report.junit import write_junit
-        from esmdiv.cli.console import PathProgress, render_summary
-        from esmdiv.report.files import check_output_path, finite_or_none
-        from esmdiv.report.json_report import write_json
+        from esmdiv.model.heads import parse_seeds
+        from esmdiv.report.files import check_output_path
 
         if json_path is not None:
             check_output_path(json_path, "--json")
+        thresholds = Thresholds(accept_agreement, validate_agreement, min_cosine, max_mad, max_reference_ratio,
+                                max_invariance_ratio, max_algorithm_error, gate, confidence)
         config = AuditConfig(
-            fasta=fasta,
-            model=model,
-            device=device,
-            dtype=dtype,
-            backend=backend,
-            head=head,
-            long_policy=long,
-            max_tokens=max_tokens,
-            thresholds=Thresholds(
-                accept_agreement, validate_agreement, min_cosine, max_mad, max_reference_ratio, max_invariance_ratio,
-                max_algorithm_error, gate, confidence,
-            ),
-            proxy_seeds=parse_seeds(proxy_seeds),
-            head_activation=head_activation,
-            extra_features=extra_features,
-            reference=reference,
-            trace=trace,
-            trace_threshold=trace_threshold,
-            mlm=mlm,
-            mlm_sample=mlm_sample,
-            invariance=invariance,
-            compile=compile,
+            fasta=fasta, model=model, device=device, dtype=dtype, backend=backend, head=head, long_policy=long,
+            max_tokens=max_tokens, thresholds=thresholds, proxy_seeds=parse_seeds(proxy_seeds),
+            head_activation=head_activation, extra_features=extra_features, high_precision=reference, trace=trace,
+            trace_threshold=trace_threshold, mlm=mlm, mlm_sample=mlm_sample, invariance=invariance, compile=compile,
         )
-        with PathProgress(stderr) as progress:
-            result = run_audit(config, progress=progress, partial=partial)
-        if isinstance(result, FollowerResult):  # a non-root torchrun rank: rank 0 reports
-            raise typer.Exit(result.exit_code)
+        result = _run_audit(config, partial)
         partial.stage = "report"
-        data = finite_or_none(result.to_dict()) if json_path is not None or junit_path is not None else None
-        if json_path is not None:
-            write_json(data, json_path)
-        if junit_path is not None:
-            write_junit(data, junit_path)
-        render_summary(result, stdout, worst=worst)
+        _write_audit_reports(result, json_path, junit_path)
+        console.render_summary(result, stdout, worst=worst)
         for label, path in (("report", json_path), ("JUnit XML", junit_path)):
             if path is not None:
                 stdout.print(f"{label} written to {path}", highlight=False)
     raise typer.Exit(result.decision.verdict.exit_code)
 
 
-SELFTEST_EXIT_HELP = (
-    "Exit codes: 0 passed (clean run ACCEPT, every injected bug caught), 20 failed (a bug slipped "
-    "through or the clean run was not ACCEPT), 2 usage, 3 environment, 1 internal error."
-)
+def _run_audit(config: AuditConfig, partial: PartialRun) -> AuditResult:
+    """The audit with progress bars; a non-root torchrun rank exits here with rank 0's code."""
+    from esmdiv.audit.results import FollowerResult
+    from esmdiv.audit.run import run_audit
+
+    with console.PathProgress(stderr) as progress:
+        result = run_audit(config, progress=progress, partial=partial)
+    if isinstance(result, FollowerResult):  # rank 0 reports
+        raise typer.Exit(result.exit_code)
+    return result
+
+
+def _write_audit_reports(result: AuditResult, json_path: Optional[Path], junit_path: Optional[Path]) -> None:
+    from esmdiv.report.files import finite_or_none
+    from esmdiv.report.junit import write_junit
+
+    if json_path is None and junit_path is None:
+        return
+    data = finite_or_none(result.to_dict())
+    if json_path is not None:
+        json_report.write_json(data, json_path)
+    if junit_path is not None:
+        write_junit(data, junit_path)
+
+
+# --- esmdiv selftest ---------------------------------------------------------------------------------
 
 
 @app.command(epilog=SELFTEST_EXIT_HELP)
 def selftest(
-    model: str = typer.Option("random:8M", "--model", "-m", help="Model spec, as for check."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU)."),
-    backend: str = typer.Option("auto", help="Packed attention: auto, flash-attn, torch or reference."),
+    model: ModelOption = "random:8M",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = None,
+    backend: BackendOption = "auto",
     fasta: Optional[Path] = typer.Option(None, help="Sequences to audit (default: the shipped seed18 fixture)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the table as JSON here."),
-    debug: bool = typer.Option(False, help="Show tracebacks."),
+    debug: DebugOption = False,
 ) -> None:
     """Inject each known packed-path bug in turn and check that the audit catches every one."""
-    from rich.table import Table
-
-    from esmdiv.report.json_report import write_json
     from esmdiv.selftest import passed, run_selftest
 
     with guard(debug):
-        table = Table(title=f"esmdiv selftest: {model}")
-        for column in ("bug", "verdict", "caught by", "evidence"):
-            table.add_column(column, overflow="fold")
-
-        def show(row) -> None:
-            style = "green" if row.ok else "red"
-            table.add_row(row.bug, f"[{style}]{row.verdict}[/]", ", ".join(row.caught_by) or "-", row.evidence)
-            stderr.print(f"  {row.bug}: {row.verdict}", highlight=False)
-
-        rows, settings = run_selftest(model, device, dtype, backend, fasta, on_row=show)
+        table = console.SelftestTable(model, stderr)
+        rows, settings = run_selftest(model, device, dtype, backend, fasta, on_row=table.add)
         ok = passed(rows)
-        stdout.print(f"model {model}, device {settings['device']}, dtype {settings['dtype']}, backend {settings['backend']}, "
-                     f"reference on, invariance on, fixture {settings['fasta']}")
-        stdout.print(table)
-        stdout.print("[bold green]PASSED[/]: clean run ACCEPT, every injected bug caught" if ok else
-                     "[bold red]FAILED[/]: see the red rows")
+        console.render_selftest(table, settings, ok, stdout)
         if json_path is not None:
-            write_json({"passed": ok, "settings": settings, "rows": [r.to_dict() for r in rows]}, json_path)
+            json_report.write_json({"passed": ok, "settings": settings, "rows": [r.to_dict() for r in rows]}, json_path)
     raise typer.Exit(0 if ok else 20)
 
 
-def parse_seeds(text: str) -> tuple[int, ...]:
-    from esmdiv.errors import UsageError
-
-    try:
-        seeds = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise UsageError(f"--proxy-seeds '{text}': expected comma-separated integers such as 42,43,44") from None
-    if not seeds:
-        raise UsageError("--proxy-seeds needs at least one seed")
-    return seeds
+# --- esmdiv report -----------------------------------------------------------------------------------
 
 
 @app.command("report", epilog="Exit codes: 0 written, 2 unreadable report or bad options, 3 matplotlib not installed.")
@@ -279,10 +282,9 @@ def report_command(
     ),
     junit_path: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML from the saved report."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Markdown only: --no-plots writes text only (CI job summaries)."),
-    debug: bool = typer.Option(False, help="Show tracebacks."),
+    debug: DebugOption = False,
 ) -> None:
     """Turn a run's JSON into a page for people (verdict, reasons, plots) and/or JUnit XML."""
-    from esmdiv.errors import UsageError
     from esmdiv.report.junit import write_junit
     from esmdiv.report.schemas import read_report
 
@@ -304,25 +306,26 @@ def report_command(
             stdout.print(f"written {junit_path}", highlight=False)
 
 
+# --- esmdiv env --------------------------------------------------------------------------------------
+
+
 @app.command("env", epilog="Exit codes: 0 printed, 2 bad input or options, 3 a model or device unavailable.")
 def env_command(
-    device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU)."),
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = None,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Also load this model and checksum its weights."),
     fasta: Optional[Path] = typer.Option(None, "--fasta", help="Also count this FASTA's records and checksum it."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the fingerprint as JSON here."),
-    debug: bool = typer.Option(False, help="Show tracebacks."),
+    debug: DebugOption = False,
 ) -> None:
     """Print this machine's fingerprint (what every report records) and which attention backends run here."""
-    from esmdiv.cli.console import render_environment
-    from esmdiv.report.fingerprint import environment
-    from esmdiv.report.json_report import write_json
     from esmdiv.forward.device import resolve_device, resolve_dtype
+    from esmdiv.report.fingerprint import environment
     from esmdiv.report.schemas import SCHEMA_VERSION
 
     with guard(debug):
         dev = resolve_device(device)
-        dtype_name, torch_dtype = resolve_dtype(dtype, dev)
+        _, torch_dtype = resolve_dtype(dtype, dev)
         records = None
         if fasta is not None:
             from esmdiv.input.fasta import iter_fasta
@@ -334,22 +337,23 @@ def env_command(
 
             loaded = load_model(model, dev, torch_dtype)
         env = environment(dev, torch_dtype, None, loaded, fasta, records)
-        render_environment(env, stdout)
+        console.render_environment(env, stdout)
         if json_path is not None:
-            write_json({"schema_version": SCHEMA_VERSION, "environment": env}, json_path)
+            json_report.write_json({"schema_version": SCHEMA_VERSION, "environment": env}, json_path)
             stdout.print(f"fingerprint written to {json_path}", highlight=False)
 
 
+# --- esmdiv bench ------------------------------------------------------------------------------------
 
-@app.command(epilog="Exit codes: 0 done, 2 usage or bad input, 3 environment (no CUDA, backend, model or "
-             "transformers unavailable), 1 internal error, 130 interrupted.")
+
+@app.command(epilog=BENCH_EXIT_HELP)
 def bench(
     fasta: Optional[Path] = typer.Argument(None, help="Protein FASTA to time (default: the lognormal workload).",
                                            show_default=False),
-    model: str = typer.Option("random:8M", "--model", "-m", help="Same specs as check."),
-    device: str = typer.Option("auto", help="auto (CUDA when present), cpu, cuda or cuda:N."),
-    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU)."),
-    backend: str = typer.Option("auto", help="Packed attention: auto, flash-attn, torch or reference."),
+    model: ModelOption = "random:8M",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = None,
+    backend: BackendOption = "auto",
     max_tokens: Optional[int] = typer.Option(
         None, help="Token budget per batch, padded; the same batches for every path (default: 16384 on CUDA, 4096 on CPU)."
     ),
@@ -358,12 +362,10 @@ def bench(
     ),
     n: int = typer.Option(256, "--n", help="Sequences in the lognormal workload."),
     seed: int = typer.Option(0, help="Seed of the lognormal workload (n=256 seed=0: 75,807 tokens)."),
-    long: str = typer.Option("truncate", "--long", help="FASTA records over 1022 residues: truncate, skip, error or full."),
+    long: LongOption = "truncate",
     repeats: int = typer.Option(5, help="Timed passes over the whole workload per path (the median is reported)."),
     warmup: int = typer.Option(1, help="Untimed passes per path before timing."),
-    compile: Optional[bool] = typer.Option(
-        None, "--compile/--no-compile", help="torch.compile the packed path's dense regions (default: on CUDA)."
-    ),
+    compile: CompileOption = None,
     paths: Optional[str] = typer.Option(
         None, help="Paths to time, comma-separated: padded,packed,hf (default: all three; hf only where transformers imports)."
     ),
@@ -371,15 +373,11 @@ def bench(
     write_fasta: Optional[Path] = typer.Option(
         None, "--write-fasta", help="Write the workload as FASTA here and exit (nothing is timed; .gz compresses)."
     ),
-    debug: bool = typer.Option(False, help="Show tracebacks."),
+    debug: DebugOption = False,
 ) -> None:
     """Time fair-esm's padded forward, the packed forward and Hugging Face EsmModel (sdpa) on one workload."""
-    import shlex
-
     from esmdiv.bench import BenchConfig, make_workload, parse_paths, run_bench
     from esmdiv.forward.device import default_compile, resolve_device
-    from esmdiv.cli.console import render_bench
-    from esmdiv.report.json_report import write_json
     from esmdiv.input.workloads import write_fasta as write_workload_fasta
 
     with guard(debug):
@@ -397,8 +395,8 @@ def bench(
             raise typer.Exit(0)
         result = run_bench(config, log=lambda message: stderr.print(message, highlight=False))
         if json_path is not None:
-            write_json(result.to_dict(), json_path)
-        render_bench(result, stdout)
+            json_report.write_json(result.to_dict(), json_path)
+        console.render_bench(result, stdout)
         if json_path is not None:
             stdout.print(f"results written to {json_path}")
 

@@ -4,6 +4,7 @@ table, the self-test table and the environment table. The library returns data; 
 from __future__ import annotations
 
 import math
+import sys
 from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
@@ -16,8 +17,12 @@ from rich.text import Text
 from esmdiv.report.text import describe, environment_table_rows
 
 if TYPE_CHECKING:  # the renderers take results; importing them here would load torch
-    from esmdiv.audit.run import AuditResult
+    from esmdiv.audit.results import AuditResult
     from esmdiv.bench import BenchResult
+    from esmdiv.selftest import SelftestRow
+
+stdout = Console(width=None if sys.stdout.isatty() else 120)
+stderr = Console(stderr=True)
 
 VERDICT_STYLE = {"ACCEPT": "bold green", "VALIDATE": "bold yellow", "FALLBACK": "bold red"}
 
@@ -255,6 +260,34 @@ def render_bench(result: BenchResult, console: Console) -> None:
     ]
     if parts:
         console.print("[bold]speed-up[/]  " + "; ".join(parts) + " (ratio of medians)")
+
+
+# --- esmdiv selftest ------------------------------------------------------------------------------
+
+
+class SelftestTable:
+    """The self-test's rows: one line on ``progress`` as each run ends, a table at the end."""
+
+    def __init__(self, model: str, progress: Console):
+        self.model = model
+        self.progress = progress
+        self.table = Table(title=f"esmdiv selftest: {model}")
+        for column in ("bug", "verdict", "caught by", "evidence"):
+            self.table.add_column(column, overflow="fold")
+
+    def add(self, row: SelftestRow) -> None:
+        style = "green" if row.ok else "red"
+        self.table.add_row(row.bug, f"[{style}]{row.verdict}[/]", ", ".join(row.caught_by) or "-", row.evidence)
+        self.progress.print(f"  {row.bug}: {row.verdict}", highlight=False)
+
+
+def render_selftest(table: SelftestTable, settings: dict, ok: bool, console: Console) -> None:
+    """The settings line, the table and PASSED or FAILED."""
+    console.print(f"model {table.model}, device {settings['device']}, dtype {settings['dtype']}, "
+                  f"backend {settings['backend']}, reference on, invariance on, fixture {settings['fasta']}")
+    console.print(table.table)
+    console.print("[bold green]PASSED[/]: clean run ACCEPT, every injected bug caught" if ok else
+                  "[bold red]FAILED[/]: see the red rows")
 
 
 # --- esmdiv env ------------------------------------------------------------------------------------

@@ -104,16 +104,17 @@ def _kernel(backend: str) -> Callable[..., torch.Tensor]:
             return varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scale)
 
         return run
-    if backend == "reference":
-        return _reference
+    if backend == "reference":  # the option's name; the function says what it computes
+        return _exact_attention
     raise UsageError(f"unknown attention backend '{backend}'")
 
 
-def _reference(q, k, v, cu_seqlens, max_seqlen, scale):
+def _exact_attention(q, k, v, cu_seqlens, max_seqlen, scale):
+    """Exact attention, one sequence at a time, in fp32 at least: the ``reference`` backend."""
     out = torch.empty_like(q)
     bounds = cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
-        # (H, L, D) in fp32 at least (fp64 stays fp64: the reference run's packed algorithm)
+        # (H, L, D) in fp32 at least (fp64 stays fp64: the packed algorithm of the high-precision run)
         qs, ks, vs = (t[start:end].transpose(0, 1).to(torch.promote_types(t.dtype, torch.float32)) for t in (q, k, v))
         weights = torch.softmax((qs @ ks.transpose(1, 2)) * scale, dim=-1)
         out[start:end] = (weights @ vs).transpose(0, 1).to(q.dtype)

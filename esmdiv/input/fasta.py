@@ -95,80 +95,105 @@ def _open(path: Path) -> BinaryIO:
 
 
 def _parse(path: Path, handle: BinaryIO) -> Iterator[ProteinRecord]:
-    seen: set[str] = set()
-    header: tuple[str, str, int] | None = None  # (id, description, line)
-    chunks: list[str] = []
-    lowercase = False
-    stop_line: int | None = None  # line of a trailing '*', which must end the record
-
-    def finish() -> ProteinRecord:
-        rid, desc, line = header  # type: ignore[misc]
-        sequence = "".join(chunks)
-        if not sequence:
-            why = "record has no residues" if stop_line is None else "record holds only '*'"
-            raise FastaError(path, why, line=line, record=rid)
-        return ProteinRecord(rid, sequence, line, desc, lowercase, stop_line is not None)
-
+    """Line by line: decode and check each line, then hand it to the record being built."""
+    records = _Records(path)
     lineno = 0
     try:
-        raw_lines = iter(handle)
-        for lineno, raw in enumerate(raw_lines, 1):
-            if b"\x00" in raw:
-                raise FastaError(path, "binary data (NUL byte): not a FASTA text file", line=lineno)
-            try:
-                text = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError:
-                raise FastaError(path, "not UTF-8 text: not a FASTA file", line=lineno) from None
-            if lineno == 1:
-                text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as some editors write
-            if "\r" in text:
-                raise FastaError(path, "carriage return inside a line (old Mac CR line ends?): use LF or CRLF", line=lineno)
-            stripped = text.strip()
-            if not stripped:
-                continue
-            if stripped.startswith(">"):
-                if header is not None:
-                    yield finish()
-                fields = stripped[1:].split(maxsplit=1)
-                if not fields:
-                    raise FastaError(path, "header has no id after '>'", line=lineno)
-                rid = fields[0]
-                if rid in seen:
-                    raise FastaError(path, "duplicate id (ids must be unique)", line=lineno, record=rid)
-                seen.add(rid)
-                header = (rid, fields[1] if len(fields) > 1 else "", lineno)
-                chunks, lowercase, stop_line = [], False, None
-                continue
-            if header is None:
-                raise FastaError(path, "sequence before the first '>' header: not a FASTA file", line=lineno)
-            rid = header[0]
-            if stop_line is not None:
-                raise FastaError(path, "'*' (stop) inside the sequence", line=stop_line, record=rid)
-            residues = "".join(stripped.split())  # spaces inside a line are layout, not residues
-            if residues.endswith("*"):
-                residues, stop_line = residues[:-1], lineno
-            bad = _ILLEGAL.search(residues)
-            if bad:
-                char = residues[bad.start()]
-                kind = "a gap" if char in "-." else "a digit" if char.isdigit() else "not a residue"
-                raise FastaError(
-                    path,
-                    f"illegal character {char!r} at column {_column(text, bad.start())} ({kind}); "
-                    f"allowed: {RESIDUES} (and a trailing '*')",
-                    line=lineno,
-                    record=rid,
-                )
-            upper = residues.upper()
-            if upper != residues:
-                lowercase = True
-            chunks.append(upper)
+        for lineno, raw in enumerate(handle, 1):
+            yield from records.feed(_decode(path, raw, lineno), lineno)
     except (OSError, EOFError, zlib.error) as err:  # mostly a corrupt or truncated gzip stream
         what = "corrupt or truncated gzip" if isinstance(handle, gzip.GzipFile) else "cannot be read"
         raise FastaError(path, f"{what} ({err})", line=lineno + 1) from None
-    if header is not None:
-        yield finish()
-    elif lineno == 0 or not seen:
-        raise FastaError(path, "no records (empty file, or no '>' header)")
+    yield from records.end()
+
+
+def _decode(path: Path, raw: bytes, lineno: int) -> str:
+    """One line as text without its line end; binary data, other encodings and bare CRs are errors."""
+    if b"\x00" in raw:
+        raise FastaError(path, "binary data (NUL byte): not a FASTA text file", line=lineno)
+    try:
+        text = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise FastaError(path, "not UTF-8 text: not a FASTA file", line=lineno) from None
+    if lineno == 1:
+        text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as some editors write
+    if "\r" in text:
+        raise FastaError(path, "carriage return inside a line (old Mac CR line ends?): use LF or CRLF", line=lineno)
+    return text
+
+
+class _Records:
+    """The record being built from header and sequence lines, and the ids seen so far."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seen: set[str] = set()
+        self.header: tuple[str, str, int] | None = None  # (id, description, line)
+        self.chunks: list[str] = []
+        self.lowercase = False
+        self.stop_line: int | None = None  # line of a trailing '*', which must end the record
+
+    def feed(self, text: str, lineno: int) -> Iterator[ProteinRecord]:
+        """Take one line; a header finishes (yields) the record before it."""
+        stripped = text.strip()
+        if not stripped:
+            return
+        if stripped.startswith(">"):
+            if self.header is not None:
+                yield self._record()
+            self._start(stripped, lineno)
+        else:
+            self._add_residues(text, stripped, lineno)
+
+    def end(self) -> Iterator[ProteinRecord]:
+        """At the end of the file: the last record, or an error when there was none."""
+        if self.header is None:
+            raise FastaError(self.path, "no records (empty file, or no '>' header)")
+        yield self._record()
+
+    def _start(self, stripped: str, lineno: int) -> None:
+        fields = stripped[1:].split(maxsplit=1)
+        if not fields:
+            raise FastaError(self.path, "header has no id after '>'", line=lineno)
+        rid = fields[0]
+        if rid in self.seen:
+            raise FastaError(self.path, "duplicate id (ids must be unique)", line=lineno, record=rid)
+        self.seen.add(rid)
+        self.header = (rid, fields[1] if len(fields) > 1 else "", lineno)
+        self.chunks, self.lowercase, self.stop_line = [], False, None
+
+    def _add_residues(self, text: str, stripped: str, lineno: int) -> None:
+        if self.header is None:
+            raise FastaError(self.path, "sequence before the first '>' header: not a FASTA file", line=lineno)
+        rid = self.header[0]
+        if self.stop_line is not None:
+            raise FastaError(self.path, "'*' (stop) inside the sequence", line=self.stop_line, record=rid)
+        residues = "".join(stripped.split())  # spaces inside a line are layout, not residues
+        if residues.endswith("*"):
+            residues, self.stop_line = residues[:-1], lineno
+        bad = _ILLEGAL.search(residues)
+        if bad:
+            char = residues[bad.start()]
+            kind = "a gap" if char in "-." else "a digit" if char.isdigit() else "not a residue"
+            raise FastaError(
+                self.path,
+                f"illegal character {char!r} at column {_column(text, bad.start())} ({kind}); "
+                f"allowed: {RESIDUES} (and a trailing '*')",
+                line=lineno,
+                record=rid,
+            )
+        upper = residues.upper()
+        if upper != residues:
+            self.lowercase = True
+        self.chunks.append(upper)
+
+    def _record(self) -> ProteinRecord:
+        rid, desc, line = self.header  # type: ignore[misc]
+        sequence = "".join(self.chunks)
+        if not sequence:
+            why = "record has no residues" if self.stop_line is None else "record holds only '*'"
+            raise FastaError(self.path, why, line=line, record=rid)
+        return ProteinRecord(rid, sequence, line, desc, self.lowercase, self.stop_line is not None)
 
 
 def _column(text: str, index_in_residues: int) -> int:

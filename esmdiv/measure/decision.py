@@ -54,7 +54,7 @@ class Thresholds:
     max_mad: float = 0.01  # every sequence's pooled mean abs diff must be below this
     max_reference_ratio: float = 2.0  # packed's distance to the reference / padded's, at most
     max_invariance_ratio: float = 2.0  # packed's movement with its neighbours / padded's, at most
-    max_algorithm_error: float | None = None  # None: by the reference's dtype (reference.algorithm_tolerance)
+    max_algorithm_error: float | None = None  # None: high_precision.algorithm_tolerance
     gate: str = "point"  # agreement gates on the point estimate or on its lower bound
     confidence: float = 0.95  # of that lower bound
 
@@ -87,8 +87,8 @@ class Thresholds:
 
 
 @dataclass
-class ReferenceEvidence:
-    """The packed path measured against the high-precision reference."""
+class HighPrecisionEvidence:
+    """The packed path measured against the high-precision run (``--reference fp32``)."""
 
     finite: bool  # the reference itself stayed finite
     ratio: float  # mean rel-L2 (packed, ref) / mean rel-L2 (padded, ref), residue level
@@ -109,7 +109,7 @@ class Evidence:
     max_mad: float
     nonfinite: list[str] = field(default_factory=list)  # one entry per sequence and path
     agreeing: int | None = None  # count behind ``agreement`` (for the bound); derived when None
-    reference: ReferenceEvidence | None = None
+    high_precision: HighPrecisionEvidence | None = None
     invariance: tuple[float, float] | None = None  # (padded, packed) largest movement with neighbours
 
     def agreeing_count(self) -> int:
@@ -146,82 +146,142 @@ def decide(evidence: Evidence, thresholds: Thresholds) -> Decision:
     """Map the evidence through the tree in the module docstring; every gate leaves a reason."""
     if evidence.n == 0:
         raise ValueError("no sequences were audited: nothing to decide")
-    t, ref = thresholds, evidence.reference
-    agreeing = evidence.agreeing_count()
-    agreement, agreement_source = evidence.agreement, "packed vs padded"
-    min_cosine, cosine_source = evidence.min_cosine, "packed vs padded"
-    max_mad, mad_source = evidence.max_mad, "packed vs padded"
-    if ref is not None and ref.finite:
-        if ref.agreeing > agreeing:
-            agreeing, agreement, agreement_source = ref.agreeing, ref.agreeing / evidence.n, "packed vs reference"
-        if ref.min_cosine > min_cosine or math.isnan(min_cosine):
-            min_cosine, cosine_source = ref.min_cosine, "packed vs reference"
-        if ref.max_mad < max_mad or math.isnan(max_mad):
-            max_mad, mad_source = ref.max_mad, "packed vs reference"
+    readings = _readings(evidence)
+    gated, label = _accept_bar(evidence, thresholds, readings)
+    reasons = [
+        *_finite_reasons(evidence),
+        *_agreement_and_distance_reasons(thresholds, readings, gated, label),
+        *_high_precision_reasons(evidence, thresholds),
+        *_invariance_reasons(evidence, thresholds),
+    ]
+    return Decision(_verdict(reasons), reasons, _tolerances(evidence, readings, gated), _notes(evidence, thresholds))
 
-    notes = []
-    gated = agreement
-    label = "label agreement"
+
+@dataclass
+class _Readings:
+    """What the agreement, cosine and MAD gates read, and against which path (the better of
+    packed vs padded and packed vs the high-precision run)."""
+
+    agreeing: int
+    agreement: float
+    agreement_source: str
+    min_cosine: float
+    cosine_source: str
+    max_mad: float
+    mad_source: str
+
+
+def _readings(evidence: Evidence) -> _Readings:
+    """Packed vs padded, unless a finite high-precision run puts the packed path nearer."""
+    padded = "packed vs padded"
+    r = _Readings(evidence.agreeing_count(), evidence.agreement, padded, evidence.min_cosine, padded,
+                  evidence.max_mad, padded)
+    high = evidence.high_precision
+    if high is None or not high.finite:
+        return r
+    source = "packed vs reference"
+    if high.agreeing > r.agreeing:
+        r.agreeing, r.agreement, r.agreement_source = high.agreeing, high.agreeing / evidence.n, source
+    if high.min_cosine > r.min_cosine or math.isnan(r.min_cosine):
+        r.min_cosine, r.cosine_source = high.min_cosine, source
+    if high.max_mad < r.max_mad or math.isnan(r.max_mad):
+        r.max_mad, r.mad_source = high.max_mad, source
+    return r
+
+
+def _accept_bar(evidence: Evidence, t: Thresholds, readings: _Readings) -> tuple[float, str]:
+    """The value the ACCEPT bar reads (the agreement, or its lower bound with ``gate="bound"``)
+    and how the reason names it."""
     if t.gate == "bound":
-        gated = agreement_lower_bound(agreeing, evidence.n, t.confidence) if evidence.n else 0.0
-        label = f"label agreement {t.confidence:.0%} lower bound"
-    ceiling = agreement_lower_bound(evidence.n, evidence.n, t.confidence)
-    if ceiling <= t.accept_agreement:
-        notes.append(
-            f"with {evidence.n} sequences the {t.confidence:.0%} lower bound of the agreement cannot exceed "
-            f"{ceiling:.2%} even with no disagreement; {sequences_needed(t.accept_agreement, t.confidence)} "
-            f"sequences are needed to show more than {t.accept_agreement:.0%}"
-        )
+        bound = agreement_lower_bound(readings.agreeing, evidence.n, t.confidence) if evidence.n else 0.0
+        return bound, f"label agreement {t.confidence:.0%} lower bound"
+    return readings.agreement, "label agreement"
 
+
+def _notes(evidence: Evidence, t: Thresholds) -> list[str]:
+    """Say when there are too few sequences for the bound to clear the ACCEPT bar at all."""
+    ceiling = agreement_lower_bound(evidence.n, evidence.n, t.confidence)
+    if ceiling > t.accept_agreement:
+        return []
+    return [
+        f"with {evidence.n} sequences the {t.confidence:.0%} lower bound of the agreement cannot exceed "
+        f"{ceiling:.2%} even with no disagreement; {sequences_needed(t.accept_agreement, t.confidence)} "
+        f"sequences are needed to show more than {t.accept_agreement:.0%}"
+    ]
+
+
+def _finite_reasons(evidence: Evidence) -> list[Reason]:
     reasons = [_finite_reason(evidence)]
-    if ref is not None and not ref.finite:
+    high = evidence.high_precision
+    if high is not None and not high.finite:
         reasons.append(Reason("reference finite", False, None, None,
                               "the reference run went non-finite: the audit cannot vouch for either path"))
-    reasons += [
-        _gate("agreement >= validate", agreement, t.validate_agreement, agreement >= t.validate_agreement,
-              f"label agreement {{v:.2%}} {{op}} the FALLBACK floor {{t:.2%}} ({agreement_source})", ">=", "<"),
+    return reasons
+
+
+def _agreement_and_distance_reasons(t: Thresholds, r: _Readings, gated: float, label: str) -> list[Reason]:
+    return [
+        _gate("agreement >= validate", r.agreement, t.validate_agreement, r.agreement >= t.validate_agreement,
+              f"label agreement {{v:.2%}} {{op}} the FALLBACK floor {{t:.2%}} ({r.agreement_source})", ">=", "<"),
         _gate("agreement > accept", gated, t.accept_agreement, gated > t.accept_agreement,
-              f"{label} {{v:.2%}} {{op}} the ACCEPT bar {{t:.2%}} ({agreement_source})", ">", "<="),
-        _gate("min cosine", min_cosine, t.min_cosine, min_cosine > t.min_cosine,
-              f"lowest pooled cosine {{v:.7f}} {{op}} {{t}} ({cosine_source})", ">", "<="),
-        _gate("max MAD", max_mad, t.max_mad, max_mad < t.max_mad,
-              f"largest pooled mean abs diff {{v:.3g}} {{op}} {{t}} ({mad_source})", "<", ">="),
+              f"{label} {{v:.2%}} {{op}} the ACCEPT bar {{t:.2%}} ({r.agreement_source})", ">", "<="),
+        _gate("min cosine", r.min_cosine, t.min_cosine, r.min_cosine > t.min_cosine,
+              f"lowest pooled cosine {{v:.7f}} {{op}} {{t}} ({r.cosine_source})", ">", "<="),
+        _gate("max MAD", r.max_mad, t.max_mad, r.max_mad < t.max_mad,
+              f"largest pooled mean abs diff {{v:.3g}} {{op}} {{t}} ({r.mad_source})", "<", ">="),
     ]
-    if ref is not None and ref.finite:
-        reasons.append(_gate(
-            "reference ratio", ref.ratio, t.max_reference_ratio, ref.ratio <= t.max_reference_ratio,
+
+
+def _high_precision_reasons(evidence: Evidence, t: Thresholds) -> list[Reason]:
+    high = evidence.high_precision
+    if high is None or not high.finite:
+        return []
+    algorithm_limit = t.max_algorithm_error or high.algorithm_tolerance
+    return [
+        _gate(
+            "reference ratio", high.ratio, t.max_reference_ratio, high.ratio <= t.max_reference_ratio,
             "packed path's distance to the reference is {v:.3g}x the padded path's {op} {t}x", "<=", ">",
-        ))
-        algorithm_limit = t.max_algorithm_error or ref.algorithm_tolerance
-        reasons.append(_gate(
-            "algorithm", ref.algorithm_error, algorithm_limit, ref.algorithm_error <= algorithm_limit,
+        ),
+        _gate(
+            "algorithm", high.algorithm_error, algorithm_limit, high.algorithm_error <= algorithm_limit,
             "packed algorithm at reference precision: rel-L2 to the reference {v:.3g} {op} {t:.3g}", "<=", ">",
-        ))
-    if evidence.invariance is not None:
-        padded_moved, packed_moved = evidence.invariance
-        allowed = t.max_invariance_ratio * padded_moved
-        reasons.append(Reason(
-            "invariance", packed_moved <= allowed, packed_moved, allowed,
-            f"packed path moved up to {packed_moved:.3g} with other neighbours "
-            f"{'<=' if packed_moved <= allowed else '>'} {t.max_invariance_ratio}x the padded path's {padded_moved:.3g}",
-        ))
+        ),
+    ]
+
+
+def _invariance_reasons(evidence: Evidence, t: Thresholds) -> list[Reason]:
+    if evidence.invariance is None:
+        return []
+    padded_moved, packed_moved = evidence.invariance
+    allowed = t.max_invariance_ratio * padded_moved
+    return [Reason(
+        "invariance", packed_moved <= allowed, packed_moved, allowed,
+        f"packed path moved up to {packed_moved:.3g} with other neighbours "
+        f"{'<=' if packed_moved <= allowed else '>'} {t.max_invariance_ratio}x the padded path's {padded_moved:.3g}",
+    )]
+
+
+def _verdict(reasons: list[Reason]) -> Verdict:
     failed = {r.gate for r in reasons if not r.passed}
     if failed & set(FALLBACK_GATES):
-        verdict = Verdict.FALLBACK
-    elif failed:
-        verdict = Verdict.VALIDATE
-    else:
-        verdict = Verdict.ACCEPT
+        return Verdict.FALLBACK
+    return Verdict.VALIDATE if failed else Verdict.ACCEPT
+
+
+def _tolerances(evidence: Evidence, r: _Readings, gated: float) -> dict:
+    """For each gate, the loosest threshold this run needed to pass it."""
     tolerances = {
         "accept_agreement": {"needed": gated, "passes_if": f"--accept-agreement below {gated:.6g}"},
-        "min_cosine": {"needed": min_cosine, "passes_if": f"--min-cosine below {min_cosine:.12g}"},
-        "max_mad": {"needed": max_mad, "passes_if": f"--max-mad above {max_mad:.4g}"},
+        "min_cosine": {"needed": r.min_cosine, "passes_if": f"--min-cosine below {r.min_cosine:.12g}"},
+        "max_mad": {"needed": r.max_mad, "passes_if": f"--max-mad above {r.max_mad:.4g}"},
     }
-    if ref is not None and ref.finite:
-        tolerances["max_reference_ratio"] = {"needed": ref.ratio, "passes_if": f"--max-reference-ratio at least {ref.ratio:.4g}"}
+    high = evidence.high_precision
+    if high is not None and high.finite:
+        tolerances["max_reference_ratio"] = {
+            "needed": high.ratio, "passes_if": f"--max-reference-ratio at least {high.ratio:.4g}"}
         tolerances["max_algorithm_error"] = {
-            "needed": ref.algorithm_error, "passes_if": f"--max-algorithm-error at least {ref.algorithm_error:.4g}"}
-    return Decision(verdict, reasons, tolerances, notes)
+            "needed": high.algorithm_error, "passes_if": f"--max-algorithm-error at least {high.algorithm_error:.4g}"}
+    return tolerances
 
 
 def _finite_reason(evidence: Evidence) -> Reason:

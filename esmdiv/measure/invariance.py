@@ -5,20 +5,16 @@ greedily in that order (other partners in each padded batch, other neighbours an
 each pack). Each sequence's pooled embedding is compared with its first-pass one. A path whose
 output moves with its neighbours is a finding in itself: its numbers are not a function of the
 sequence alone.
+
+This module chooses the second order and summarises the movements; the second pass itself runs
+in :func:`esmdiv.audit.batch.invariance_pass`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from esmdiv.input.fasta import iter_fasta
-from esmdiv.forward.faults import Fault
-from esmdiv.input.sequences import InputReport, iter_sequences
-from esmdiv.measure.metrics import mean_pool_batch
-from esmdiv.forward.packing import cut_batches, encode, encoder_table, pack, pad, to_padded
-from esmdiv.forward.packed import packed_forward
-from esmdiv.forward.padded import padded_forward
+from esmdiv.forward.packing import cut_batches
 
 INVARIANCE_SEED = 1
 
@@ -26,36 +22,6 @@ INVARIANCE_SEED = 1
 def shuffled_batches(lengths: list[int], max_tokens: int, seed: int = INVARIANCE_SEED) -> list[list[int]]:
     """A seeded permutation cut greedily into batches of at most ``max_tokens`` padded tokens."""
     return cut_batches(np.random.default_rng(seed).permutation(len(lengths)).tolist(), lengths, max_tokens)
-
-
-def run_invariance(run, config, results) -> None:
-    """Second pass in another order; sets each result's ``invariance`` (its pooled embeddings'
-    movement on each path). Only the sequences of ``results`` run (a rank's shard)."""
-    model, alphabet = run.loaded.model, run.loaded.alphabet
-    table = encoder_table(alphabet)
-    mine = {r.index for r in results}
-    sequences = [s for s in iter_sequences(iter_fasta(config.fasta), InputReport(str(config.fasta)), config.long_policy)
-                 if s.index in mine]
-    tokens = [encode(s.sequence, alphabet, table) for s in sequences]
-    moved: dict[int, tuple[float, float]] = {}
-    for batch in shuffled_batches([len(t) for t in tokens], run.max_tokens):
-        batch_tokens = [tokens[i] for i in batch]
-        lengths = torch.tensor([len(t) for t in batch_tokens], device=run.device)
-        packed = pack(batch_tokens).to(run.device)
-        v1 = padded_forward(model, pad(batch_tokens, alphabet.padding_idx).to(run.device)).representations[model.num_layers]
-        v2 = packed_forward(model, packed, run.backend, faults=run.faults, compile=run.compile).representations[model.num_layers]
-        pooled_v1 = mean_pool_batch(v1, lengths).cpu()
-        # Pooled as in the main pass (a pooling fault included), so only the neighbours differ.
-        pooled_v2 = mean_pool_batch(to_padded(v2, packed), lengths, include_eos=Fault.EOS_IN_POOLING in run.faults).cpu()
-        for j, i in enumerate(batch):
-            first_v1, first_v2 = run.pooled[sequences[i].index]
-            moved[sequences[i].index] = (
-                float((pooled_v1[j] - first_v1).abs().max()),
-                float((pooled_v2[j] - first_v2).abs().max()),
-            )
-    for r in results:
-        m1, m2 = moved[r.index]
-        r.invariance = {"moved_v1": m1, "moved_v2": m2}
 
 
 def invariance_summary(results) -> dict:

@@ -192,3 +192,36 @@ def spread(values) -> dict[str, float]:
     if not len(arr):
         return {"min": math.nan, "mean": math.nan, "max": math.nan}
     return {"min": float(arr.min()), "mean": float(arr.mean()), "max": float(arr.max())}
+
+
+@dataclass
+class HighPrecisionDistance:
+    """One path's distance to the high-precision run (the report's ``reference``) for one sequence."""
+
+    cosine: float  # pooled embedding cosine
+    mad: float  # pooled embedding mean abs diff
+    rel_l2: float  # ||path - ref|| / ||ref|| over the (L, D) residue rows
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def distances_to_high_precision(
+    path: torch.Tensor, ref: torch.Tensor, lengths: torch.Tensor, include_eos: bool = False
+) -> list[HighPrecisionDistance]:
+    """Per-sequence distance of ``path`` ``(B, L, D)`` to ``ref`` ``(B, L, D)``.
+
+    ``include_eos`` pools the path as a buggy pipeline would (``ref`` never is).
+    """
+    mask = residue_mask(lengths, ref.shape[1])[..., None]
+    a, r = path.double(), ref.double()
+    pooled_path = mean_pool_batch(a, lengths, include_eos=include_eos).double()
+    pooled_ref = mean_pool_batch(r, lengths).double()
+    diff = torch.where(mask, a - r, 0.0).flatten(1).norm(dim=1)
+    norm = torch.where(mask, r, 0.0).flatten(1).norm(dim=1).clamp(min=1e-300)
+    rows = torch.stack([cosine_rows(pooled_path, pooled_ref), (pooled_path - pooled_ref).abs().mean(1), diff / norm], 1)
+    out = []
+    for cos, mad, rel in rows.cpu().tolist():
+        out.append(HighPrecisionDistance(cos, mad, rel) if all(map(math.isfinite, (cos, mad, rel))) else
+                   HighPrecisionDistance(math.nan, math.nan, math.nan))
+    return out

@@ -146,6 +146,17 @@ def load_extra_features(path: Path, n_records: int) -> np.ndarray:
     return array
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``--proxy-seeds "42,43,44"`` -> ``(42, 43, 44)``; checked before any model loads."""
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise UsageError(f"--proxy-seeds '{text}': expected comma-separated integers such as 42,43,44") from None
+    if not seeds:
+        raise UsageError("--proxy-seeds needs at least one seed")
+    return seeds
+
+
 def build_heads(
     choice: str,
     loaded,

@@ -1,0 +1,261 @@
+"""One batch of an audit: both forwards (and the high-precision run), then every per-sequence measure.
+
+:func:`compare_batch` goes through the stages a batch records, in order: the two paths and their
+pooled comparison, the per-layer trace, the MLM metrics, the high-precision run, the prediction
+heads. :class:`AuditRun` holds what every batch needs and what the batches accumulate;
+:func:`invariance_pass` runs the sequences again in another order once the main pass is done.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import AbstractSet, Protocol
+
+import torch
+
+from esmdiv.audit.results import Prediction, SequenceResult
+from esmdiv.forward.device import synchronize
+from esmdiv.forward.faults import Fault
+from esmdiv.forward.high_precision import high_precision_forward
+from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.packing import Packed, encode, encoder_table, pack, pad, to_padded
+from esmdiv.forward.padded import ForwardOutput, padded_forward
+from esmdiv.input.sequences import AuditSequence
+from esmdiv.measure.invariance import shuffled_batches
+from esmdiv.measure.metrics import (
+    BatchComparison,
+    HighPrecisionDistance,
+    compare_embeddings,
+    distances_to_high_precision,
+    mean_pool_batch,
+    residue_mask,
+)
+from esmdiv.measure.mlm import PerplexitySums, masked_copy, masked_nll, token_agreement
+from esmdiv.measure.trace import TraceAccumulator
+from esmdiv.model.heads import Head, confidence
+from esmdiv.model.loading import LoadedModel
+
+
+class Progress(Protocol):
+    """Told of each path's work as it happens: ``start(total_tokens)`` once, then ``advance``."""
+
+    def start(self, total_tokens: int) -> None: ...
+
+    def advance(self, path: str, tokens: int, seconds: float) -> None: ...
+
+
+@dataclass
+class AuditRun:
+    """What every batch of one audit needs, and what it accumulates."""
+
+    loaded: LoadedModel
+    device: torch.device
+    backend: str
+    heads: list[Head]
+    faults: AbstractSet[Fault]
+    progress: Progress | None = None
+    high_precision: torch.nn.Module | None = None  # the fp32/fp64 copy of the model (--reference fp32)
+    trace: TraceAccumulator | None = None
+    mlm: bool = False
+    mlm_sample: int = 0
+    perplexity: PerplexitySums = field(default_factory=PerplexitySums)
+    compile: bool = False
+    max_tokens: int = 0  # the token budget the main pass ended with (the invariance pass reuses it)
+    keep_pooled: bool = False  # for the invariance pass
+    pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    seconds: dict = field(default_factory=lambda: {"padded": 0.0, "packed": 0.0, "high_precision": 0.0})
+    finished: list[SequenceResult] = field(default_factory=list)  # grows batch by batch
+
+    def timed(self, path: str, tokens: int, fn):
+        start = time.perf_counter()
+        out = fn()
+        synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        self.seconds[path] += elapsed
+        if self.progress:
+            self.progress.advance(path, tokens, elapsed)
+        return out
+
+
+def warm_up(run: AuditRun) -> None:
+    """One tiny batch through both paths, untimed: kernel loading stays out of the timings."""
+    alphabet = run.loaded.alphabet
+    tokens = [encode("MKTAYIAKVL", alphabet)]
+    padded_forward(run.loaded.model, pad(tokens, alphabet.padding_idx).to(run.device))
+    packed_forward(run.loaded.model, pack(tokens).to(run.device), run.backend, compile=run.compile)
+    synchronize(run.device)
+
+
+@dataclass
+class _Batch:
+    """Both paths' outputs on one batch and their last-layer comparison."""
+
+    padded: torch.Tensor  # (B, L) tokens
+    packed: Packed
+    n_tokens: int
+    layers: list[int]  # the layers whose hidden states were kept (all with --trace)
+    out_v1: ForwardOutput
+    out_v2: ForwardOutput
+    v1: torch.Tensor  # (B, L, C) last layer, padded path
+    v2: torch.Tensor  # (B, L, C) last layer, packed path laid out padded
+    lengths: torch.Tensor  # (B,) tokens per sequence
+    mask: torch.Tensor  # (B, L) residue rows
+    comparison: BatchComparison
+    eos_bug: bool  # the EOS-in-pooling fault is on: the packed side pools as the bug would
+
+    @property
+    def size(self) -> int:
+        return len(self.lengths)
+
+
+def compare_batch(run: AuditRun, sequences: list[AuditSequence], tokens: list[torch.Tensor]) -> list[SequenceResult]:
+    """Both paths (and the high-precision run) over one batch, then every per-sequence measurement."""
+    batch = _both_paths(run, tokens)
+    none = [None] * batch.size
+    first_bad = _trace(run, batch) if run.trace else none
+    mlm = _token_metrics(run, batch, sequences, tokens) if run.mlm else none
+    distances, high = _high_precision(run, batch) if run.high_precision is not None else (none, None)
+    record_index = torch.tensor([s.index for s in sequences], device=run.device)
+    predictions = [_predict(head, batch, high, record_index) for head in run.heads]
+    if run.keep_pooled:
+        for j, s in enumerate(sequences):
+            run.pooled[s.index] = (batch.comparison.pooled_v1[j].cpu(), batch.comparison.pooled_v2[j].cpu())
+    return [
+        SequenceResult(
+            id=s.id,
+            index=s.index,
+            length=len(s.sequence),
+            original_length=s.original_length,
+            metrics=batch.comparison.metrics[j],
+            predictions=[p[j] for p in predictions],
+            high_precision=distances[j],
+            mlm=mlm[j],
+            first_nonfinite_layer=first_bad[j],
+        )
+        for j, s in enumerate(sequences)
+    ]
+
+
+def _both_paths(run: AuditRun, tokens: list[torch.Tensor]) -> _Batch:
+    """The padded and the packed forward, timed, and their pooled and residue comparison."""
+    model, alphabet = run.loaded.model, run.loaded.alphabet
+    last = model.num_layers
+    layers = list(range(last + 1)) if run.trace else [last]
+    n_tokens = sum(len(t) for t in tokens)
+    padded = pad(tokens, alphabet.padding_idx).to(run.device)
+    packed = pack(tokens).to(run.device)
+    out_v1 = run.timed("padded", n_tokens, lambda: padded_forward(model, padded, layers, need_logits=run.mlm))
+    out_v2 = run.timed("packed", n_tokens, lambda: packed_forward(
+        model, packed, run.backend, layers, need_logits=run.mlm, faults=run.faults, compile=run.compile))
+    v1, v2 = out_v1.representations[last], to_padded(out_v2.representations[last], packed)
+    lengths = torch.tensor([len(t) for t in tokens], device=run.device)
+    mask = residue_mask(lengths, v1.shape[1])
+    eos_bug = Fault.EOS_IN_POOLING in run.faults
+    comparison = compare_embeddings(v1, v2, lengths, include_eos_v2=eos_bug)
+    return _Batch(padded, packed, n_tokens, layers, out_v1, out_v2, v1, v2, lengths, mask, comparison, eos_bug)
+
+
+def _trace(run: AuditRun, batch: _Batch) -> list[int | None]:
+    """Add every layer to the trace; each sequence's first layer with a non-finite output."""
+    first_bad: list[int | None] = [None] * batch.size
+    last = run.loaded.model.num_layers
+    for layer in batch.layers:
+        v2_layer = batch.v2 if layer == last else to_padded(batch.out_v2.representations[layer], batch.packed)
+        bad = run.trace.add(layer, batch.out_v1.representations[layer], v2_layer, batch.mask)
+        for j in torch.nonzero(bad).flatten().tolist():
+            first_bad[j] = layer if first_bad[j] is None else first_bad[j]
+    return first_bad
+
+
+def _token_metrics(
+    run: AuditRun, batch: _Batch, sequences: list[AuditSequence], tokens: list[torch.Tensor]
+) -> list[dict | None]:
+    """Top-1 agreement and JS divergence of the token distributions; the masked-perplexity sample."""
+    top1, js = token_agreement(batch.out_v1.logits, to_padded(batch.out_v2.logits, batch.packed), batch.mask)
+    _perplexity_sample(run, sequences, tokens)
+    return [{"top1_agreement": a, "js": d} for a, d in zip(top1.tolist(), js.tolist())]
+
+
+def _high_precision(run: AuditRun, batch: _Batch) -> tuple[list[tuple[HighPrecisionDistance, ...]], torch.Tensor]:
+    """The high-precision run and the packed algorithm at its precision; each path's distance to it."""
+    n_tokens, last = batch.n_tokens, run.loaded.model.num_layers
+    high = run.timed("high_precision", n_tokens, lambda: high_precision_forward(run.high_precision, batch.padded))
+    # The packed algorithm itself at that precision (exact attention): what is left of its
+    # distance to the high-precision run is a difference of function, not of rounding.
+    algorithm = run.timed("high_precision", n_tokens, lambda: to_padded(packed_forward(
+        run.high_precision, batch.packed, "reference", faults=run.faults).representations[last], batch.packed))
+    distances = list(zip(
+        distances_to_high_precision(batch.v1, high, batch.lengths),
+        distances_to_high_precision(batch.v2, high, batch.lengths, batch.eos_bug),
+        distances_to_high_precision(algorithm, high, batch.lengths, batch.eos_bug),
+    ))
+    return distances, high
+
+
+def _predict(head: Head, batch: _Batch, high: torch.Tensor | None, record_index: torch.Tensor) -> list[Prediction]:
+    """One head over both paths (and the high-precision run): a Prediction per sequence."""
+    comparison = batch.comparison
+    if head.input == "pooled":
+        features = [comparison.pooled_v1, comparison.pooled_v2]
+        if high is not None:
+            features.append(mean_pool_batch(high, batch.lengths))
+    else:
+        features = [batch.v1[:, 0], batch.v2[:, 0]] + ([high[:, 0]] if high is not None else [])
+    probs = [head.probabilities(f.float(), record_index) for f in features]
+    labels = [p.argmax(1) for p in probs]
+    conf_v1, conf_v2 = confidence(probs[0], labels[0]).tolist(), confidence(probs[1], labels[0]).tolist()
+    label_lists = [label.tolist() for label in labels]
+    label_ref = label_lists[2] if high is not None else [None] * len(conf_v1)
+    return [
+        Prediction(label_lists[0][j], label_lists[1][j], conf_v1[j], conf_v2[j], label_ref[j])
+        for j in range(len(conf_v1))
+    ]
+
+
+def _perplexity_sample(run: AuditRun, sequences: list[AuditSequence], tokens: list[torch.Tensor]) -> None:
+    """Mask 15 % of the residues of the sampled sequences and score the true tokens on both paths."""
+    chosen = [j for j, s in enumerate(sequences) if s.index < run.mlm_sample]
+    if not chosen:
+        return
+    model, alphabet = run.loaded.model, run.loaded.alphabet
+    masked = [masked_copy(tokens[j], sequences[j].index, alphabet.mask_idx) for j in chosen]
+    batch = [m for m, _ in masked]
+    logits_v1 = padded_forward(model, pad(batch, alphabet.padding_idx).to(run.device), need_logits=True).logits
+    packed = pack(batch).to(run.device)
+    logits_v2 = to_padded(packed_forward(
+        model, packed, run.backend, need_logits=True, faults=run.faults, compile=run.compile).logits, packed)
+    for k, j in enumerate(chosen):
+        positions = masked[k][1].to(run.device)
+        target = tokens[j].to(run.device)
+        nll_v1, count = masked_nll(logits_v1[k], target, positions)
+        nll_v2, _ = masked_nll(logits_v2[k], target, positions)
+        run.perplexity.add(nll_v1, nll_v2, count)
+
+
+def invariance_pass(run: AuditRun, sequences: list[AuditSequence], results: list[SequenceResult]) -> None:
+    """Second pass in another order (:func:`~esmdiv.measure.invariance.shuffled_batches`); sets each
+    result's ``invariance`` (its pooled embeddings' movement on each path). ``sequences``: those of
+    ``results`` (a rank's shard), in file order."""
+    model, alphabet = run.loaded.model, run.loaded.alphabet
+    table = encoder_table(alphabet)
+    tokens = [encode(s.sequence, alphabet, table) for s in sequences]
+    moved: dict[int, tuple[float, float]] = {}
+    for batch in shuffled_batches([len(t) for t in tokens], run.max_tokens):
+        batch_tokens = [tokens[i] for i in batch]
+        lengths = torch.tensor([len(t) for t in batch_tokens], device=run.device)
+        packed = pack(batch_tokens).to(run.device)
+        v1 = padded_forward(model, pad(batch_tokens, alphabet.padding_idx).to(run.device)).representations[model.num_layers]
+        v2 = packed_forward(model, packed, run.backend, faults=run.faults, compile=run.compile).representations[model.num_layers]
+        pooled_v1 = mean_pool_batch(v1, lengths).cpu()
+        # Pooled as in the main pass (a pooling fault included), so only the neighbours differ.
+        pooled_v2 = mean_pool_batch(to_padded(v2, packed), lengths, include_eos=Fault.EOS_IN_POOLING in run.faults).cpu()
+        for j, i in enumerate(batch):
+            first_v1, first_v2 = run.pooled[sequences[i].index]
+            moved[sequences[i].index] = (
+                float((pooled_v1[j] - first_v1).abs().max()),
+                float((pooled_v2[j] - first_v2).abs().max()),
+            )
+    for r in results:
+        m1, m2 = moved[r.index]
+        r.invariance = {"moved_v1": m1, "moved_v2": m2}

@@ -1,0 +1,156 @@
+"""What an audit returns: each sequence's result, the whole run's, and the report dict they make.
+
+:meth:`AuditResult.to_dict` is the report ``esmdiv check --json`` writes (the JSON Schema in
+``esmdiv/report/schemas/`` describes it); writing it is :mod:`esmdiv.report.json_report`'s job.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from esmdiv import __version__
+from esmdiv.input.sequences import InputReport
+from esmdiv.measure.decision import Decision, Thresholds
+from esmdiv.measure.metrics import HighPrecisionDistance, SequenceMetrics
+
+
+@dataclass
+class Prediction:
+    """One head's output on one sequence: labels and confidences of each path."""
+
+    label_v1: int
+    label_v2: int
+    confidence_v1: float
+    confidence_v2: float
+    label_ref: int | None = None
+
+
+@dataclass
+class SequenceResult:
+    id: str
+    index: int  # the record's position in the FASTA file (0-based)
+    length: int  # residues audited
+    original_length: int
+    metrics: SequenceMetrics
+    predictions: list[Prediction]  # one per head, the first is the primary head
+    # (padded, packed, packed algorithm at high precision) against the high-precision run
+    high_precision: tuple[HighPrecisionDistance, HighPrecisionDistance, HighPrecisionDistance] | None = None
+    mlm: dict | None = None
+    first_nonfinite_layer: int | None = None
+    invariance: dict | None = None
+
+    # The primary head's prediction, the one tables and plots show.
+    label_v1 = property(lambda self: self.predictions[0].label_v1)
+    label_v2 = property(lambda self: self.predictions[0].label_v2)
+    confidence_v1 = property(lambda self: self.predictions[0].confidence_v1)
+    confidence_v2 = property(lambda self: self.predictions[0].confidence_v2)
+
+    def to_dict(self) -> dict:
+        primary = self.predictions[0]
+        out = {
+            "id": self.id,
+            "index": self.index,
+            "length": self.length,
+            "original_length": self.original_length,
+            "truncated": self.length < self.original_length,
+            **self.metrics.to_dict(),
+            "label_v1": primary.label_v1,
+            "label_v2": primary.label_v2,
+            "confidence_v1": primary.confidence_v1,
+            "confidence_v2": primary.confidence_v2,
+        }
+        if len(self.predictions) > 1:
+            out["predictions"] = [vars(p) for p in self.predictions]
+        if self.high_precision is not None:  # the report calls the high-precision run "reference"
+            v1, v2, algorithm = self.high_precision
+            out["reference"] = {"v1": v1.to_dict(), "v2": v2.to_dict(), "algorithm": algorithm.to_dict(),
+                                "label": primary.label_ref, "nearer": nearer(v1.rel_l2, v2.rel_l2)}
+        if self.mlm is not None:
+            out["mlm"] = self.mlm
+        if self.first_nonfinite_layer is not None:
+            out["first_nonfinite_layer"] = self.first_nonfinite_layer
+        if self.invariance is not None:
+            out["invariance"] = self.invariance
+        return out
+
+
+@dataclass
+class AuditResult:
+    model: dict
+    device: str
+    dtype: str
+    backend: str
+    compiled: bool
+    heads: list[str]
+    max_tokens: int
+    inputs: InputReport
+    sequences: list[SequenceResult]
+    summary: dict
+    thresholds: Thresholds
+    decision: Decision
+    timings: dict
+    faults: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # things the run did on its own (e.g. OOM retries)
+    trace: dict | None = None
+    invariance: dict | None = None
+
+    environment: dict = field(default_factory=dict)  # esmdiv.report.fingerprint.environment(...)
+
+    @property
+    def head(self) -> str:
+        return self.heads[0]
+
+    @property
+    def warnings(self) -> list[str]:
+        out = list(self.inputs.warnings())
+        if self.model.get("random_weights"):
+            out.insert(0, f"model {self.model['spec']} has RANDOM weights: this audits the arithmetic, not a trained model")
+        if self.faults:
+            out.insert(0, f"faults injected on purpose into the packed path: {', '.join(self.faults)}")
+        return out + self.decision.notes + self.notices
+
+    def to_dict(self) -> dict:
+        out = {
+            "schema_version": 1,
+            "complete": True,
+            "esmdiv_version": __version__,
+            "verdict": self.decision.verdict.value,
+            "reasons": [r.to_dict() for r in self.decision.reasons],
+            "tolerances": self.decision.tolerances,
+            "model": self.model,
+            "device": self.device,
+            "dtype": self.dtype,
+            "backend": self.backend,
+            "compiled": self.compiled,
+            "head": self.head,
+            "heads": self.heads,
+            "max_tokens": self.max_tokens,
+            "faults": self.faults,
+            "input": self.inputs.to_dict(),
+            "warnings": self.warnings,
+            "thresholds": self.thresholds.to_dict(),
+            "summary": self.summary,
+            "timings": self.timings,
+            "environment": self.environment,
+            "sequences": [s.to_dict() for s in self.sequences],
+        }
+        if self.trace is not None:
+            out["trace"] = self.trace
+        if self.invariance is not None:
+            out["invariance"] = self.invariance
+        return out
+
+
+@dataclass
+class FollowerResult:
+    """What a non-root rank of a distributed audit returns: rank 0 reports, all exit alike."""
+
+    exit_code: int
+
+
+def nearer(d1: float, d2: float) -> str:
+    """Which path is nearer the high-precision run, from their distances to it."""
+    if math.isnan(d1) or math.isnan(d2):
+        return "unknown"
+    return "packed" if d2 < d1 else "padded" if d1 < d2 else "tie"

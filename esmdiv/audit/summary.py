@@ -1,0 +1,175 @@
+"""The summary of an audit: what the report's ``summary`` and ``timings`` hold, and the
+:class:`~esmdiv.measure.decision.Evidence` the decision reads, from every sequence's result."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from esmdiv.audit.batch import AuditRun
+from esmdiv.audit.results import SequenceResult, nearer
+from esmdiv.forward.high_precision import algorithm_tolerance
+from esmdiv.measure.decision import Evidence, HighPrecisionEvidence, Thresholds
+from esmdiv.measure.metrics import prediction_summary, spread
+from esmdiv.measure.stats import agreement_lower_bound
+
+#: The report's name for each timed path (the high-precision run is "reference" in reports).
+TIMED_PATHS = {"padded": "padded", "packed": "packed", "high_precision": "reference"}
+
+
+def timings(seconds: dict[str, float], total_tokens: int, load_seconds: float) -> dict:
+    """The report's ``timings``: model load, then seconds and tokens/s of each path."""
+    out = {"model_load_s": load_seconds, "tokens": total_tokens}
+    for path, name in TIMED_PATHS.items():
+        spent = seconds[path]
+        out[f"{name}_s"] = spent
+        out[f"{name}_tokens_per_s"] = total_tokens / spent if spent > 0 else None
+    return out
+
+
+def _nonfinite_outside_residues(results: list[SequenceResult]) -> list[str]:
+    """Non-finite values the residue-row check cannot see: a NaN in a BOS or EOS row reaches the
+    pooled embedding and a ``<cls>`` head, so a non-finite cosine, MAD or confidence of a sequence
+    whose residue rows were finite is a non-finite output too (it must never pass as ACCEPT)."""
+    out = []
+    for r in results:
+        if not (r.metrics.finite_v1 and r.metrics.finite_v2):
+            continue  # already named by the residue check
+        values = {"pooled cosine": r.metrics.cosine, "pooled MAD": r.metrics.mad,
+                  "confidence v1 (padded)": r.confidence_v1, "confidence v2 (packed)": r.confidence_v2}
+        bad = [name for name, value in values.items() if not math.isfinite(value)]
+        if bad:
+            out.append(f"{r.id}: {', '.join(bad)} not finite")
+    return out
+
+
+def summarise(
+    results: list[SequenceResult],
+    head_names: list[str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    high_dtype: torch.dtype = torch.float64,
+) -> tuple[dict, Evidence]:
+    """The summary block of the report and the evidence the decision tree reads."""
+    head_names = head_names or ["head"]
+    per_head = []
+    for h, name in enumerate(head_names):
+        p = [r.predictions[h] for r in results]
+        summary = prediction_summary([x.label_v1 for x in p], [x.label_v2 for x in p],
+                                     [x.confidence_v1 for x in p], [x.confidence_v2 for x in p]).to_dict()
+        per_head.append({"head": name, **summary})
+    worst = min(range(len(per_head)), key=lambda h: per_head[h]["agreement"])
+    m = [r.metrics for r in results]
+    nonfinite = _nonfinite(results)
+    cos_spread, mad_spread = spread([x.cosine for x in m]), spread([x.mad for x in m])
+    summary = {
+        "n": len(results),
+        "prediction": per_head[0],
+        "heads": per_head,
+        "cosine": cos_spread,
+        "mad": mad_spread,
+        "max_abs_diff": spread([x.max_abs_diff for x in m])["max"],
+        "residue": {
+            "cosine_min": spread([x.residue_cosine_min for x in m])["min"],
+            "cosine_mean": spread([x.residue_cosine_mean for x in m])["mean"],
+            "rel_l2": spread([x.rel_l2 for x in m]),
+            "p999_abs_diff": spread([x.p999_abs_diff for x in m]),
+            "allclose_1e3": spread([x.allclose_1e3 for x in m])["mean"],
+            "allclose_1e2": spread([x.allclose_1e2 for x in m])["mean"],
+        },
+        "nonfinite": nonfinite,
+    }
+    evidence = Evidence(
+        n=len(results),
+        agreement=per_head[worst]["agreement"],
+        min_cosine=cos_spread["min"],
+        max_mad=mad_spread["max"],
+        nonfinite=nonfinite,
+        agreeing=per_head[worst]["n"] - per_head[worst]["disagreements"],
+    )
+    if results and results[0].high_precision is not None:  # the report's "reference" block
+        summary["reference"], evidence.high_precision = _high_precision_summary(
+            results, len(head_names), dtype, high_dtype)
+    return summary, evidence
+
+
+def _nonfinite(results: list[SequenceResult]) -> list[str]:
+    """One line per sequence and path whose output was not finite."""
+    residue_rows = [
+        f"{r.id}: {path} output not finite"
+        + (f" (first at layer {r.first_nonfinite_layer})" if r.first_nonfinite_layer is not None else "")
+        for r in results
+        for path, ok in (("v1 (padded)", r.metrics.finite_v1), ("v2 (packed)", r.metrics.finite_v2))
+        if not ok
+    ]
+    return residue_rows + _nonfinite_outside_residues(results)
+
+
+def _high_precision_summary(
+    results: list[SequenceResult], n_heads: int, dtype: torch.dtype, high_dtype: torch.dtype
+) -> tuple[dict, HighPrecisionEvidence]:
+    """The report's ``reference`` summary and the evidence its gates read."""
+    d1 = [r.high_precision[0] for r in results]
+    d2 = [r.high_precision[1] for r in results]
+    da = [r.high_precision[2] for r in results]
+    finite = all(math.isfinite(d.rel_l2) for d in d1 + d2 + da)
+    nearer_paths = [nearer(a.rel_l2, b.rel_l2) for a, b in zip(d1, d2)]
+    # Distances at the run precision's rounding floor count as equal, so a ratio of two
+    # vanishing numbers cannot fail the gate.
+    floor = float(torch.finfo(dtype).eps) if dtype.is_floating_point else 0.0
+    mean_v1 = float(np.mean([d.rel_l2 for d in d1])) if finite else math.nan
+    mean_v2 = float(np.mean([d.rel_l2 for d in d2])) if finite else math.nan
+    ratio = (mean_v2 + floor) / (mean_v1 + floor) if finite else math.nan
+    agreeing = min(
+        sum(r.predictions[h].label_v2 == r.predictions[h].label_ref for r in results) for h in range(n_heads)
+    )
+    side = lambda ds: {  # noqa: E731 - a table row builder
+        "cosine_min": spread([d.cosine for d in ds])["min"],
+        "mad": spread([d.mad for d in ds]),
+        "rel_l2": spread([d.rel_l2 for d in ds]),
+    }
+    summary = {
+        "finite": finite,
+        "v1": side(d1),
+        "v2": side(d2),
+        "algorithm": side(da),
+        "ratio": ratio,
+        "packed_nearer": nearer_paths.count("packed"),
+        "padded_nearer": nearer_paths.count("padded"),
+        "nearer": "packed" if mean_v2 < mean_v1 else "padded" if mean_v1 < mean_v2 else "tie",
+        "agreement_v1": sum(r.predictions[0].label_v1 == r.predictions[0].label_ref for r in results) / len(results),
+        "agreement_v2": sum(r.predictions[0].label_v2 == r.predictions[0].label_ref for r in results) / len(results),
+    }
+    evidence = HighPrecisionEvidence(
+        finite=finite,
+        ratio=ratio,
+        agreeing=agreeing,
+        min_cosine=summary["v2"]["cosine_min"],
+        max_mad=summary["v2"]["mad"]["max"],
+        algorithm_error=summary["algorithm"]["rel_l2"]["max"],
+        algorithm_tolerance=algorithm_tolerance(high_dtype),
+    )
+    return summary, evidence
+
+
+def mlm_summary(run: AuditRun, results: list[SequenceResult]) -> dict:
+    """The report's ``summary.mlm``: token agreement, JS divergence and perplexity, or why skipped."""
+    if not run.mlm:
+        why = "the checkpoint has no language-model head" if not run.loaded.info.has_lm_head else "turned off (--no-mlm)"
+        return {"skipped": why}
+    top1 = [r.mlm["top1_agreement"] for r in results if r.mlm]
+    js = [r.mlm["js"] for r in results if r.mlm]
+    return {"top1_agreement": spread(top1), "js": spread(js), "perplexity": run.perplexity.to_dict()}
+
+
+def bound_summary(evidence: Evidence, thresholds: Thresholds) -> dict:
+    """The report's ``summary.bound``: the agreement's lower bound, whatever ``--gate`` says."""
+    agreeing = evidence.agreeing_count()
+    return {  # the bound is reported whatever --gate says
+        "confidence": thresholds.confidence,
+        "agreeing": agreeing,
+        "n": evidence.n,
+        "lower_bound": agreement_lower_bound(agreeing, evidence.n, thresholds.confidence),
+        "gate": thresholds.gate,
+    }
