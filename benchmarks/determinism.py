@@ -59,7 +59,7 @@ def _add(x, y):
 
 def main() -> int:
     argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fasta", type=Path)
@@ -72,8 +72,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.runs):
             out = Path(tmp) / f"run{i}.json"
-            done = subprocess.run([sys.executable, "-m", "esmdiv", "check", str(args.fasta), *extra, "--json", str(out)],
-                                  capture_output=True, text=True, env=env)
+            done = subprocess.run(
+                [sys.executable, "-m", "esmdiv", "check", str(args.fasta), *extra, "--json", str(out)],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             codes.append(done.returncode)
             reports.append(json.loads(out.read_text()))
     numbers, largest, mismatched = 0, 0.0, []

@@ -33,7 +33,9 @@ from pathlib import Path
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 
 
-def generate(path: Path, records: int, lengths: tuple[int, int] = (20, 80), seed: int = 0, compress: bool = False) -> int:
+def generate(
+    path: Path, records: int, lengths: tuple[int, int] = (20, 80), seed: int = 0, compress: bool = False
+) -> int:
     """Write ``records`` random records of ``lengths`` residues (inclusive); returns the residue count."""
     rng = random.Random(seed)
     residues = 0
@@ -43,7 +45,7 @@ def generate(path: Path, records: int, lengths: tuple[int, int] = (20, 80), seed
             n = rng.randint(*lengths)
             residues += n
             seq = "".join(rng.choices(AMINO, k=n))
-            body = "\n".join(seq[j:j + 60] for j in range(0, n, 60))
+            body = "\n".join(seq[j : j + 60] for j in range(0, n, 60))
             handle.write(f">seq{i:07d} synthetic record {i}\n{body}\n")
     return residues
 
@@ -76,8 +78,14 @@ def _peak_rss_mb() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--lengths", type=int, nargs=2, default=(20, 80), metavar=("MIN", "MAX"),
-                        help="residues per record, drawn uniformly (default 20 80)")
+    parser.add_argument(
+        "--lengths",
+        type=int,
+        nargs=2,
+        default=(20, 80),
+        metavar=("MIN", "MAX"),
+        help="residues per record, drawn uniformly (default 20 80)",
+    )
     parser.add_argument("--gzip", action="store_true", help="write and read the file gzip-compressed")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--read", type=Path, help=argparse.SUPPRESS)  # internal: the measuring child
@@ -93,8 +101,9 @@ def main() -> None:
         generate_s = time.perf_counter() - t0
         # A fresh process, so the peak RSS is the reader's and not the generator's.
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        child = subprocess.run([sys.executable, __file__, "--read", str(path)], capture_output=True, text=True,
-                               env=env, check=True)
+        child = subprocess.run(
+            [sys.executable, __file__, "--read", str(path)], capture_output=True, text=True, env=env, check=True
+        )
         figures = json.loads(child.stdout)
         figures.update(
             file=path.name,

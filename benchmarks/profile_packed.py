@@ -15,11 +15,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from esmdiv.forward.attention import resolve_backend
-from esmdiv.model.loading import load_model
-from esmdiv.forward.packing import batches_by_tokens, encode, encoder_table, pack, pad
 from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.packing import batches_by_tokens, encode, encoder_table, pack, pad
 from esmdiv.forward.padded import padded_forward
 from esmdiv.input.workloads import lognormal_workload
+from esmdiv.model.loading import load_model
 
 
 def main() -> None:
@@ -55,25 +55,38 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         return sorted(times)[len(times) // 2]
 
-    results = {"model": args.model, "dtype": args.dtype, "backend": backend, "tokens": n_tokens,
-               "batches": len(batches), "gpu": torch.cuda.get_device_name()}
+    results = {
+        "model": args.model,
+        "dtype": args.dtype,
+        "backend": backend,
+        "tokens": n_tokens,
+        "batches": len(batches),
+        "gpu": torch.cuda.get_device_name(),
+    }
     for name, run in (
         ("padded", lambda: [padded_forward(loaded.model, b) for b in padded_batches]),
         ("packed", lambda: [packed_forward(loaded.model, b, backend, compile=args.compile) for b in packed_batches]),
     ):
         torch.cuda.reset_peak_memory_stats()
         seconds = time_path(run)
-        results[name] = {"seconds": seconds, "tokens_per_s": n_tokens / seconds,
-                         "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+        results[name] = {
+            "seconds": seconds,
+            "tokens_per_s": n_tokens / seconds,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        }
         print(f"{name:7} {n_tokens / seconds:10,.0f} tokens/s  peak {results[name]['peak_gib']:.1f} GiB")
 
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         packed_forward(loaded.model, packed_batches[len(packed_batches) // 2], backend, compile=args.compile)
         torch.cuda.synchronize()
     table_text = prof.key_averages().table(sort_by="cuda_time_total", row_limit=20)
-    (args.out / f"profile-{args.model.replace(':', '_')}{'-compiled' if args.compile else ''}.txt").write_text(table_text)
+    (args.out / f"profile-{args.model.replace(':', '_')}{'-compiled' if args.compile else ''}.txt").write_text(
+        table_text
+    )
     print(table_text[:6000])
-    (args.out / f"timing-{args.model.replace(':', '_')}{'-compiled' if args.compile else ''}.json").write_text(json.dumps(results, indent=2))
+    (args.out / f"timing-{args.model.replace(':', '_')}{'-compiled' if args.compile else ''}.json").write_text(
+        json.dumps(results, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -23,24 +23,24 @@ from __future__ import annotations
 import gc
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
 from esmdiv import __version__
 from esmdiv.errors import EnvironmentUnavailable, InputError, UsageError
-from esmdiv.input.fasta import iter_fasta
-from esmdiv.model.hf_peer import HFPeer, build_hf_peer, hf_forward, hf_unavailable
-from esmdiv.input.sequences import LONG_POLICIES, AuditSequence, InputReport, iter_sequences
-from esmdiv.model.loading import LoadedModel, load_model
-from esmdiv.forward.packing import Packed, batches_by_tokens, encode, encoder_table, pack, pad, to_padded
-from esmdiv.forward.packed import packed_forward
-from esmdiv.forward.padded import padded_forward
 from esmdiv.forward.device import RunPlacement, resolve_run, synchronize
+from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.packing import Packed, batches_by_tokens, encode, encoder_table, pack, pad, to_padded
+from esmdiv.forward.padded import padded_forward
+from esmdiv.input.fasta import iter_fasta
+from esmdiv.input.sequences import LONG_POLICIES, AuditSequence, InputReport, iter_sequences
 from esmdiv.input.workloads import lognormal_workload
+from esmdiv.model.hf_peer import HFPeer, build_hf_peer, hf_forward, hf_unavailable
+from esmdiv.model.loading import LoadedModel, load_model
 from esmdiv.report.fingerprint import bench_environment
 
 SCHEMA = "esmdiv-bench/1"
@@ -133,7 +133,6 @@ class PathResult:
         return self.sequences / self.median_s if self.ok and self.median_s > 0 else None
 
     def to_dict(self) -> dict:
-        gib = (lambda b: None if b is None else b / 2**30)
         peak, resident = self.peak_memory_bytes, self.resident_memory_bytes
         return {
             "status": self.status,
@@ -149,11 +148,15 @@ class PathResult:
             "tokens_per_s": self.tokens_per_s,
             "sequences_per_s": self.sequences_per_s,
             "peak_gpu_memory_bytes": peak,
-            "peak_gpu_memory_gib": gib(peak),
-            "resident_gpu_memory_gib": gib(resident),
-            "peak_above_resident_gib": gib(None if peak is None or resident is None else peak - resident),
+            "peak_gpu_memory_gib": _gib(peak),
+            "resident_gpu_memory_gib": _gib(resident),
+            "peak_above_resident_gib": _gib(None if peak is None or resident is None else peak - resident),
             "check": self.check,
         }
+
+
+def _gib(size: int | None) -> float | None:
+    return None if size is None else size / 2**30
 
 
 @dataclass
@@ -174,6 +177,7 @@ class BenchResult:
     @property
     def speedups(self) -> dict[str, float | None]:
         """Ratios of medians (``a_over_b``: how many times faster a is than b); ``None`` where one is missing."""
+
         def ratio(fast: str, slow: str) -> float | None:
             a, b = self.paths.get(fast), self.paths.get(slow)
             return b.median_s / a.median_s if a and b and a.ok and b.ok and a.median_s > 0 else None
@@ -210,7 +214,9 @@ class BenchResult:
                 "tokens": w.tokens,
                 "residues": sum(len(s.sequence) for s in w.sequences),
                 "tokens_per_sequence": {
-                    "min": lengths[0], "median": statistics.median(lengths), "max": lengths[-1],
+                    "min": lengths[0],
+                    "median": statistics.median(lengths),
+                    "max": lengths[-1],
                 },
                 "max_tokens": self.max_tokens,
                 "batches": self.batches,
@@ -222,7 +228,8 @@ class BenchResult:
                 "repeats": self.config.repeats,
                 "statistic": "median of repeats; each repeat is one pass over the whole workload",
                 "synchronised": self.environment["device"].startswith("cuda"),
-                "peak_memory": "torch.cuda.max_memory_allocated over the timed passes (resident weights and batches included)",
+                "peak_memory": "torch.cuda.max_memory_allocated over the timed passes "
+                "(resident weights and batches included)",
             },
             "paths": {name: result.to_dict() for name, result in self.paths.items()},
             "speedups": self.speedups,
@@ -246,7 +253,9 @@ def make_workload(config: BenchConfig) -> Workload:
         report = InputReport(str(config.fasta))
         sequences = list(iter_sequences(iter_fasta(config.fasta), report, config.long_policy))
         if not sequences:
-            raise InputError(f"{config.fasta}: no sequence left to benchmark ({len(report.skipped)} skipped as too long)")
+            raise InputError(
+                f"{config.fasta}: no sequence left to benchmark ({len(report.skipped)} skipped as too long)"
+            )
         return Workload("fasta", sequences, path=str(config.fasta), long_policy=config.long_policy, input_report=report)
     if config.fasta is not None:
         raise UsageError(f"a FASTA file ({config.fasta}) and --workload lognormal exclude each other")
@@ -296,7 +305,9 @@ def _prepare(loaded: LoadedModel, workload: Workload, max_tokens: int, device: t
         packed.append(pack(batch).to(device))
     synchronize(device)
     return _Prepared(
-        padded, masks, packed,
+        padded,
+        masks,
+        packed,
         tokens=sum(int(len(p.input_ids)) for p in packed),
         slots=sum(p.numel() for p in padded),
     )
@@ -316,8 +327,10 @@ def run_bench(config: BenchConfig, loaded: LoadedModel | None = None, log: Log |
         say(f"loading {config.model} on {placement.device} ({placement.dtype_name})")
         loaded = load_model(config.model, placement.device, placement.dtype)
     prepared = _prepare(loaded, workload, placement.max_tokens, placement.device)
-    say(f"workload {workload.describe()}: {len(workload.sequences)} sequences, {prepared.tokens:,} tokens, "
-        f"{prepared.batches} batches of at most {placement.max_tokens} tokens")
+    say(
+        f"workload {workload.describe()}: {len(workload.sequences)} sequences, {prepared.tokens:,} tokens, "
+        f"{prepared.batches} batches of at most {placement.max_tokens} tokens"
+    )
 
     timer = _PathTimer(config, loaded, placement, prepared, len(workload.sequences), say)
     for name in requested:
@@ -358,15 +371,23 @@ class _PathTimer:
     """Times one path after another on the prepared batches, each first checked against fair-esm's
     padded output on the smallest batch; collects each path's result and the warnings."""
 
-    def __init__(self, config: BenchConfig, loaded: LoadedModel, placement: RunPlacement, prepared: _Prepared,
-                 n_sequences: int, say: Log):
+    def __init__(
+        self,
+        config: BenchConfig,
+        loaded: LoadedModel,
+        placement: RunPlacement,
+        prepared: _Prepared,
+        n_sequences: int,
+        say: Log,
+    ):
         self.config, self.loaded, self.placement, self.prepared = config, loaded, placement, prepared
         self.n_sequences, self.say = n_sequences, say
         self.results: dict[str, PathResult] = {}
         self.warnings: list[str] = []
         if loaded.info.random_weights:
             self.warnings.append(
-                f"model {loaded.info.spec} has RANDOM weights: timings hold for its architecture, not a trained model")
+                f"model {loaded.info.spec} has RANDOM weights: timings hold for its architecture, not a trained model"
+            )
         self.peer: HFPeer | None = None
         self.check_index = min(range(prepared.batches), key=lambda i: (prepared.padded[i].numel(), i))
         self.expected = _last_hidden(padded_forward(loaded.model, prepared.padded[self.check_index]), loaded.model)
@@ -377,7 +398,9 @@ class _PathTimer:
         if name == "padded":
             return lambda i: padded_forward(model, prepared.padded[i])
         if name == "packed":
-            return lambda i: packed_forward(model, prepared.packed[i], self.placement.backend, **self.config.packed_kwargs)
+            return lambda i: packed_forward(
+                model, prepared.packed[i], self.placement.backend, **self.config.packed_kwargs
+            )
         return lambda i: hf_forward(self.peer, prepared.padded[i], prepared.masks[i])
 
     def time(self, name: str, hf_missing: str | None) -> None:
@@ -395,14 +418,17 @@ class _PathTimer:
                     raise
                 self.results[name] = PathResult(name, "not available", f"not available: {err}")
                 return
-            result.note = f"transformers {self.peer.transformers_version}, attn_implementation={self.peer.attn_implementation}"
+            result.note = (
+                f"transformers {self.peer.transformers_version}, attn_implementation={self.peer.attn_implementation}"
+            )
         run_batch = self.runner(name)
         try:
             if name != "padded":
                 result.check = self._check(name, run_batch(self.check_index))
             self.say(f"timing {name}: {self.config.warmup} warm-up pass(es), {self.config.repeats} timed pass(es)")
-            _time_path(result, run_batch, prepared.batches, self.placement.device, self.config.warmup,
-                       self.config.repeats)
+            _time_path(
+                result, run_batch, prepared.batches, self.placement.device, self.config.warmup, self.config.repeats
+            )
         except torch.cuda.OutOfMemoryError:
             result = self._out_of_memory(name, slots)
         self.results[name] = result
@@ -410,8 +436,9 @@ class _PathTimer:
             self.say(f"  {name}: median {result.median_s:.3f} s, {result.tokens_per_s:,.0f} tokens/s")
 
     def _check(self, name: str, output) -> dict:
-        check = _check(name, output, self.expected, self.prepared, self.check_index, self.loaded.model,
-                       self.placement.dtype_name)
+        check = _check(
+            name, output, self.expected, self.prepared, self.check_index, self.loaded.model, self.placement.dtype_name
+        )
         if not check["ok"]:
             self.warnings.append(
                 f"{name}: output differs from fair-esm's padded one (mean |diff| "
@@ -426,13 +453,23 @@ class _PathTimer:
         gc.collect()
         torch.cuda.empty_cache()
         return PathResult(
-            name, "out of memory", f"CUDA out of memory at --max-tokens {max_tokens}",
-            tokens=self.prepared.tokens, sequences=self.n_sequences, slots=slots,
+            name,
+            "out of memory",
+            f"CUDA out of memory at --max-tokens {max_tokens}",
+            tokens=self.prepared.tokens,
+            sequences=self.n_sequences,
+            slots=slots,
         )
 
 
-def _time_path(result: PathResult, run_batch: Callable[[int], object], n_batches: int, device: torch.device,
-               warmup: int, repeats: int) -> None:
+def _time_path(
+    result: PathResult,
+    run_batch: Callable[[int], object],
+    n_batches: int,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+) -> None:
     """Fill ``result.seconds`` and its memory figures: warm-up passes, then timed passes."""
     cuda = device.type == "cuda"
 

@@ -88,7 +88,10 @@ class RankFailed(EsmdivError):
 
 def error_payload(err: BaseException) -> dict:
     code = err.exit_code if isinstance(err, EsmdivError) else EXIT_INTERNAL
-    return {"error": f"{type(err).__name__}: {err}" if not isinstance(err, EsmdivError) else str(err), "exit_code": code}
+    return {
+        "error": f"{type(err).__name__}: {err}" if not isinstance(err, EsmdivError) else str(err),
+        "exit_code": code,
+    }
 
 
 def finish() -> None:

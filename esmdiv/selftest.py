@@ -8,17 +8,17 @@ ACCEPT and no injected bug is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 from esmdiv.audit.results import AuditResult
 from esmdiv.audit.run import AuditConfig, run_audit
-from esmdiv.measure.decision import Thresholds, Verdict
-from esmdiv.forward.faults import Fault
-from esmdiv.model.loading import load_model
 from esmdiv.forward.device import resolve_device, resolve_dtype
+from esmdiv.forward.faults import Fault
+from esmdiv.measure.decision import Thresholds, Verdict
+from esmdiv.model.loading import load_model
 
 
 def seed18_path() -> Path:
@@ -58,13 +58,26 @@ def run_selftest(
     settings: dict = {}
     for fault in [None, *(faults if faults is not None else list(Fault))]:
         config = AuditConfig(
-            fasta=fasta, model=model, device=device, dtype=dtype, backend=backend,
-            thresholds=thresholds or Thresholds(), faults=frozenset([fault]) if fault else frozenset(),
-            high_precision="fp32", invariance=True, mlm=False,
+            fasta=fasta,
+            model=model,
+            device=device,
+            dtype=dtype,
+            backend=backend,
+            thresholds=thresholds or Thresholds(),
+            faults=frozenset([fault]) if fault else frozenset(),
+            high_precision="fp32",
+            invariance=True,
+            mlm=False,
         )
         result = run_audit(config, loaded=loaded)
-        settings = settings or {"model": result.model, "device": result.device, "dtype": result.dtype,
-                                "backend": result.backend, "fasta": str(fasta), "heads": result.heads}
+        settings = settings or {
+            "model": result.model,
+            "device": result.device,
+            "dtype": result.dtype,
+            "backend": result.backend,
+            "fasta": str(fasta),
+            "heads": result.heads,
+        }
         row = _row(fault, result)
         rows.append(row)
         if on_row:
@@ -76,11 +89,22 @@ def _row(fault: Fault | None, result: AuditResult) -> SelftestRow:
     verdict = result.decision.verdict
     failed = [r for r in result.decision.reasons if not r.passed]
     if fault is None:
-        return SelftestRow("none", "no bug injected", verdict.value, [r.gate for r in failed],
-                           failed[0].message if failed else "every gate passed", verdict is Verdict.ACCEPT)
-    return SelftestRow(fault.value, fault.description, verdict.value, [r.gate for r in failed],
-                       failed[0].message if failed else "no gate failed: the bug slipped through",
-                       verdict is not Verdict.ACCEPT)
+        return SelftestRow(
+            "none",
+            "no bug injected",
+            verdict.value,
+            [r.gate for r in failed],
+            failed[0].message if failed else "every gate passed",
+            verdict is Verdict.ACCEPT,
+        )
+    return SelftestRow(
+        fault.value,
+        fault.description,
+        verdict.value,
+        [r.gate for r in failed],
+        failed[0].message if failed else "no gate failed: the bug slipped through",
+        verdict is not Verdict.ACCEPT,
+    )
 
 
 def passed(rows: list[SelftestRow]) -> bool:

@@ -5,10 +5,10 @@ import random
 import pytest
 import torch
 
-from esmdiv.measure.metrics import mean_pool
-from esmdiv.forward.packing import encode, pack, pad
 from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.packing import encode, pack, pad
 from esmdiv.forward.padded import padded_forward
+from esmdiv.measure.metrics import mean_pool
 
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 

@@ -20,7 +20,7 @@ def synthetic_trace(layers: int = 6, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     out = []
     for layer in range(layers + 1):
-        rel = 1e-4 * (1.6 ** layer) * (1 + 0.2 * rng.random())
+        rel = 1e-4 * (1.6**layer) * (1 + 0.2 * rng.random())
         out.append({"layer": layer, "max_abs_diff": rel * 40, "rel_l2": rel, "cosine": 1 - rel * rel / 2})
     return out
 

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 import esmdiv.bench
 from esmdiv.bench import PATHS, BenchConfig, make_workload, parse_paths, run_bench
-from esmdiv.errors import EnvironmentUnavailable, UsageError
 from esmdiv.cli.app import app
-from esmdiv.input.fasta import read_fasta
-from esmdiv.forward.packing import batches_by_tokens, encode, pad
+from esmdiv.errors import EnvironmentUnavailable, UsageError
 from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.packing import batches_by_tokens, encode, pad
 from esmdiv.forward.padded import ForwardOutput, padded_forward
+from esmdiv.input.fasta import read_fasta
 from esmdiv.input.workloads import lognormal_workload, write_fasta
 
 from conftest import FIXTURES
@@ -89,19 +89,40 @@ def test_write_fasta_cli_writes_the_workload_without_loading_a_model(tmp_path, m
 @pytest.fixture(scope="module")
 def small_result(random_8m, small_fasta):
     """Every path on eight short sequences, small batches so there are several, 3 timed passes."""
-    config = BenchConfig(fasta=small_fasta, device="cpu", max_tokens=150, repeats=3, warmup=1, command="esmdiv bench test")
+    config = BenchConfig(
+        fasta=small_fasta, device="cpu", max_tokens=150, repeats=3, warmup=1, command="esmdiv bench test"
+    )
     return run_bench(config, loaded=random_8m)
 
 
 def test_bench_json_has_every_field(small_result):
     data = json.loads(json.dumps(small_result.to_dict()))
     assert set(data) >= {
-        "schema", "command", "date", "esmdiv_version", "environment", "model", "dtype", "backend",
-        "workload", "timing", "paths", "speedups", "warnings",
+        "schema",
+        "command",
+        "date",
+        "esmdiv_version",
+        "environment",
+        "model",
+        "dtype",
+        "backend",
+        "workload",
+        "timing",
+        "paths",
+        "speedups",
+        "warnings",
     }
     assert data["command"] == "esmdiv bench test" and data["date"].endswith("+00:00")
     assert set(data["environment"]) >= {
-        "device", "device_name", "gpu_memory_gib", "torch", "cuda", "fair_esm", "transformers", "esmdiv", "git_commit",
+        "device",
+        "device_name",
+        "gpu_memory_gib",
+        "torch",
+        "cuda",
+        "fair_esm",
+        "transformers",
+        "esmdiv",
+        "git_commit",
     }
     assert data["environment"]["fair_esm"] and data["environment"]["torch"] == torch.__version__
     assert set(data["workload"]) >= {"kind", "n", "seed", "path", "sequences", "tokens", "batches", "max_tokens"}
@@ -112,8 +133,15 @@ def test_bench_json_has_every_field(small_result):
     for name in ("padded", "packed"):
         path = data["paths"][name]
         assert set(path) >= {
-            "status", "seconds", "median_s", "min_s", "max_s", "tokens_per_s", "sequences_per_s",
-            "peak_gpu_memory_gib", "check",
+            "status",
+            "seconds",
+            "median_s",
+            "min_s",
+            "max_s",
+            "tokens_per_s",
+            "sequences_per_s",
+            "peak_gpu_memory_gib",
+            "check",
         }
         assert path["status"] == "ok" and path["peak_gpu_memory_gib"] is None  # CPU: no GPU memory
 
@@ -134,7 +162,7 @@ def test_bench_counts_exactly_the_workloads_tokens_and_batches(small_result, sma
 
 def test_bench_statistics_are_consistent(small_result):
     data = small_result.to_dict()
-    for name, path in data["paths"].items():
+    for path in data["paths"].values():
         if path["status"] != "ok":
             continue
         assert len(path["seconds"]) == 3
@@ -143,9 +171,13 @@ def test_bench_statistics_are_consistent(small_result):
         assert path["tokens_per_s"] == pytest.approx(path["tokens"] / path["median_s"])
         assert path["sequences_per_s"] == pytest.approx(8 / path["median_s"])
     paths = data["paths"]
-    assert data["speedups"]["packed_over_padded"] == pytest.approx(paths["padded"]["median_s"] / paths["packed"]["median_s"])
+    assert data["speedups"]["packed_over_padded"] == pytest.approx(
+        paths["padded"]["median_s"] / paths["packed"]["median_s"]
+    )
     if paths["hf"]["status"] == "ok":
-        assert data["speedups"]["packed_over_hf"] == pytest.approx(paths["hf"]["median_s"] / paths["packed"]["median_s"])
+        assert data["speedups"]["packed_over_hf"] == pytest.approx(
+            paths["hf"]["median_s"] / paths["packed"]["median_s"]
+        )
     else:
         assert data["speedups"]["packed_over_hf"] is None
 
@@ -211,8 +243,20 @@ def test_hf_row_says_not_available_without_transformers(random_8m, small_fasta, 
 def test_cli_bench_prints_the_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     code, stdout, _ = bench_cli(
-        "--n", "3", "--seed", "2", "--device", "cpu", "--repeats", "1", "--warmup", "0",
-        "--paths", "padded,packed", "--json", str(out),
+        "--n",
+        "3",
+        "--seed",
+        "2",
+        "--device",
+        "cpu",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--paths",
+        "padded,packed",
+        "--json",
+        str(out),
     )
     assert code == 0, stdout
     assert "Throughput" in stdout and "speed-up" in stdout and "RANDOM WEIGHTS" in stdout
@@ -225,7 +269,9 @@ def test_cli_bench_prints_the_table_and_writes_json(tmp_path):
 
 def test_cli_bench_on_a_fasta(tmp_path, small_fasta):
     out = tmp_path / "b.json"
-    code, stdout, _ = bench_cli(str(small_fasta), "--device", "cpu", "--repeats", "1", "--paths", "packed", "--json", str(out))
+    code, stdout, _ = bench_cli(
+        str(small_fasta), "--device", "cpu", "--repeats", "1", "--paths", "packed", "--json", str(out)
+    )
     data = json.loads(out.read_text())
     assert code == 0 and data["workload"]["kind"] == "fasta" and data["workload"]["path"] == str(small_fasta)
     assert data["workload"]["sequences"] == 8 and data["paths"]["packed"]["status"] == "ok"

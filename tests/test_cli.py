@@ -122,8 +122,10 @@ def test_bad_input_is_one_line_with_exit_2(args, code, fragment):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA environment error")
-@pytest.mark.parametrize("args", [["--device", "cuda"], ["--device", "cpu", "--backend", "torch"],
-                                  ["--device", "cpu", "--backend", "flash-attn"]])
+@pytest.mark.parametrize(
+    "args",
+    [["--device", "cuda"], ["--device", "cpu", "--backend", "torch"], ["--device", "cpu", "--backend", "flash-attn"]],
+)
 def test_environment_errors_exit_3(args):
     code, _, stderr = run(SEED18, *args)
     assert code == 3 and len(stderr.strip().splitlines()) == 1

@@ -88,8 +88,9 @@ def test_bad_input_in_a_real_process(case: Case, tmp_path):
     """``python -m esmdiv``: what a pipeline sees, Python's own last-resort traceback included."""
     args = case.build(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "esmdiv", "check", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "esmdiv", "check", *args], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == case.code
     assert len(done.stderr.strip().splitlines()) == 1 and case.fragment in done.stderr, done.stderr
     assert "Traceback" not in done.stdout + done.stderr

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from esmdiv.measure.decision import Evidence, Thresholds, Verdict, decide
 from esmdiv.errors import UsageError
+from esmdiv.measure.decision import Evidence, Thresholds, Verdict, decide
 
 T = Thresholds()
 
@@ -14,8 +14,15 @@ def verdict(agreement=1.0, min_cosine=0.9999, max_mad=1e-4, nonfinite=()):
 
 @pytest.mark.parametrize(
     "agreement, expected",
-    [(1.0, Verdict.ACCEPT), (0.991, Verdict.ACCEPT), (0.99, Verdict.VALIDATE), (0.97, Verdict.VALIDATE),
-     (0.95, Verdict.VALIDATE), (0.9499, Verdict.FALLBACK), (0.0, Verdict.FALLBACK)],
+    [
+        (1.0, Verdict.ACCEPT),
+        (0.991, Verdict.ACCEPT),
+        (0.99, Verdict.VALIDATE),
+        (0.97, Verdict.VALIDATE),
+        (0.95, Verdict.VALIDATE),
+        (0.9499, Verdict.FALLBACK),
+        (0.0, Verdict.FALLBACK),
+    ],
 )
 def test_agreement_boundaries(agreement, expected):
     assert verdict(agreement=agreement) is expected
@@ -23,8 +30,13 @@ def test_agreement_boundaries(agreement, expected):
 
 @pytest.mark.parametrize(
     "min_cosine, max_mad, expected",
-    [(0.99001, 0.00999, Verdict.ACCEPT), (0.99, 1e-4, Verdict.VALIDATE), (0.5, 1e-4, Verdict.VALIDATE),
-     (0.9999, 0.01, Verdict.VALIDATE), (0.9999, 0.5, Verdict.VALIDATE)],
+    [
+        (0.99001, 0.00999, Verdict.ACCEPT),
+        (0.99, 1e-4, Verdict.VALIDATE),
+        (0.5, 1e-4, Verdict.VALIDATE),
+        (0.9999, 0.01, Verdict.VALIDATE),
+        (0.9999, 0.5, Verdict.VALIDATE),
+    ],
 )
 def test_embedding_gates_make_validate_not_fallback(min_cosine, max_mad, expected):
     assert verdict(min_cosine=min_cosine, max_mad=max_mad) is expected
@@ -59,8 +71,15 @@ def test_thresholds_are_options_and_change_the_verdict():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(accept_agreement=1.5), dict(validate_agreement=-0.1), dict(validate_agreement=0.995),
-               dict(min_cosine=2.0), dict(max_mad=0.0), dict(max_mad=math.inf)],
+    "kwargs",
+    [
+        dict(accept_agreement=1.5),
+        dict(validate_agreement=-0.1),
+        dict(validate_agreement=0.995),
+        dict(min_cosine=2.0),
+        dict(max_mad=0.0),
+        dict(max_mad=math.inf),
+    ],
 )
 def test_thresholds_out_of_range_are_usage_errors(kwargs):
     with pytest.raises(UsageError):

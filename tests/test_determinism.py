@@ -21,8 +21,23 @@ def test_two_runs_in_fresh_processes_give_identical_reports(tmp_path):
     for i in range(2):
         out = tmp_path / f"run{i}.json"
         done = subprocess.run(
-            [sys.executable, "-m", "esmdiv", "check", str(fasta), "--device", "cpu", "--max-tokens", "64", "--json", str(out)],
-            capture_output=True, text=True, env=env, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "esmdiv",
+                "check",
+                str(fasta),
+                "--device",
+                "cpu",
+                "--max-tokens",
+                "64",
+                "--json",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
         )
         codes.append(done.returncode)
         reports.append(json.loads(out.read_text()))

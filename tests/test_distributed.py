@@ -14,8 +14,19 @@ from esmdiv.distributed import shard_by_tokens
 from conftest import FIXTURES, ROOT
 
 SEED18 = str(FIXTURES / "seed18.fasta")
-PER_SEQUENCE = ("cosine", "mad", "max_abs_diff", "rel_l2", "residue_cosine_min", "label_v1", "label_v2",
-                "confidence_v1", "confidence_v2", "mlm", "invariance")
+PER_SEQUENCE = (
+    "cosine",
+    "mad",
+    "max_abs_diff",
+    "rel_l2",
+    "residue_cosine_min",
+    "label_v1",
+    "label_v2",
+    "confidence_v1",
+    "confidence_v2",
+    "mlm",
+    "invariance",
+)
 
 
 def test_shards_cover_everything_once_and_balance_tokens():
@@ -28,10 +39,24 @@ def test_shards_cover_everything_once_and_balance_tokens():
 
 
 def _torchrun(tmp_path, *args, extra_env=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1", **(extra_env or {})}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "esmdiv", "check", *args]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        **(extra_env or {}),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "esmdiv",
+        "check",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
 
 
@@ -67,14 +92,16 @@ def test_a_failing_rank_fails_the_whole_run(tmp_path):
     # sitecustomize runs in every process at start-up: rank 1's audit breaks mid-run.
     hook = tmp_path / "hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(textwrap.dedent("""
+    (hook / "sitecustomize.py").write_text(
+        textwrap.dedent("""
         import os
         if os.environ.get("RANK") == "1":
             import esmdiv.audit.run
             def broken(*args, **kwargs):
                 raise RuntimeError("injected failure on rank 1")
             esmdiv.audit.run.compare_batch = broken
-    """))
+    """)
+    )
     out = tmp_path / "r.json"
     env = {"PYTHONPATH": str(hook) + os.pathsep + str(ROOT)}
     run = _torchrun(tmp_path, SEED18, "--device", "cpu", "--json", str(out), extra_env=env)

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from esmdiv.forward.faults import Fault
-from esmdiv.model.loading import load_model
-from esmdiv.forward.packing import encode, pack
 from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.packing import encode, pack
 from esmdiv.forward.padded import padded_forward
+from esmdiv.model.loading import load_model
 
 from helpers import both_paths, max_pooled_mad, max_residue_diff, random_sequences
 
@@ -56,7 +56,9 @@ def test_token_dropout_scaling_matches_with_masked_tokens(random_8m):
     clean = packed_forward(model, pack(tokens), "reference", faults={Fault.NO_TOKEN_DROPOUT_SCALE}).representations[6]
     lengths = [len(t) for t in tokens]
     worst = max(float((ref[i, :n] - p).abs().max()) for i, (n, p) in enumerate(zip(lengths, torch.split(out, lengths))))
-    wrong = max(float((ref[i, :n] - p).abs().max()) for i, (n, p) in enumerate(zip(lengths, torch.split(clean, lengths))))
+    wrong = max(
+        float((ref[i, :n] - p).abs().max()) for i, (n, p) in enumerate(zip(lengths, torch.split(clean, lengths)))
+    )
     assert worst < 1e-4 < wrong
 
 

@@ -130,10 +130,23 @@ def test_a_real_sigint_mid_run_is_exit_130(tmp_path):
     # One retry: under heavy load about 1 run in 20 ended with the process killed by SIGINT
     # (returncode -2) after esmdiv had printed its one line and written its partial report; the
     # second run must then be clean. Both attempts still check everything below.
-    for attempt in range(2):
+    for _attempt in range(2):
         child = subprocess.Popen(
-            [sys.executable, "-m", "esmdiv", "check", str(FIXTURES / "seed18.fasta"), "--device", "cpu", "--json", str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            [
+                sys.executable,
+                "-m",
+                "esmdiv",
+                "check",
+                str(FIXTURES / "seed18.fasta"),
+                "--device",
+                "cpu",
+                "--json",
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         deadline = time.monotonic() + 120
         while not _torch_loaded(child.pid) and child.poll() is None and time.monotonic() < deadline:
@@ -223,16 +236,32 @@ def test_nan_in_a_bos_row_is_caught(tmp_path, monkeypatch):
 def test_nan_everywhere_is_fallback_even_with_the_loosest_thresholds(tmp_path, monkeypatch):
     monkeypatch.setattr(esmdiv.audit.batch, "padded_forward", poison_padded(float("nan"), rows=range(6)))
     out = tmp_path / "r.json"
-    result = check(tmp_path, "--max-tokens", "4096", "--accept-agreement", "0", "--validate-agreement", "0",
-                   "--min-cosine", "-1", "--max-mad", "1e308", "--json", str(out))
+    result = check(
+        tmp_path,
+        "--max-tokens",
+        "4096",
+        "--accept-agreement",
+        "0",
+        "--validate-agreement",
+        "0",
+        "--min-cosine",
+        "-1",
+        "--max-mad",
+        "1e308",
+        "--json",
+        str(out),
+    )
     assert result.exit_code == 20 and json.loads(out.read_text())["verdict"] == "FALLBACK"
 
 
 # --- checkpoints never run code ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("build", [evil_checkpoint, lambda tmp: evil_checkpoint(tmp, legacy=True), evil_hf_folder],
-                         ids=["zip", "legacy", "hf-folder"])
+@pytest.mark.parametrize(
+    "build",
+    [evil_checkpoint, lambda tmp: evil_checkpoint(tmp, legacy=True), evil_hf_folder],
+    ids=["zip", "legacy", "hf-folder"],
+)
 def test_a_malicious_checkpoint_is_exit_2_and_runs_nothing(build, tmp_path):
     spec = build(tmp_path)
     result = check(tmp_path, "--model", spec)
@@ -249,8 +278,15 @@ def test_the_malicious_checkpoint_is_real(tmp_path):
 
 
 def _calls(tree, module, attr):
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-            and n.func.attr == attr and isinstance(n.func.value, ast.Name) and n.func.value.id == module]
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr == attr
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == module
+    ]
 
 
 def test_every_torch_load_is_weights_only_and_nothing_else_unpickles():
@@ -272,8 +308,11 @@ def test_a_safetensors_state_dict_loads_as_the_same_model(random_8m, tmp_path):
 
     from esmdiv.model.loading import load_model
 
-    state = {k: v.contiguous() for k, v in random_8m.model.state_dict().items()
-             if "inv_freq" not in k and k != "lm_head.weight"}  # lm_head.weight is tied to embed_tokens
+    state = {
+        k: v.contiguous()
+        for k, v in random_8m.model.state_dict().items()
+        if "inv_freq" not in k and k != "lm_head.weight"
+    }  # lm_head.weight is tied to embed_tokens
     save_file(state, tmp_path / "esm2_8m.safetensors")
     loaded = load_model(str(tmp_path / "esm2_8m.safetensors"))
     assert loaded.info.source == "safetensors"

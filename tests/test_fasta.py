@@ -80,7 +80,13 @@ def test_nucleotide_like_records_are_flagged_not_rejected():
 @pytest.mark.parametrize(
     "policy, kept, truncated, skipped, beyond",
     [
-        ("truncate", {"short": 10, "long_1500": MAX_RESIDUES, "long_1100": MAX_RESIDUES}, ["long_1500", "long_1100"], [], []),
+        (
+            "truncate",
+            {"short": 10, "long_1500": MAX_RESIDUES, "long_1100": MAX_RESIDUES},
+            ["long_1500", "long_1100"],
+            [],
+            [],
+        ),
         ("skip", {"short": 10}, [], ["long_1500", "long_1100"], []),
         ("full", {"short": 10, "long_1500": 1500, "long_1100": 1100}, [], [], ["long_1500", "long_1100"]),
     ],

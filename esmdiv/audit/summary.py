@@ -12,7 +12,7 @@ from esmdiv.audit.batch import AuditRun
 from esmdiv.audit.results import SequenceResult, nearer
 from esmdiv.forward.high_precision import algorithm_tolerance
 from esmdiv.measure.decision import Evidence, HighPrecisionEvidence, Thresholds
-from esmdiv.measure.metrics import prediction_summary, spread
+from esmdiv.measure.metrics import HighPrecisionDistance, prediction_summary, spread
 from esmdiv.measure.stats import agreement_lower_bound
 
 #: The report's name for each timed path (the high-precision run is "reference" in reports).
@@ -37,8 +37,12 @@ def _nonfinite_outside_residues(results: list[SequenceResult]) -> list[str]:
     for r in results:
         if not (r.metrics.finite_v1 and r.metrics.finite_v2):
             continue  # already named by the residue check
-        values = {"pooled cosine": r.metrics.cosine, "pooled MAD": r.metrics.mad,
-                  "confidence v1 (padded)": r.confidence_v1, "confidence v2 (packed)": r.confidence_v2}
+        values = {
+            "pooled cosine": r.metrics.cosine,
+            "pooled MAD": r.metrics.mad,
+            "confidence v1 (padded)": r.confidence_v1,
+            "confidence v2 (packed)": r.confidence_v2,
+        }
         bad = [name for name, value in values.items() if not math.isfinite(value)]
         if bad:
             out.append(f"{r.id}: {', '.join(bad)} not finite")
@@ -56,8 +60,9 @@ def summarise(
     per_head = []
     for h, name in enumerate(head_names):
         p = [r.predictions[h] for r in results]
-        summary = prediction_summary([x.label_v1 for x in p], [x.label_v2 for x in p],
-                                     [x.confidence_v1 for x in p], [x.confidence_v2 for x in p]).to_dict()
+        summary = prediction_summary(
+            [x.label_v1 for x in p], [x.label_v2 for x in p], [x.confidence_v1 for x in p], [x.confidence_v2 for x in p]
+        ).to_dict()
         per_head.append({"head": name, **summary})
     worst = min(range(len(per_head)), key=lambda h: per_head[h]["agreement"])
     m = [r.metrics for r in results]
@@ -90,7 +95,8 @@ def summarise(
     )
     if results and results[0].high_precision is not None:  # the report's "reference" block
         summary["reference"], evidence.high_precision = _high_precision_summary(
-            results, len(head_names), dtype, high_dtype)
+            results, len(head_names), dtype, high_dtype
+        )
     return summary, evidence
 
 
@@ -124,16 +130,11 @@ def _high_precision_summary(
     agreeing = min(
         sum(r.predictions[h].label_v2 == r.predictions[h].label_ref for r in results) for h in range(n_heads)
     )
-    side = lambda ds: {  # noqa: E731 - a table row builder
-        "cosine_min": spread([d.cosine for d in ds])["min"],
-        "mad": spread([d.mad for d in ds]),
-        "rel_l2": spread([d.rel_l2 for d in ds]),
-    }
     summary = {
         "finite": finite,
-        "v1": side(d1),
-        "v2": side(d2),
-        "algorithm": side(da),
+        "v1": _distance_spread(d1),
+        "v2": _distance_spread(d2),
+        "algorithm": _distance_spread(da),
         "ratio": ratio,
         "packed_nearer": nearer_paths.count("packed"),
         "padded_nearer": nearer_paths.count("padded"),
@@ -153,10 +154,21 @@ def _high_precision_summary(
     return summary, evidence
 
 
+def _distance_spread(distances: list[HighPrecisionDistance]) -> dict:
+    """One path's distances to the high-precision run, summarised (a row of the reference block)."""
+    return {
+        "cosine_min": spread([d.cosine for d in distances])["min"],
+        "mad": spread([d.mad for d in distances]),
+        "rel_l2": spread([d.rel_l2 for d in distances]),
+    }
+
+
 def mlm_summary(run: AuditRun, results: list[SequenceResult]) -> dict:
     """The report's ``summary.mlm``: token agreement, JS divergence and perplexity, or why skipped."""
     if not run.mlm:
-        why = "the checkpoint has no language-model head" if not run.loaded.info.has_lm_head else "turned off (--no-mlm)"
+        why = (
+            "the checkpoint has no language-model head" if not run.loaded.info.has_lm_head else "turned off (--no-mlm)"
+        )
         return {"skipped": why}
     top1 = [r.mlm["top1_agreement"] for r in results if r.mlm]
     js = [r.mlm["js"] for r in results if r.mlm]

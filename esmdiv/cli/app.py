@@ -14,8 +14,9 @@ import contextlib
 import shlex
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Iterator, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
@@ -46,22 +47,31 @@ BENCH_EXIT_HELP = (
 
 # --- options shared by several commands -------------------------------------------------------------
 
-ModelOption = Annotated[str, typer.Option(
-    "--model", "-m",
-    help="fair-esm name (esm2_t33_650M_UR50D), fair-esm .pt, .safetensors, Hugging Face ESM folder, "
-    "or random:<8M|35M|150M|650M|3B|15B>[:seed] (seeded random weights).",
-)]
+ModelOption = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="fair-esm name (esm2_t33_650M_UR50D), fair-esm .pt, .safetensors, Hugging Face ESM folder, "
+        "or random:<8M|35M|150M|650M|3B|15B>[:seed] (seeded random weights).",
+    ),
+]
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
-DtypeOption = Annotated[Optional[str], typer.Option(help="fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU).")]
+DtypeOption = Annotated[str | None, typer.Option(help="fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU).")]
 BackendOption = Annotated[str, typer.Option(help="Packed attention: auto, flash-attn, torch or reference.")]
-CompileOption = Annotated[Optional[bool], typer.Option(
-    "--compile/--no-compile", help="torch.compile the packed path's dense regions (default: on CUDA).",
-)]
+CompileOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile the packed path's dense regions (default: on CUDA).",
+    ),
+]
 LongOption = Annotated[str, typer.Option("--long", help="Over 1022 residues: truncate, skip, error or full.")]
 DebugOption = Annotated[bool, typer.Option(help="Show tracebacks.")]
 
 app = typer.Typer(
-    help="Audit whether a packed, padding-free ESM-2 forward diverges from fair-esm's padded one.\n\n" + EXIT_CODES_HELP,
+    help="Audit whether a packed, padding-free ESM-2 forward diverges from fair-esm's padded one.\n\n"
+    + EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -118,7 +128,7 @@ def _one_line(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def partial_report_on_failure(json_path: Optional[Path], partial: PartialRun) -> Iterator[None]:
+def partial_report_on_failure(json_path: Path | None, partial: PartialRun) -> Iterator[None]:
     """When the run fails, write ``partial.to_dict(error)`` to ``--json`` (``"complete": false``,
     no verdict) so the path never holds a stale or invented verdict; then let the error go on."""
     try:
@@ -143,10 +153,12 @@ def check(
     backend: BackendOption = "auto",
     compile: CompileOption = None,
     head: str = typer.Option(
-        "auto", help="Prediction head: auto (the checkpoint's own, else proxy), model, proxy, or a head file (.pt/.safetensors)."
+        "auto",
+        help="Prediction head: auto (the checkpoint's own, else proxy), model, proxy, "
+        "or a head file (.pt/.safetensors).",
     ),
     long: LongOption = "truncate",
-    max_tokens: Optional[int] = typer.Option(
+    max_tokens: int | None = typer.Option(
         None, help="Token budget per batch, padded (default: 16384 on CUDA, 4096 on CPU)."
     ),
     accept_agreement: float = typer.Option(0.99, help="ACCEPT needs label agreement above this fraction."),
@@ -154,7 +166,8 @@ def check(
     min_cosine: float = typer.Option(0.99, help="Every sequence's pooled cosine must be above this."),
     max_mad: float = typer.Option(0.01, help="Every sequence's pooled mean abs diff must be below this."),
     reference: str = typer.Option(
-        "none", help="fp32: also run a high-precision reference (fp32 on CUDA, fp64 on CPU) and measure both paths against it."
+        "none",
+        help="fp32: also run a high-precision reference (fp32 on CUDA, fp64 on CPU) and measure both paths against it.",
     ),
     max_reference_ratio: float = typer.Option(
         2.0, help="With a reference: packed's mean distance to it may be at most this times the padded path's."
@@ -162,37 +175,57 @@ def check(
     max_invariance_ratio: float = typer.Option(
         2.0, help="With --invariance: packed's largest movement may be at most this times the padded path's."
     ),
-    max_algorithm_error: Optional[float] = typer.Option(
-        None, help="With a reference: the packed algorithm at reference precision may differ from it by this "
-        "rel-L2 (default: 0.1 sqrt(eps) of the reference dtype: 3.5e-5 fp32, 1.5e-9 fp64)."
+    max_algorithm_error: float | None = typer.Option(
+        None,
+        help="With a reference: the packed algorithm at reference precision may differ from it by this "
+        "rel-L2 (default: 0.1 sqrt(eps) of the reference dtype: 3.5e-5 fp32, 1.5e-9 fp64).",
     ),
     trace: bool = typer.Option(False, "--trace", help="Compare the hidden states after every layer."),
     trace_threshold: float = typer.Option(1e-2, help="rel-L2 at which --trace names the first layer crossing it."),
-    mlm: Optional[bool] = typer.Option(
-        None, "--mlm/--no-mlm", help="MLM metrics (token agreement, JS divergence, perplexity) (default: when the model has an LM head)."
+    mlm: bool | None = typer.Option(
+        None,
+        "--mlm/--no-mlm",
+        help="MLM metrics (token agreement, JS divergence, perplexity) (default: when the model has an LM head).",
     ),
     mlm_sample: int = typer.Option(64, help="Sequences (first in the file) in the 15 %-masked perplexity sample."),
-    invariance: bool = typer.Option(False, "--invariance", help="Rerun in shuffled batches: do embeddings move with their neighbours?"),
+    invariance: bool = typer.Option(
+        False, "--invariance", help="Rerun in shuffled batches: do embeddings move with their neighbours?"
+    ),
     proxy_seeds: str = typer.Option("42", help="Comma-separated seeds of proxy heads; the lowest agreement gates."),
     head_activation: str = typer.Option("relu", help="Activation between the Linears of a --head file MLP."),
-    extra_features: Optional[Path] = typer.Option(
+    extra_features: Path | None = typer.Option(
         None, help=".npy (n_records, k) features concatenated before the pooled embedding for a --head file."
     ),
-    gate: str = typer.Option("point", help="The ACCEPT bar reads the agreement's point estimate or its lower 'bound' (the FALLBACK floor: the point)."),
+    gate: str = typer.Option(
+        "point",
+        help="The ACCEPT bar reads the agreement's point estimate or its lower 'bound' "
+        "(the FALLBACK floor: the point).",
+    ),
     confidence: float = typer.Option(0.95, help="Confidence of the agreement's Clopper-Pearson lower bound."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON here."),
-    junit_path: Optional[Path] = typer.Option(
+    json_path: Path | None = typer.Option(None, "--json", help="Write the full report as JSON here."),
+    junit_path: Path | None = typer.Option(
         None, "--junit", help="Write JUnit XML here for CI: one test case per gate and one per sequence."
     ),
     worst: int = typer.Option(10, help="Rows in the worst-sequences table."),
     debug: DebugOption = False,
 ) -> None:
     """Run both paths over FASTA and print the verdict; the exit code is the verdict's."""
-    partial = PartialRun(dict(
-        fasta=str(fasta), model=model, device=device, dtype=dtype, backend=backend, head=head, long=long,
-        max_tokens=max_tokens, accept_agreement=accept_agreement, validate_agreement=validate_agreement,
-        min_cosine=min_cosine, max_mad=max_mad,
-    ))
+    partial = PartialRun(
+        dict(
+            fasta=str(fasta),
+            model=model,
+            device=device,
+            dtype=dtype,
+            backend=backend,
+            head=head,
+            long=long,
+            max_tokens=max_tokens,
+            accept_agreement=accept_agreement,
+            validate_agreement=validate_agreement,
+            min_cosine=min_cosine,
+            max_mad=max_mad,
+        )
+    )
     with guard(debug), partial_report_on_failure(json_path, partial):
         from esmdiv.audit.run import AuditConfig
         from esmdiv.measure.decision import Thresholds
@@ -201,13 +234,37 @@ def check(
 
         if json_path is not None:
             check_output_path(json_path, "--json")
-        thresholds = Thresholds(accept_agreement, validate_agreement, min_cosine, max_mad, max_reference_ratio,
-                                max_invariance_ratio, max_algorithm_error, gate, confidence)
+        thresholds = Thresholds(
+            accept_agreement,
+            validate_agreement,
+            min_cosine,
+            max_mad,
+            max_reference_ratio,
+            max_invariance_ratio,
+            max_algorithm_error,
+            gate,
+            confidence,
+        )
         config = AuditConfig(
-            fasta=fasta, model=model, device=device, dtype=dtype, backend=backend, head=head, long_policy=long,
-            max_tokens=max_tokens, thresholds=thresholds, proxy_seeds=parse_seeds(proxy_seeds),
-            head_activation=head_activation, extra_features=extra_features, high_precision=reference, trace=trace,
-            trace_threshold=trace_threshold, mlm=mlm, mlm_sample=mlm_sample, invariance=invariance, compile=compile,
+            fasta=fasta,
+            model=model,
+            device=device,
+            dtype=dtype,
+            backend=backend,
+            head=head,
+            long_policy=long,
+            max_tokens=max_tokens,
+            thresholds=thresholds,
+            proxy_seeds=parse_seeds(proxy_seeds),
+            head_activation=head_activation,
+            extra_features=extra_features,
+            high_precision=reference,
+            trace=trace,
+            trace_threshold=trace_threshold,
+            mlm=mlm,
+            mlm_sample=mlm_sample,
+            invariance=invariance,
+            compile=compile,
         )
         result = _run_audit(config, partial)
         partial.stage = "report"
@@ -231,7 +288,7 @@ def _run_audit(config: AuditConfig, partial: PartialRun) -> AuditResult:
     return result
 
 
-def _write_audit_reports(result: AuditResult, json_path: Optional[Path], junit_path: Optional[Path]) -> None:
+def _write_audit_reports(result: AuditResult, json_path: Path | None, junit_path: Path | None) -> None:
     from esmdiv.report.files import finite_or_none
     from esmdiv.report.junit import write_junit
 
@@ -253,8 +310,8 @@ def selftest(
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
     backend: BackendOption = "auto",
-    fasta: Optional[Path] = typer.Option(None, help="Sequences to audit (default: the shipped seed18 fixture)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the table as JSON here."),
+    fasta: Path | None = typer.Option(None, help="Sequences to audit (default: the shipped seed18 fixture)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the table as JSON here."),
     debug: DebugOption = False,
 ) -> None:
     """Inject each known packed-path bug in turn and check that the audit catches every one."""
@@ -276,12 +333,14 @@ def selftest(
 @app.command("report", epilog="Exit codes: 0 written, 2 unreadable report or bad options, 3 matplotlib not installed.")
 def report_command(
     run_json: Path = typer.Argument(..., help="A report written by esmdiv check --json.", show_default=False),
-    html_path: Optional[Path] = typer.Option(None, "--html", help="Write one self-contained HTML page (plots embedded)."),
-    markdown_path: Optional[Path] = typer.Option(
+    html_path: Path | None = typer.Option(None, "--html", help="Write one self-contained HTML page (plots embedded)."),
+    markdown_path: Path | None = typer.Option(
         None, "--markdown", help="Write Markdown; its plots go to <name>_files/ beside it."
     ),
-    junit_path: Optional[Path] = typer.Option(None, "--junit", help="Write JUnit XML from the saved report."),
-    plots: bool = typer.Option(True, "--plots/--no-plots", help="Markdown only: --no-plots writes text only (CI job summaries)."),
+    junit_path: Path | None = typer.Option(None, "--junit", help="Write JUnit XML from the saved report."),
+    plots: bool = typer.Option(
+        True, "--plots/--no-plots", help="Markdown only: --no-plots writes text only (CI job summaries)."
+    ),
     debug: DebugOption = False,
 ) -> None:
     """Turn a run's JSON into a page for people (verdict, reasons, plots) and/or JUnit XML."""
@@ -313,9 +372,9 @@ def report_command(
 def env_command(
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Also load this model and checksum its weights."),
-    fasta: Optional[Path] = typer.Option(None, "--fasta", help="Also count this FASTA's records and checksum it."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the fingerprint as JSON here."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Also load this model and checksum its weights."),
+    fasta: Path | None = typer.Option(None, "--fasta", help="Also count this FASTA's records and checksum it."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the fingerprint as JSON here."),
     debug: DebugOption = False,
 ) -> None:
     """Print this machine's fingerprint (what every report records) and which attention backends run here."""
@@ -348,16 +407,18 @@ def env_command(
 
 @app.command(epilog=BENCH_EXIT_HELP)
 def bench(
-    fasta: Optional[Path] = typer.Argument(None, help="Protein FASTA to time (default: the lognormal workload).",
-                                           show_default=False),
+    fasta: Path | None = typer.Argument(
+        None, help="Protein FASTA to time (default: the lognormal workload).", show_default=False
+    ),
     model: ModelOption = "random:8M",
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
     backend: BackendOption = "auto",
-    max_tokens: Optional[int] = typer.Option(
-        None, help="Token budget per batch, padded; the same batches for every path (default: 16384 on CUDA, 4096 on CPU)."
+    max_tokens: int | None = typer.Option(
+        None,
+        help="Token budget per batch, padded; the same batches for every path (default: 16384 on CUDA, 4096 on CPU).",
     ),
-    workload: Optional[str] = typer.Option(
+    workload: str | None = typer.Option(
         None, help="lognormal (seeded synthetic) or fasta (default: fasta when a FASTA is given, else lognormal)."
     ),
     n: int = typer.Option(256, "--n", help="Sequences in the lognormal workload."),
@@ -366,11 +427,13 @@ def bench(
     repeats: int = typer.Option(5, help="Timed passes over the whole workload per path (the median is reported)."),
     warmup: int = typer.Option(1, help="Untimed passes per path before timing."),
     compile: CompileOption = None,
-    paths: Optional[str] = typer.Option(
-        None, help="Paths to time, comma-separated: padded,packed,hf (default: all three; hf only where transformers imports)."
+    paths: str | None = typer.Option(
+        None,
+        help="Paths to time, comma-separated: padded,packed,hf "
+        "(default: all three; hf only where transformers imports).",
     ),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON here."),
-    write_fasta: Optional[Path] = typer.Option(
+    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
+    write_fasta: Path | None = typer.Option(
         None, "--write-fasta", help="Write the workload as FASTA here and exit (nothing is timed; .gz compresses)."
     ),
     debug: DebugOption = False,
@@ -382,8 +445,18 @@ def bench(
 
     with guard(debug):
         config = BenchConfig(
-            model=model, device=device, dtype=dtype, backend=backend, max_tokens=max_tokens, fasta=fasta,
-            workload=workload, n=n, seed=seed, long_policy=long, repeats=repeats, warmup=warmup,
+            model=model,
+            device=device,
+            dtype=dtype,
+            backend=backend,
+            max_tokens=max_tokens,
+            fasta=fasta,
+            workload=workload,
+            n=n,
+            seed=seed,
+            long_policy=long,
+            repeats=repeats,
+            warmup=warmup,
             paths=parse_paths(paths) if paths is not None else None,
             packed_kwargs={"compile": default_compile(resolve_device(device)) if compile is None else compile},
             command="esmdiv " + shlex.join(sys.argv[1:]),

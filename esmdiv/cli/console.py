@@ -48,7 +48,9 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
     for warning in result.warnings:
         console.print(Text("warning: " + warning, style="yellow"))
 
-    table = Table(title=f"Worst {min(worst, len(result.sequences))} of {len(result.sequences)} sequences (lowest cosine first)")
+    table = Table(
+        title=f"Worst {min(worst, len(result.sequences))} of {len(result.sequences)} sequences (lowest cosine first)"
+    )
     for column in ("id", "len", "cosine", "MAD", "max |Δ|", "label v1/v2", "conf v1", "conf v2"):
         table.add_column(column, justify="left" if column == "id" else "right")
     ranked = sorted(result.sequences, key=lambda r: (_nan_low(r.metrics.cosine), -_nan_high(r.metrics.mad)))
@@ -56,8 +58,14 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
         m = r.metrics
         labels = f"{r.label_v1}/{r.label_v2}" + (" ✗" if r.label_v1 != r.label_v2 else "")
         table.add_row(
-            Text(r.id), str(r.length), f"{m.cosine:.7f}", f"{m.mad:.2e}", f"{m.max_abs_diff:.2e}", labels,
-            f"{r.confidence_v1:.4f}", f"{r.confidence_v2:.4f}",
+            Text(r.id),
+            str(r.length),
+            f"{m.cosine:.7f}",
+            f"{m.mad:.2e}",
+            f"{m.max_abs_diff:.2e}",
+            labels,
+            f"{r.confidence_v1:.4f}",
+            f"{r.confidence_v2:.4f}",
         )
     console.print(table)
 
@@ -66,7 +74,9 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
     summary.add_column("metric")
     summary.add_column("value", justify="right")
     summary.add_row("label agreement", f"{p['agreement']:.2%} ({p['n'] - p['disagreements']}/{p['n']})")
-    summary.add_row("confidence Pearson r", f"{p['pearson']:.6f}" if p["pearson"] is not None else f"n/a ({p['pearson_note']})")
+    summary.add_row(
+        "confidence Pearson r", f"{p['pearson']:.6f}" if p["pearson"] is not None else f"n/a ({p['pearson_note']})"
+    )
     summary.add_row("confidence diff mean / max", f"{p['mean_conf_diff']:.2e} / {p['max_conf_diff']:.2e}")
     summary.add_row("cosine min / mean / max", " / ".join(f"{s['cosine'][k]:.7f}" for k in ("min", "mean", "max")))
     summary.add_row("MAD min / mean / max", " / ".join(f"{s['mad'][k]:.2e}" for k in ("min", "mean", "max")))
@@ -90,13 +100,18 @@ class PathProgress:
     def __init__(self, console: Console):
         self.enabled = console.is_terminal
         self.bars = Progress(
-            TextColumn("{task.description:>7}"), BarColumn(), TaskProgressColumn(),
-            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True,
+            TextColumn("{task.description:>7}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
         )
         self.tasks: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
 
-    def __enter__(self) -> "PathProgress":
+    def __enter__(self) -> PathProgress:
         if self.enabled:
             self.bars.start()
         return self
@@ -123,7 +138,9 @@ def render_verdict(decision, console: Console) -> None:
     verdict = decision.verdict.value
     lines = [Text(verdict, style=VERDICT_STYLE[verdict])]
     for reason in decision.reasons:
-        lines.append(Text(("✓ " if reason.passed else "✗ ") + reason.message, style="green" if reason.passed else "red"))
+        lines.append(
+            Text(("✓ " if reason.passed else "✗ ") + reason.message, style="green" if reason.passed else "red")
+        )
     console.print(Panel(Group(*lines), title="verdict", expand=False, border_style=VERDICT_STYLE[verdict].split()[-1]))
 
 
@@ -139,10 +156,15 @@ def _details(result: AuditResult) -> Table:
     table.add_row("|Δ| 99.9th percentile, max", f"{r['p999_abs_diff']['max']:.2e}")
     table.add_row("elements within 1e-3 / 1e-2", f"{r['allclose_1e3']:.1%} / {r['allclose_1e2']:.1%}")
     for head in s["heads"][1:]:
-        table.add_row("agreement, " + head["head"].split(" (")[0] + head["head"][head["head"].rfind(","):].rstrip(")"),
-                      f"{head['agreement']:.2%}")
+        table.add_row(
+            "agreement, " + head["head"].split(" (")[0] + head["head"][head["head"].rfind(",") :].rstrip(")"),
+            f"{head['agreement']:.2%}",
+        )
     b = s["bound"]
-    table.add_row(f"agreement {b['confidence']:.0%} lower bound", f"{b['lower_bound']:.2%} ({b['agreeing']}/{b['n']}, gate on {b['gate']})")
+    table.add_row(
+        f"agreement {b['confidence']:.0%} lower bound",
+        f"{b['lower_bound']:.2%} ({b['agreeing']}/{b['n']}, gate on {b['gate']})",
+    )
     ref = s.get("reference")
     if ref:
         table.add_row(
@@ -150,14 +172,22 @@ def _details(result: AuditResult) -> Table:
             f"{ref['v1']['rel_l2']['mean']:.2e} / {ref['v2']['rel_l2']['mean']:.2e} (ratio {ref['ratio']:.3g}); "
             f"packed nearer on {ref['packed_nearer']}/{s['n']}",
         )
-        table.add_row("label agreement with the reference", f"padded {ref['agreement_v1']:.2%}, packed {ref['agreement_v2']:.2%}")
-        table.add_row(f"packed algorithm in {ref['dtype']}: rel-L2 to the reference", f"max {ref['algorithm']['rel_l2']['max']:.2e}")
+        table.add_row(
+            "label agreement with the reference", f"padded {ref['agreement_v1']:.2%}, packed {ref['agreement_v2']:.2%}"
+        )
+        table.add_row(
+            f"packed algorithm in {ref['dtype']}: rel-L2 to the reference",
+            f"max {ref['algorithm']['rel_l2']['max']:.2e}",
+        )
     mlm = s.get("mlm", {})
     if "skipped" in mlm:
         table.add_row("MLM metrics", f"skipped: {mlm['skipped']}")
     elif mlm:
         ppl = mlm["perplexity"]
-        table.add_row("MLM top-1 agreement min / mean", f"{mlm['top1_agreement']['min']:.2%} / {mlm['top1_agreement']['mean']:.2%}")
+        table.add_row(
+            "MLM top-1 agreement min / mean",
+            f"{mlm['top1_agreement']['min']:.2%} / {mlm['top1_agreement']['mean']:.2%}",
+        )
         table.add_row("MLM Jensen-Shannon mean / max", f"{mlm['js']['mean']:.2e} / {mlm['js']['max']:.2e} nats")
         if ppl.get("sequences"):
             table.add_row(
@@ -170,7 +200,8 @@ def _details(result: AuditResult) -> Table:
         first = "none" if t["first_layer_over"] is None else f"layer {t['first_layer_over']}"
         table.add_row(
             "trace",
-            f"first layer over rel-L2 {t['threshold']:g}: {first}; first differing layer {t.get('first_differing_layer')}; "
+            f"first layer over rel-L2 {t['threshold']:g}: {first}; "
+            f"first differing layer {t.get('first_differing_layer')}; "
             f"largest growth at layer {t['largest_jump_layer']} (x{t['largest_jump_ratio']:.3g}); "
             f"last layer rel-L2 {t['layers'][-1]['rel_l2']:.2e}",
         )
@@ -187,7 +218,10 @@ def _details(result: AuditResult) -> Table:
 
 
 def _model_label(model: dict) -> str:
-    label = f"{escape(model['spec'])} ({model['num_layers']} layers, {model['embed_dim']} dims, {model['attention_heads']} heads)"
+    label = (
+        f"{escape(model['spec'])} "
+        f"({model['num_layers']} layers, {model['embed_dim']} dims, {model['attention_heads']} heads)"
+    )
     if model.get("random_weights"):
         label += " [bold yellow]RANDOM WEIGHTS[/]"
     return label
@@ -238,16 +272,27 @@ def render_bench(result: BenchResult, console: Console) -> None:
         if path["status"] != "ok":
             table.add_row(_LABELS[name], Text(path["note"] or path["status"], style="yellow"), "", "", "", "", "")
             continue
-        peak = "—" if path["peak_gpu_memory_gib"] is None else (
-            f"{path['peak_gpu_memory_gib']:.2f} (+{path['peak_above_resident_gib']:.2f})"
+        peak = (
+            "—"
+            if path["peak_gpu_memory_gib"] is None
+            else (f"{path['peak_gpu_memory_gib']:.2f} (+{path['peak_above_resident_gib']:.2f})")
         )
         check = path["check"]
-        diff = "reference" if check is None else Text(
-            f"{check['max_abs_diff']:.2e}" + ("" if check["ok"] else " ✗"), style="" if check["ok"] else "red"
+        diff = (
+            "reference"
+            if check is None
+            else Text(
+                f"{check['max_abs_diff']:.2e}" + ("" if check["ok"] else " ✗"), style="" if check["ok"] else "red"
+            )
         )
         table.add_row(
-            _LABELS[name], f"{path['median_s']:.3f}", f"{path['min_s']:.3f}–{path['max_s']:.3f}",
-            f"{path['tokens_per_s']:,.0f}", f"{path['sequences_per_s']:,.1f}", peak, diff,
+            _LABELS[name],
+            f"{path['median_s']:.3f}",
+            f"{path['min_s']:.3f}–{path['max_s']:.3f}",
+            f"{path['tokens_per_s']:,.0f}",
+            f"{path['sequences_per_s']:,.1f}",
+            peak,
+            diff,
         )
     console.print(table)
     if data["timing"]["synchronised"]:
@@ -283,11 +328,16 @@ class SelftestTable:
 
 def render_selftest(table: SelftestTable, settings: dict, ok: bool, console: Console) -> None:
     """The settings line, the table and PASSED or FAILED."""
-    console.print(f"model {table.model}, device {settings['device']}, dtype {settings['dtype']}, "
-                  f"backend {settings['backend']}, reference on, invariance on, fixture {settings['fasta']}")
+    console.print(
+        f"model {table.model}, device {settings['device']}, dtype {settings['dtype']}, "
+        f"backend {settings['backend']}, reference on, invariance on, fixture {settings['fasta']}"
+    )
     console.print(table.table)
-    console.print("[bold green]PASSED[/]: clean run ACCEPT, every injected bug caught" if ok else
-                  "[bold red]FAILED[/]: see the red rows")
+    console.print(
+        "[bold green]PASSED[/]: clean run ACCEPT, every injected bug caught"
+        if ok
+        else "[bold red]FAILED[/]: see the red rows"
+    )
 
 
 # --- esmdiv env ------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-from functools import lru_cache
-from typing import Callable
+from collections.abc import Callable
+from functools import cache
 
 import torch
 
@@ -38,8 +38,11 @@ def backend_availability(device: torch.device, dtype: torch.dtype = torch.float1
         "flash-attn": kernel_problem
         or (None if importlib.util.find_spec("flash_attn") else "the flash-attn package is not installed"),
         "torch": kernel_problem
-        or (None if importlib.util.find_spec("torch.nn.attention.varlen") else
-            f"torch {torch.__version__} has no torch.nn.attention.varlen"),
+        or (
+            None
+            if importlib.util.find_spec("torch.nn.attention.varlen")
+            else f"torch {torch.__version__} has no torch.nn.attention.varlen"
+        ),
         "reference": None,
     }
 
@@ -85,7 +88,7 @@ def varlen_attention(
     return _kernel(backend)(q, k, v, cu_seqlens, max_seqlen, scale)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _kernel(backend: str) -> Callable[..., torch.Tensor]:
     if backend == "flash-attn":
         from flash_attn import flash_attn_varlen_func

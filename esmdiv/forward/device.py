@@ -63,7 +63,9 @@ def resolve_device(name: str) -> torch.device:
         raise UsageError(f"--device '{name}' is not a device (auto, cpu, cuda, cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise EnvironmentUnavailable(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})")
+            raise EnvironmentUnavailable(
+                f"--device {name}: CUDA is not available on this machine (torch {torch.__version__})"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise EnvironmentUnavailable(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif device.type != "cpu":

@@ -8,8 +8,8 @@ copies a weight.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import AbstractSet
+from collections.abc import Set as AbstractSet
+from functools import cache, lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +52,9 @@ def packed_forward(
         positions = torch.arange(len(ids), device=ids.device)
     if Fault.CU_SEQLENS_OFF_BY_ONE in faults:
         cu_seqlens, max_seqlen = _shift_boundaries(cu_seqlens)
-    attention_in, attention_out = (_compiled(_attention_in), _compiled(_attention_out)) if compile else (
-        _attention_in, _attention_out)
+    attention_in, attention_out = (
+        (_compiled(_attention_in), _compiled(_attention_out)) if compile else (_attention_in, _attention_out)
+    )
     gelu = "tanh" if Fault.TANH_GELU in faults else "none"
 
     x = model.embed_scale * model.embed_tokens(ids)  # (T, C)
@@ -76,8 +77,20 @@ def packed_forward(
         norm1, norm2 = layer.self_attn_layer_norm, layer.final_layer_norm
         q, k, v = attention_in(x, norm1.weight, norm1.bias, norm1.eps, w_qkv, b_qkv, cos, sin, attn.num_heads)
         o = varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend, scale=attn.scaling)
-        x = attention_out(x, o.flatten(1), attn.out_proj.weight, attn.out_proj.bias, norm2.weight, norm2.bias,
-                          norm2.eps, layer.fc1.weight, layer.fc1.bias, layer.fc2.weight, layer.fc2.bias, gelu)
+        x = attention_out(
+            x,
+            o.flatten(1),
+            attn.out_proj.weight,
+            attn.out_proj.bias,
+            norm2.weight,
+            norm2.bias,
+            norm2.eps,
+            layer.fc1.weight,
+            layer.fc1.bias,
+            layer.fc2.weight,
+            layer.fc2.bias,
+            gelu,
+        )
         if index + 1 in layers_wanted:
             hidden[index + 1] = x
 
@@ -103,7 +116,7 @@ def _attention_out(x, o, w_o, b_o, ln_w, ln_b, eps: float, w1, b1, w2, b2, gelu:
     return x + F.linear(F.gelu(F.linear(h, w1, b1), approximate=gelu), w2, b2)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled(fn):
     # Weights are arguments, so one graph serves every layer. Shapes: automatic dynamic, so
     # after the first new pack length only the token dimension becomes symbolic; the widths
@@ -159,4 +172,3 @@ def _shift_boundaries(cu_seqlens: torch.Tensor) -> tuple[torch.Tensor, int]:
     shifted[1:-1] += 1
     shifted = torch.minimum(shifted, cu_seqlens[-1])
     return shifted, int((shifted[1:] - shifted[:-1]).max())
-

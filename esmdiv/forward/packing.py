@@ -11,8 +11,8 @@ A *packed* batch lays B sequences end to end with no padding::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ class Packed:
     def lengths(self) -> list[int]:
         return (self.cu_seqlens[1:] - self.cu_seqlens[:-1]).tolist()
 
-    def to(self, device: torch.device | str) -> "Packed":
+    def to(self, device: torch.device | str) -> Packed:
         return Packed(
             self.input_ids.to(device, non_blocking=True),
             self.cu_seqlens.to(device, non_blocking=True),

@@ -10,9 +10,10 @@ from __future__ import annotations
 import gzip
 import re
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from esmdiv.errors import FastaError
 
@@ -77,7 +78,9 @@ def _open(path: Path) -> BinaryIO:
         raise FastaError(path, "is a directory, not a FASTA file")
     if not path.is_file():
         # A pipe (<(zcat ...)) or a device: the audit reads the file twice (validate, then run).
-        raise FastaError(path, "not a regular file (a pipe or device?); esmdiv reads its input twice: save it to a file")
+        raise FastaError(
+            path, "not a regular file (a pipe or device?); esmdiv reads its input twice: save it to a file"
+        )
     try:
         handle: BinaryIO = open(path, "rb")
         magic = handle.read(6)

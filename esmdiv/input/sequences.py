@@ -13,9 +13,9 @@ Whatever the policy, the run's output counts and names what was truncated or ski
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from esmdiv.errors import FastaError, UsageError
 from esmdiv.input.fasta import ProteinRecord, iter_fasta
@@ -87,14 +87,19 @@ def load_sequences(path: str | Path, long_policy: str = "truncate") -> tuple[lis
     return list(iter_sequences(iter_fasta(path), report, long_policy)), report
 
 
-def iter_sequences(records: Iterable[ProteinRecord], report: InputReport, long_policy: str = "truncate") -> Iterator[AuditSequence]:
+def iter_sequences(
+    records: Iterable[ProteinRecord], report: InputReport, long_policy: str = "truncate"
+) -> Iterator[AuditSequence]:
     """Apply the long-sequence policy record by record, counting what it did in ``report``."""
     if long_policy not in LONG_POLICIES:
         raise UsageError(f"--long '{long_policy}' (choose {', '.join(LONG_POLICIES)})")
     for record in records:
         report.records += 1
-        for flag, bucket in ((record.lowercase, report.lowercase), (record.stop_stripped, report.stop_stripped),
-                             (record.looks_nucleotide, report.nucleotide_like)):
+        for flag, bucket in (
+            (record.lowercase, report.lowercase),
+            (record.stop_stripped, report.stop_stripped),
+            (record.looks_nucleotide, report.nucleotide_like),
+        ):
             if flag:
                 bucket.append(record.id)
         sequence = record.sequence

@@ -15,8 +15,8 @@ import contextlib
 import gzip
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -55,11 +55,11 @@ def write_fasta(sequences: Iterable[AuditSequence | tuple[str, str]], path: str 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as raw, (gzip.GzipFile(fileobj=raw, mode="wb") if path.suffix == ".gz" else raw) as out:
+        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb") if path.suffix == ".gz" else raw as out:
             for item in sequences:
                 rid, residues = (item.id, item.sequence) if isinstance(item, AuditSequence) else item
                 step = width if width > 0 else max(len(residues), 1)
-                lines = [residues[i:i + step] for i in range(0, len(residues), step)]
+                lines = [residues[i : i + step] for i in range(0, len(residues), step)]
                 out.write(f">{rid}\n".encode() + "".join(line + "\n" for line in lines).encode("ascii"))
                 count += 1
         os.replace(tmp, path)

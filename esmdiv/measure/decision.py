@@ -174,8 +174,9 @@ class _Readings:
 def _readings(evidence: Evidence) -> _Readings:
     """Packed vs padded, unless a finite high-precision run puts the packed path nearer."""
     padded = "packed vs padded"
-    r = _Readings(evidence.agreeing_count(), evidence.agreement, padded, evidence.min_cosine, padded,
-                  evidence.max_mad, padded)
+    r = _Readings(
+        evidence.agreeing_count(), evidence.agreement, padded, evidence.min_cosine, padded, evidence.max_mad, padded
+    )
     high = evidence.high_precision
     if high is None or not high.finite:
         return r
@@ -214,21 +215,56 @@ def _finite_reasons(evidence: Evidence) -> list[Reason]:
     reasons = [_finite_reason(evidence)]
     high = evidence.high_precision
     if high is not None and not high.finite:
-        reasons.append(Reason("reference finite", False, None, None,
-                              "the reference run went non-finite: the audit cannot vouch for either path"))
+        reasons.append(
+            Reason(
+                "reference finite",
+                False,
+                None,
+                None,
+                "the reference run went non-finite: the audit cannot vouch for either path",
+            )
+        )
     return reasons
 
 
 def _agreement_and_distance_reasons(t: Thresholds, r: _Readings, gated: float, label: str) -> list[Reason]:
     return [
-        _gate("agreement >= validate", r.agreement, t.validate_agreement, r.agreement >= t.validate_agreement,
-              f"label agreement {{v:.2%}} {{op}} the FALLBACK floor {{t:.2%}} ({r.agreement_source})", ">=", "<"),
-        _gate("agreement > accept", gated, t.accept_agreement, gated > t.accept_agreement,
-              f"{label} {{v:.2%}} {{op}} the ACCEPT bar {{t:.2%}} ({r.agreement_source})", ">", "<="),
-        _gate("min cosine", r.min_cosine, t.min_cosine, r.min_cosine > t.min_cosine,
-              f"lowest pooled cosine {{v:.7f}} {{op}} {{t}} ({r.cosine_source})", ">", "<="),
-        _gate("max MAD", r.max_mad, t.max_mad, r.max_mad < t.max_mad,
-              f"largest pooled mean abs diff {{v:.3g}} {{op}} {{t}} ({r.mad_source})", "<", ">="),
+        _gate(
+            "agreement >= validate",
+            r.agreement,
+            t.validate_agreement,
+            r.agreement >= t.validate_agreement,
+            f"label agreement {{v:.2%}} {{op}} the FALLBACK floor {{t:.2%}} ({r.agreement_source})",
+            ">=",
+            "<",
+        ),
+        _gate(
+            "agreement > accept",
+            gated,
+            t.accept_agreement,
+            gated > t.accept_agreement,
+            f"{label} {{v:.2%}} {{op}} the ACCEPT bar {{t:.2%}} ({r.agreement_source})",
+            ">",
+            "<=",
+        ),
+        _gate(
+            "min cosine",
+            r.min_cosine,
+            t.min_cosine,
+            r.min_cosine > t.min_cosine,
+            f"lowest pooled cosine {{v:.7f}} {{op}} {{t}} ({r.cosine_source})",
+            ">",
+            "<=",
+        ),
+        _gate(
+            "max MAD",
+            r.max_mad,
+            t.max_mad,
+            r.max_mad < t.max_mad,
+            f"largest pooled mean abs diff {{v:.3g}} {{op}} {{t}} ({r.mad_source})",
+            "<",
+            ">=",
+        ),
     ]
 
 
@@ -239,12 +275,22 @@ def _high_precision_reasons(evidence: Evidence, t: Thresholds) -> list[Reason]:
     algorithm_limit = t.max_algorithm_error or high.algorithm_tolerance
     return [
         _gate(
-            "reference ratio", high.ratio, t.max_reference_ratio, high.ratio <= t.max_reference_ratio,
-            "packed path's distance to the reference is {v:.3g}x the padded path's {op} {t}x", "<=", ">",
+            "reference ratio",
+            high.ratio,
+            t.max_reference_ratio,
+            high.ratio <= t.max_reference_ratio,
+            "packed path's distance to the reference is {v:.3g}x the padded path's {op} {t}x",
+            "<=",
+            ">",
         ),
         _gate(
-            "algorithm", high.algorithm_error, algorithm_limit, high.algorithm_error <= algorithm_limit,
-            "packed algorithm at reference precision: rel-L2 to the reference {v:.3g} {op} {t:.3g}", "<=", ">",
+            "algorithm",
+            high.algorithm_error,
+            algorithm_limit,
+            high.algorithm_error <= algorithm_limit,
+            "packed algorithm at reference precision: rel-L2 to the reference {v:.3g} {op} {t:.3g}",
+            "<=",
+            ">",
         ),
     ]
 
@@ -254,11 +300,17 @@ def _invariance_reasons(evidence: Evidence, t: Thresholds) -> list[Reason]:
         return []
     padded_moved, packed_moved = evidence.invariance
     allowed = t.max_invariance_ratio * padded_moved
-    return [Reason(
-        "invariance", packed_moved <= allowed, packed_moved, allowed,
-        f"packed path moved up to {packed_moved:.3g} with other neighbours "
-        f"{'<=' if packed_moved <= allowed else '>'} {t.max_invariance_ratio}x the padded path's {padded_moved:.3g}",
-    )]
+    return [
+        Reason(
+            "invariance",
+            packed_moved <= allowed,
+            packed_moved,
+            allowed,
+            f"packed path moved up to {packed_moved:.3g} with other neighbours "
+            f"{'<=' if packed_moved <= allowed else '>'} "
+            f"{t.max_invariance_ratio}x the padded path's {padded_moved:.3g}",
+        )
+    ]
 
 
 def _verdict(reasons: list[Reason]) -> Verdict:
@@ -278,9 +330,13 @@ def _tolerances(evidence: Evidence, r: _Readings, gated: float) -> dict:
     high = evidence.high_precision
     if high is not None and high.finite:
         tolerances["max_reference_ratio"] = {
-            "needed": high.ratio, "passes_if": f"--max-reference-ratio at least {high.ratio:.4g}"}
+            "needed": high.ratio,
+            "passes_if": f"--max-reference-ratio at least {high.ratio:.4g}",
+        }
         tolerances["max_algorithm_error"] = {
-            "needed": high.algorithm_error, "passes_if": f"--max-algorithm-error at least {high.algorithm_error:.4g}"}
+            "needed": high.algorithm_error,
+            "passes_if": f"--max-algorithm-error at least {high.algorithm_error:.4g}",
+        }
     return tolerances
 
 

@@ -30,8 +30,17 @@ def invariance_summary(results) -> dict:
     v2s = np.array([r.invariance["moved_v2"] for r in results])
     return {
         "seed": INVARIANCE_SEED,
-        "padded": {"max_moved": float(v1s.max()), "mean_moved": float(v1s.mean()), "sequences_moved": int((v1s > 0).sum())},
-        "packed": {"max_moved": float(v2s.max()), "mean_moved": float(v2s.mean()), "sequences_moved": int((v2s > 0).sum())},
+        "padded": {
+            "max_moved": float(v1s.max()),
+            "mean_moved": float(v1s.mean()),
+            "sequences_moved": int((v1s > 0).sum()),
+        },
+        "packed": {
+            "max_moved": float(v2s.max()),
+            "mean_moved": float(v2s.mean()),
+            "sequences_moved": int((v2s > 0).sum()),
+        },
         "n": len(results),
-        "note": "max |pooled embedding (second pass, shuffled neighbours) - pooled embedding (first pass)| per sequence",
+        "note": "max |pooled embedding (second pass, shuffled neighbours) - pooled embedding (first pass)| "
+        "per sequence",
     }

@@ -86,7 +86,9 @@ class BatchComparison:
     metrics: list[SequenceMetrics]
 
 
-def compare_embeddings(v1: torch.Tensor, v2: torch.Tensor, lengths: torch.Tensor, include_eos_v2: bool = False) -> BatchComparison:
+def compare_embeddings(
+    v1: torch.Tensor, v2: torch.Tensor, lengths: torch.Tensor, include_eos_v2: bool = False
+) -> BatchComparison:
     """Compare two ``(B, L, D)`` batches of representations, each sequence over its own rows.
 
     ``lengths`` ``(B,)`` counts tokens (BOS and EOS included); rows past a length are padding and
@@ -222,6 +224,9 @@ def distances_to_high_precision(
     rows = torch.stack([cosine_rows(pooled_path, pooled_ref), (pooled_path - pooled_ref).abs().mean(1), diff / norm], 1)
     out = []
     for cos, mad, rel in rows.cpu().tolist():
-        out.append(HighPrecisionDistance(cos, mad, rel) if all(map(math.isfinite, (cos, mad, rel))) else
-                   HighPrecisionDistance(math.nan, math.nan, math.nan))
+        out.append(
+            HighPrecisionDistance(cos, mad, rel)
+            if all(map(math.isfinite, (cos, mad, rel)))
+            else HighPrecisionDistance(math.nan, math.nan, math.nan)
+        )
     return out

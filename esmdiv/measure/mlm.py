@@ -15,7 +15,9 @@ import torch
 MASK_RATE = 0.15
 
 
-def token_agreement(logits_v1: torch.Tensor, logits_v2: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def token_agreement(
+    logits_v1: torch.Tensor, logits_v2: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sequence: top-1 token agreement and mean Jensen-Shannon divergence (nats).
 
     ``logits_*``: ``(B, L, V)``; ``mask``: ``(B, L)`` positions to count. Returns two ``(B,)``.
@@ -64,7 +66,7 @@ class PerplexitySums:
         self.nll_v2.append(nll_v2)
         self.counts.append(tokens)
 
-    def merge(self, other: "PerplexitySums") -> None:
+    def merge(self, other: PerplexitySums) -> None:
         self.nll_v1 += other.nll_v1
         self.nll_v2 += other.nll_v2
         self.counts += other.counts

@@ -47,14 +47,22 @@ class TraceAccumulator:
         # clamped: fp32 rounding can put the cosine of near-equal rows just past 1
         cos = torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-30).clamp(-1.0, 1.0)
         row_ok = mask & ~bad[:, None]
-        stats = torch.stack([
-            diff.abs().amax().double() if diff.numel() else torch.zeros((), dtype=torch.float64, device=a.device),
-            diff.double().pow(2).sum(),
-            torch.where(ok, a, 0.0).double().pow(2).sum(),
-            torch.where(row_ok, cos, 0.0).double().sum(),
-            torch.where(row_ok, cos, math.inf).amin().double(),
-            row_ok.sum().double(),
-        ]).cpu().tolist()
+        stats = (
+            torch.stack(
+                [
+                    diff.abs().amax().double()
+                    if diff.numel()
+                    else torch.zeros((), dtype=torch.float64, device=a.device),
+                    diff.double().pow(2).sum(),
+                    torch.where(ok, a, 0.0).double().pow(2).sum(),
+                    torch.where(row_ok, cos, 0.0).double().sum(),
+                    torch.where(row_ok, cos, math.inf).amin().double(),
+                    row_ok.sum().double(),
+                ]
+            )
+            .cpu()
+            .tolist()
+        )
         s = self.sums[layer]
         s.max_abs_diff = max(s.max_abs_diff, stats[0])
         s.sq_diff += stats[1]
@@ -65,7 +73,7 @@ class TraceAccumulator:
         s.nonfinite |= bool(bad.any())
         return bad
 
-    def merge(self, other: "TraceAccumulator") -> None:
+    def merge(self, other: TraceAccumulator) -> None:
         """Fold in another rank's sums (distributed audits)."""
         for mine, theirs in zip(self.sums, other.sums):
             mine.max_abs_diff = max(mine.max_abs_diff, theirs.max_abs_diff)
@@ -81,19 +89,25 @@ class TraceAccumulator:
         layers = []
         for index, s in enumerate(self.sums):
             rel = math.sqrt(s.sq_diff / s.sq_ref) if s.sq_ref > 0 else 0.0
-            layers.append({
-                "layer": index,
-                "max_abs_diff": s.max_abs_diff,
-                "rel_l2": rel,
-                "cosine": s.cos_sum / s.rows if s.rows else math.nan,
-                "cosine_min": s.cos_min if s.rows else math.nan,
-                "nonfinite": s.nonfinite,
-            })
-        first = next((l["layer"] for l in layers if l["nonfinite"] or l["rel_l2"] > threshold), None)
-        differing = next((l["layer"] for l in layers if l["rel_l2"] > 0 or l["nonfinite"]), None)
+            layers.append(
+                {
+                    "layer": index,
+                    "max_abs_diff": s.max_abs_diff,
+                    "rel_l2": rel,
+                    "cosine": s.cos_sum / s.rows if s.rows else math.nan,
+                    "cosine_min": s.cos_min if s.rows else math.nan,
+                    "nonfinite": s.nonfinite,
+                }
+            )
+        first = next((t["layer"] for t in layers if t["nonfinite"] or t["rel_l2"] > threshold), None)
+        differing = next((t["layer"] for t in layers if t["rel_l2"] > 0 or t["nonfinite"]), None)
         # Growth from one layer to the next, where the layer before already differed (a jump
         # from exactly 0 is the first differing layer, reported on its own).
-        jumps = [(layers[i]["rel_l2"] / layers[i - 1]["rel_l2"], i) for i in range(1, len(layers)) if layers[i - 1]["rel_l2"] > 0]
+        jumps = [
+            (layers[i]["rel_l2"] / layers[i - 1]["rel_l2"], i)
+            for i in range(1, len(layers))
+            if layers[i - 1]["rel_l2"] > 0
+        ]
         jump_ratio, jump_layer = max(jumps) if jumps else (math.nan, None)
         return {
             "threshold": threshold,

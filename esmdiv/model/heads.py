@@ -40,7 +40,7 @@ class Head:
     module: nn.Module
     extra_features: torch.Tensor | None = None
 
-    def to(self, device: torch.device) -> "Head":
+    def to(self, device: torch.device) -> Head:
         self.module.to(device=device, dtype=torch.float32)
         if self.extra_features is not None:
             self.extra_features = self.extra_features.to(device)
@@ -115,7 +115,8 @@ def file_head(path: Path, embed_dim: int, activation: str = "relu", extra: np.nd
             expected = f"{embed_dim} embedding dims" + ("" if extra is None else f" + {extra.shape[1]} extra features")
             raise CheckpointError(
                 f"{path}: layer '{key}' takes {weight.shape[1]} inputs where {width} arrive ({expected})"
-                if i == 0 else f"{path}: layer '{key}' takes {weight.shape[1]} inputs, the layer before gives {width}"
+                if i == 0
+                else f"{path}: layer '{key}' takes {weight.shape[1]} inputs, the layer before gives {width}"
             )
         bias = tensors.get(key[: -len("weight")] + "bias")
         linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
@@ -129,7 +130,11 @@ def file_head(path: Path, embed_dim: int, activation: str = "relu", extra: np.nd
         width = weight.shape[0]
     sizes = " -> ".join([str(tensors[weights[0]].shape[1])] + [str(tensors[k].shape[0]) for k in weights])
     features = None if extra is None else torch.from_numpy(np.ascontiguousarray(extra, dtype=np.float32))
-    label = f"file {path.name} (MLP {sizes}, {activation}" + (f", {extra.shape[1]} extra features first" if extra is not None else "") + ")"
+    label = (
+        f"file {path.name} (MLP {sizes}, {activation}"
+        + (f", {extra.shape[1]} extra features first" if extra is not None else "")
+        + ")"
+    )
     return Head(label, "pooled", nn.Sequential(*layers).eval(), features)
 
 
@@ -140,7 +145,9 @@ def load_extra_features(path: Path, n_records: int) -> np.ndarray:
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable .npy array ({err})") from None
     if array.ndim != 2 or array.shape[0] != n_records:
-        raise InputError(f"{path}: shape {array.shape}; expected ({n_records}, k): one row per FASTA record, in file order")
+        raise InputError(
+            f"{path}: shape {array.shape}; expected ({n_records}, k): one row per FASTA record, in file order"
+        )
     if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
         raise InputError(f"{path}: extra features must be finite numbers")
     return array

@@ -23,7 +23,9 @@ from esmdiv.model.loading import _HF_LAYER_MAP, _HF_TOP_MAP, LoadedModel
 # HF module path inside a layer -> fair-esm's, and HF top-level key -> fair-esm's.
 _LAYER_TO_FAIR = dict(_HF_LAYER_MAP)
 _TOP_TO_FAIR = {hf: fair for hf, fair in _HF_TOP_MAP.items() if not hf.startswith("lm_head.")}
-_TOP_TO_FAIR.update({f"contact_head.regression.{kind}": f"contact_head.regression.{kind}" for kind in ("weight", "bias")})
+_TOP_TO_FAIR.update(
+    {f"contact_head.regression.{kind}": f"contact_head.regression.{kind}" for kind in ("weight", "bias")}
+)
 
 
 def hf_unavailable() -> str | None:
@@ -33,7 +35,8 @@ def hf_unavailable() -> str | None:
     try:
         from transformers import EsmConfig, EsmModel  # noqa: F401
     except Exception as err:  # noqa: BLE001 - a broken install is "not available", whatever it raises
-        return f"transformers cannot be imported ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
+        first_line = str(err).splitlines()[0][:120] if str(err) else ""
+        return f"transformers cannot be imported ({type(err).__name__}: {first_line})"
     return None
 
 
@@ -128,7 +131,9 @@ def build_hf_peer(loaded: LoadedModel, attn_implementation: str = "sdpa") -> HFP
             owner = peer.get_submodule(name.rpartition(".")[0]) if "." in name else peer
             leaf = name.rpartition(".")[2]
             if leaf == "position_ids":
-                owner.register_buffer(leaf, torch.arange(buffer.shape[-1], device=device).expand((1, -1)), persistent=False)
+                owner.register_buffer(
+                    leaf, torch.arange(buffer.shape[-1], device=device).expand((1, -1)), persistent=False
+                )
             else:
                 raise EnvironmentUnavailable(
                     f"transformers {transformers.__version__}: EsmModel buffer '{name}' is not handled by esmdiv"

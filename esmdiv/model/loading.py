@@ -137,7 +137,11 @@ def fused_qkv(attn) -> tuple[torch.Tensor, torch.Tensor]:
     """
     fused = getattr(attn, "_esmdiv_fused_qkv", None)
     projections = (attn.q_proj, attn.k_proj, attn.v_proj)
-    if fused is not None and fused[0].data_ptr() == attn.q_proj.weight.data_ptr() and fused[0].dtype == attn.q_proj.weight.dtype:
+    if (
+        fused is not None
+        and fused[0].data_ptr() == attn.q_proj.weight.data_ptr()
+        and fused[0].dtype == attn.q_proj.weight.dtype
+    ):
         return fused  # still the views made below (not replaced by .to() or a reload)
     weight = attn.q_proj.weight
     # Never inference tensors, even when first called inside packed_forward's inference mode:
@@ -147,8 +151,8 @@ def fused_qkv(attn) -> tuple[torch.Tensor, torch.Tensor]:
         fused_b = torch.cat([p.bias for p in projections])
         size = weight.shape[0]
         for i, p in enumerate(projections):
-            p.weight = torch.nn.Parameter(fused_w[i * size:(i + 1) * size], requires_grad=False)
-            p.bias = torch.nn.Parameter(fused_b[i * size:(i + 1) * size], requires_grad=False)
+            p.weight = torch.nn.Parameter(fused_w[i * size : (i + 1) * size], requires_grad=False)
+            p.bias = torch.nn.Parameter(fused_b[i * size : (i + 1) * size], requires_grad=False)
     attn._esmdiv_fused_qkv = (fused_w, fused_b)
     return fused_w, fused_b
 
@@ -161,14 +165,23 @@ class _Build:
     dtype: torch.dtype
 
 
-def _new_esm2(num_layers: int, embed_dim: int, heads: int, token_dropout: bool, build: _Build, seed: int = 0,
-              where: str | Path = "model"):
+def _new_esm2(
+    num_layers: int,
+    embed_dim: int,
+    heads: int,
+    token_dropout: bool,
+    build: _Build,
+    seed: int = 0,
+    where: str | Path = "model",
+):
     """fair-esm's ``ESM2`` built directly on the run's device and dtype (a 3B model initialises in
     a second on a GPU, not a minute on the CPU), its initial weights drawn from ``seed``."""
     import esm
 
     if min(num_layers, embed_dim, heads) < 1:
-        raise CheckpointError(f"{where}: sizes must be positive (layers {num_layers}, embed_dim {embed_dim}, heads {heads})")
+        raise CheckpointError(
+            f"{where}: sizes must be positive (layers {num_layers}, embed_dim {embed_dim}, heads {heads})"
+        )
     if embed_dim % heads:
         raise CheckpointError(f"{where}: embed_dim {embed_dim} is not divisible by {heads} attention heads")
     default_dtype = torch.get_default_dtype()
@@ -178,7 +191,10 @@ def _new_esm2(num_layers: int, embed_dim: int, heads: int, token_dropout: bool, 
         with torch.random.fork_rng(devices=devices), build.device:
             torch.manual_seed(seed)
             model = esm.model.esm2.ESM2(
-                num_layers=num_layers, embed_dim=embed_dim, attention_heads=heads, alphabet="ESM-1b",
+                num_layers=num_layers,
+                embed_dim=embed_dim,
+                attention_heads=heads,
+                alphabet="ESM-1b",
                 token_dropout=token_dropout,
             )
     finally:
@@ -221,7 +237,7 @@ class _InertConfig:
     def __setstate__(self, state: Any) -> None:
         self.state = state
 
-    def __call__(self, *args: Any, **kwargs: Any) -> "_InertConfig":
+    def __call__(self, *args: Any, **kwargs: Any) -> _InertConfig:
         return _InertConfig(*args, **kwargs)
 
 
@@ -275,7 +291,9 @@ def _load_legacy_weights_only(path: Path) -> Any:
             ) from None
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({_unpickler_reason(err)})") from None
     except Exception as err:  # noqa: BLE001 - the legacy reader fails on arbitrary bytes in arbitrary ways
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint ({type(err).__name__}: {_first_line(err)})"
+        ) from None
 
 
 def _unpickler_reason(err: BaseException) -> str:
@@ -327,8 +345,10 @@ def _from_fair_esm_state(spec: str, path: Path, state: dict, cfg: Any, source: s
     if not layer_ids or layer_ids != set(range(len(layer_ids))):
         raise CheckpointError(f"{path}: no consecutive 'layers.<i>.' weights: not an ESM-2 checkpoint")
     if tensors["embed_tokens.weight"].dim() != 2:
-        raise CheckpointError(f"{path}: 'embed_tokens.weight' has shape {tuple(tensors['embed_tokens.weight'].shape)}, "
-                              "not (vocabulary, embed_dim)")
+        raise CheckpointError(
+            f"{path}: 'embed_tokens.weight' has shape {tuple(tensors['embed_tokens.weight'].shape)}, "
+            "not (vocabulary, embed_dim)"
+        )
     num_layers, embed_dim = len(layer_ids), tensors["embed_tokens.weight"].shape[1]
     heads = getattr(cfg, "encoder_attention_heads", None) if isinstance(cfg, argparse.Namespace) else None
     token_dropout = getattr(cfg, "token_dropout", True) if isinstance(cfg, argparse.Namespace) else True
@@ -342,15 +362,19 @@ def _from_fair_esm_state(spec: str, path: Path, state: dict, cfg: Any, source: s
         raise CheckpointError(f"{path}: the config's encoder_attention_heads {heads!r} is not a number") from None
     model = _new_esm2(num_layers, embed_dim, int(heads), bool(token_dropout), build, where=path)
     has_lm_head = _fill(model, tensors, path, optional=("contact_head.", "lm_head."))
-    info = ModelInfo(spec, source, num_layers, embed_dim, int(heads), bool(token_dropout), False, has_lm_head, str(path), notes)
+    info = ModelInfo(
+        spec, source, num_layers, embed_dim, int(heads), bool(token_dropout), False, has_lm_head, str(path), notes
+    )
     return LoadedModel(model, model.alphabet, info)
 
 
 def _heads_for(embed_dim: int, path: Path) -> int:
-    for layers, dim, heads in ARCHITECTURES.values():
+    for _layers, dim, heads in ARCHITECTURES.values():
         if dim == embed_dim:
             return heads
-    raise CheckpointError(f"{path}: embed_dim {embed_dim} matches no ESM-2 architecture and the checkpoint does not say its heads")
+    raise CheckpointError(
+        f"{path}: embed_dim {embed_dim} matches no ESM-2 architecture and the checkpoint does not say its heads"
+    )
 
 
 def _fill(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, optional: tuple[str, ...]) -> bool:
@@ -367,7 +391,8 @@ def _fill(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, op
             )
     # lm_head.weight is tied to embed_tokens.weight; rotary inv_freq is recomputed by the module.
     missing = sorted(
-        k for k in set(expected) - set(state) - {"lm_head.weight"}
+        k
+        for k in set(expected) - set(state) - {"lm_head.weight"}
         if not k.startswith(optional) and not k.endswith("rot_emb.inv_freq")
     )
     if missing:
@@ -444,14 +469,22 @@ def _hf_folder(spec: str, folder: Path, build: _Build) -> LoadedModel:
 def _check_hf_sizes(path: Path, state: dict, layers: int, dim: int) -> None:
     """The config's sizes against the weights, before building: a wrong or hostile config.json must
     not make esmdiv allocate a model the weights cannot fill."""
-    found = {int(m.group(1)) for k in state if isinstance(k, str) and (m := re.match(r"(?:esm\.)?encoder\.layer\.(\d+)\.", k))}
+    found = {
+        int(m.group(1))
+        for k in state
+        if isinstance(k, str) and (m := re.match(r"(?:esm\.)?encoder\.layer\.(\d+)\.", k))
+    }
     if layers != len(found):
-        raise CheckpointError(f"{path}: config says {layers} layers, the weights hold {len(found)} "
-                              "(a checkpoint of another architecture?)")
+        raise CheckpointError(
+            f"{path}: config says {layers} layers, the weights hold {len(found)} "
+            "(a checkpoint of another architecture?)"
+        )
     embeddings = state.get("esm.embeddings.word_embeddings.weight", state.get("embeddings.word_embeddings.weight"))
     if isinstance(embeddings, torch.Tensor) and embeddings.dim() == 2 and embeddings.shape[1] != dim:
-        raise CheckpointError(f"{path}: config says hidden_size {dim}, the weights have {embeddings.shape[1]} "
-                              "(a checkpoint of another architecture?)")
+        raise CheckpointError(
+            f"{path}: config says hidden_size {dim}, the weights have {embeddings.shape[1]} "
+            "(a checkpoint of another architecture?)"
+        )
 
 
 def _hf_like_config(state: dict, path: Path) -> dict:
@@ -484,7 +517,7 @@ def _from_hf_state(spec: str, path: Path, state: dict, config: dict, source: str
             continue
         bare = key[4:] if key.startswith("esm.") else key
         if key.startswith("classifier."):
-            classifier[key[len("classifier."):]] = value.float()
+            classifier[key[len("classifier.") :]] = value.float()
         elif _HF_IGNORED.match(bare):
             continue
         elif bare in _HF_TOP_MAP:
@@ -498,7 +531,9 @@ def _from_hf_state(spec: str, path: Path, state: dict, config: dict, source: str
             raise CheckpointError(f"{path}: key '{key}' has no fair-esm counterpart")
     model = _new_esm2(layers, dim, heads, bool(config.get("token_dropout", True)), build, where=path)
     has_lm_head = _fill(model, mapped, path, optional=("contact_head.", "lm_head."))
-    info = ModelInfo(spec, source, layers, dim, heads, bool(config.get("token_dropout", True)), False, has_lm_head, str(path))
+    info = ModelInfo(
+        spec, source, layers, dim, heads, bool(config.get("token_dropout", True)), False, has_lm_head, str(path)
+    )
     if classifier and set(classifier) != {"dense.weight", "dense.bias", "out_proj.weight", "out_proj.bias"}:
         raise CheckpointError(f"{path}: classifier keys {sorted(classifier)} are not an EsmClassificationHead")
     return LoadedModel(model, model.alphabet, info, classifier or None)

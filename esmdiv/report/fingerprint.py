@@ -52,6 +52,7 @@ PACKAGES = ("torch", "fair-esm", "flash-attn", "numpy", "scipy", "safetensors", 
 
 # --- files ---------------------------------------------------------------------------------------
 
+
 def sha256_file(path: str | Path) -> str:
     """sha256 of a file's bytes as stored (a gzip file's compressed bytes), streamed."""
     digest = hashlib.sha256()
@@ -73,6 +74,7 @@ def input_fingerprint(path: str | Path, records: int) -> dict:
 
 # --- weights -------------------------------------------------------------------------------------
 
+
 def weight_files(info) -> list[Path]:
     """The files a checkpoint-based model was read from (empty for ``random:`` specs)."""
     if info.random_weights or not info.path:
@@ -91,7 +93,9 @@ def weights_checksum(loaded) -> dict:
         if len(entries) == 1:
             value = entries[0]["sha256"]
         else:  # one value to compare: sha256 over the files' names and digests
-            value = hashlib.sha256("".join(f"{Path(e['path']).name}\0{e['sha256']}\n" for e in entries).encode()).hexdigest()
+            value = hashlib.sha256(
+                "".join(f"{Path(e['path']).name}\0{e['sha256']}\n" for e in entries).encode()
+            ).hexdigest()
         return {"algorithm": "sha256", "scope": "files", "value": value, "files": entries}
     return {
         "algorithm": "sha256",
@@ -117,6 +121,7 @@ def tensor_sample_digest(state: dict[str, torch.Tensor], sample: int = SAMPLE_EL
 
 
 # --- software ------------------------------------------------------------------------------------
+
 
 def package_versions(names=PACKAGES) -> dict[str, str | None]:
     """Installed version of each distribution, ``None`` where absent."""
@@ -160,6 +165,7 @@ def _git(cwd: Path, *args: str) -> str | None:
 
 
 # --- hardware ------------------------------------------------------------------------------------
+
 
 def cuda_info() -> dict:
     """CUDA as torch sees it, the driver where readable, and every visible GPU."""
@@ -208,7 +214,10 @@ def driver_version() -> str | None:
         pass
     try:
         done = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         if done.returncode == 0 and done.stdout.strip():
             return done.stdout.strip().splitlines()[0].strip()
@@ -242,23 +251,31 @@ def cpu_name() -> str:
 
 # --- backends ------------------------------------------------------------------------------------
 
+
 def backend_table(device: torch.device, dtype: torch.dtype) -> dict:
     """Each attention backend on ``device`` in ``dtype``: available or every reason it is not,
     plus the one ``--backend auto`` would pick."""
     availability = backend_availability(device, dtype)
     extra = {
         "flash-attn": None if importlib.util.find_spec("flash_attn") else "the flash-attn package is not installed",
-        "torch": None if importlib.util.find_spec("torch.nn.attention.varlen") else
-        f"torch {torch.__version__} has no torch.nn.attention.varlen",
+        "torch": None
+        if importlib.util.find_spec("torch.nn.attention.varlen")
+        else f"torch {torch.__version__} has no torch.nn.attention.varlen",
     }
     table = {}
     for name in BACKENDS:
         reasons = [r for r in (availability[name], extra.get(name)) if r]
         table[name] = {"available": availability[name] is None, "why_not": "; ".join(dict.fromkeys(reasons)) or None}
-    return {"device": str(device), "dtype": dtype_name(dtype), "auto": resolve_backend("auto", device, dtype), "backends": table}
+    return {
+        "device": str(device),
+        "dtype": dtype_name(dtype),
+        "auto": resolve_backend("auto", device, dtype),
+        "backends": table,
+    }
 
 
 # --- the whole fingerprint -----------------------------------------------------------------------
+
 
 def environment(
     device: torch.device,
@@ -286,10 +303,17 @@ def environment(
     return {
         "captured_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         "esmdiv": esmdiv_source(),
-        "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
-                   "executable": sys.executable},
-        "platform": {"system": platform.system(), "release": platform.release(), "machine": platform.machine(),
-                     "hostname": platform.node()},
+        "python": {
+            "version": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "executable": sys.executable,
+        },
+        "platform": {
+            "system": platform.system(),
+            "release": platform.release(),
+            "machine": platform.machine(),
+            "hostname": platform.node(),
+        },
         "packages": package_versions(),
         "cuda": cuda,
         "run": {

@@ -45,23 +45,33 @@ def render_html(report: dict, plots: list[Plot] | None = None, source: str | Non
     plots = make_plots(report) if plots is None else plots
     verdict = report.get("verdict") if report.get("complete") else None
     model = (report.get("model") or {}).get("spec", "unknown model")
-    out = ['<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"/>',
-           '<meta name="viewport" content="width=device-width, initial-scale=1"/>',
-           f"<title>esmdiv: {_e(verdict or 'no verdict')} for {_e(model)}</title><style>{_CSS}</style></head><body>",
-           f"<h1>esmdiv divergence audit: {_e(model)}</h1>"]
+    out = [
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"/>',
+        '<meta name="viewport" content="width=device-width, initial-scale=1"/>',
+        f"<title>esmdiv: {_e(verdict or 'no verdict')} for {_e(model)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>esmdiv divergence audit: {_e(model)}</h1>",
+    ]
     if verdict:
-        out.append(f'<div class="verdict" style="background:{VERDICT_COLOUR[verdict]}">{_e(verdict)}'
-                   f"<small>{_e(VERDICT_MEANING[verdict])} (exit code {_e({'ACCEPT': 0, 'VALIDATE': 10, 'FALLBACK': 20}[verdict])})</small></div>")
+        out.append(
+            f'<div class="verdict" style="background:{VERDICT_COLOUR[verdict]}">{_e(verdict)}'
+            f"<small>{_e(VERDICT_MEANING[verdict])} (exit code {_e({'ACCEPT': 0, 'VALIDATE': 10, 'FALLBACK': 20}[verdict])})</small></div>"
+        )
     else:
-        out.append(f'<div class="verdict" style="background:{VERDICT_COLOUR[None]}">NO VERDICT'
-                   f"<small>the run did not finish: {_e(incomplete_reason(report))}</small></div>")
+        out.append(
+            f'<div class="verdict" style="background:{VERDICT_COLOUR[None]}">NO VERDICT'
+            f"<small>the run did not finish: {_e(incomplete_reason(report))}</small></div>"
+        )
     reasons = report.get("reasons") or []
     if reasons:
-        out.append("<h2>Reasons</h2><table><tr><th>gate</th><th>result</th><th>value</th><th>threshold</th><th>why</th></tr>")
+        out.append(
+            "<h2>Reasons</h2><table><tr><th>gate</th><th>result</th><th>value</th><th>threshold</th><th>why</th></tr>"
+        )
         for r in reasons:
             cls, word = ("pass", "✓ pass") if r.get("passed") else ("fail", "✗ fail")
-            out.append(f'<tr><td>{_e(r.get("gate"))}</td><td class="{cls}">{word}</td><td class="num">{_e(fmt(r.get("value"), ".6g"))}</td>'
-                       f'<td class="num">{_e(fmt(r.get("threshold"), ".6g"))}</td><td>{_e(r.get("message"))}</td></tr>')
+            out.append(
+                f'<tr><td>{_e(r.get("gate"))}</td><td class="{cls}">{word}</td><td class="num">{_e(fmt(r.get("value"), ".6g"))}</td>'
+                f'<td class="num">{_e(fmt(r.get("threshold"), ".6g"))}</td><td>{_e(r.get("message"))}</td></tr>'
+            )
         out.append("</table>")
     for warning in report.get("warnings") or []:
         out.append(f'<div class="warn">warning: {_e(warning)}</div>')
@@ -72,8 +82,10 @@ def render_html(report: dict, plots: list[Plot] | None = None, source: str | Non
             out.append(f'<p class="note">{_e(plot.title)}: {_e(plot.caption)}</p>')
             continue
         data = base64.b64encode(plot.png).decode("ascii")
-        out.append(f'<figure id="plot-{_e(plot.key)}"><img alt="{_e(plot.title)}" src="data:image/png;base64,{data}"/>'
-                   f"<figcaption><b>{_e(plot.title)}.</b> {_e(plot.caption)}</figcaption></figure>")
+        out.append(
+            f'<figure id="plot-{_e(plot.key)}"><img alt="{_e(plot.title)}" src="data:image/png;base64,{data}"/>'
+            f"<figcaption><b>{_e(plot.title)}.</b> {_e(plot.caption)}</figcaption></figure>"
+        )
 
     rows = summary_rows(report)
     if rows:
@@ -82,23 +94,29 @@ def render_html(report: dict, plots: list[Plot] | None = None, source: str | Non
     if worst:
         n = len(report.get("sequences") or [])
         out.append(f"<h2>Worst {len(worst)} of {n} sequences (lowest cosine first)</h2>")
-        out.append("<table><tr><th>id</th><th>length</th><th>cosine</th><th>1 − cos</th><th>MAD</th><th>max |diff|</th>"
-                   "<th>label v1/v2</th><th>conf v1</th><th>conf v2</th></tr>")
+        out.append(
+            "<table><tr><th>id</th><th>length</th><th>cosine</th><th>1 − cos</th><th>MAD</th><th>max |diff|</th>"
+            "<th>label v1/v2</th><th>conf v1</th><th>conf v2</th></tr>"
+        )
         for s in worst:
             flip = s.get("label_v1") != s.get("label_v2")
             cos = finite_number(s.get("cosine"))
             out.append(
-                f"<tr><td>{_e(s.get('id'))}</td><td class=\"num\">{_e(s.get('length'))}</td>"
-                f"<td class=\"num\">{_e(fmt(cos, '.9f'))}</td><td class=\"num\">{_e('n/a' if cos is None else format(1 - cos, '.2e'))}</td>"
-                f"<td class=\"num\">{_e(fmt(s.get('mad'), '.2e'))}</td><td class=\"num\">{_e(fmt(s.get('max_abs_diff'), '.2e'))}</td>"
-                f"<td class=\"num{' fail' if flip else ''}\">{_e(s.get('label_v1'))}/{_e(s.get('label_v2'))}{' ✗' if flip else ''}</td>"
-                f"<td class=\"num\">{_e(fmt(s.get('confidence_v1'), '.4f'))}</td><td class=\"num\">{_e(fmt(s.get('confidence_v2'), '.4f'))}</td></tr>")
+                f'<tr><td>{_e(s.get("id"))}</td><td class="num">{_e(s.get("length"))}</td>'
+                f'<td class="num">{_e(fmt(cos, ".9f"))}</td><td class="num">{_e("n/a" if cos is None else format(1 - cos, ".2e"))}</td>'
+                f'<td class="num">{_e(fmt(s.get("mad"), ".2e"))}</td><td class="num">{_e(fmt(s.get("max_abs_diff"), ".2e"))}</td>'
+                f'<td class="num{" fail" if flip else ""}">{_e(s.get("label_v1"))}/{_e(s.get("label_v2"))}{" ✗" if flip else ""}</td>'
+                f'<td class="num">{_e(fmt(s.get("confidence_v1"), ".4f"))}</td><td class="num">{_e(fmt(s.get("confidence_v2"), ".4f"))}</td></tr>'
+            )
         out.append("</table>")
     if report.get("thresholds"):
         out.append("<h2>Thresholds</h2>" + _table([(k, str(v)) for k, v in report["thresholds"].items()]))
     out.append("<h2>Run and environment</h2>" + _table(run_rows(report)))
     from esmdiv import __version__
 
-    out.append(f"<footer>Made by esmdiv {_e(__version__)}" + (f" from <code>{_e(source)}</code>" if source else "")
-               + f" (report schema {_e(report.get('schema_version'))}).</footer></body></html>")
+    out.append(
+        f"<footer>Made by esmdiv {_e(__version__)}"
+        + (f" from <code>{_e(source)}</code>" if source else "")
+        + f" (report schema {_e(report.get('schema_version'))}).</footer></body></html>"
+    )
     return "\n".join(out) + "\n"

@@ -44,8 +44,13 @@ def junit_tree(report: dict) -> ET.Element:
         suite = _suite(root, "esmdiv.run", 0, timestamp, hostname, properties)
         case = _case(suite, "audit", "esmdiv.run")
         why = incomplete_reason(report)
-        _sub(case, "error", why, message=f"the audit did not finish: no verdict ({why.splitlines()[0][:300]})",
-             type="esmdiv.incomplete")
+        _sub(
+            case,
+            "error",
+            why,
+            message=f"the audit did not finish: no verdict ({why.splitlines()[0][:300]})",
+            type="esmdiv.incomplete",
+        )
         _close(suite, "", "")
     else:
         verdict = report["verdict"]
@@ -54,11 +59,17 @@ def junit_tree(report: dict) -> ET.Element:
             case = _case(gates, reason["gate"], "esmdiv.gates")
             if not reason["passed"]:
                 consequence = "FALLBACK" if reason["gate"] in FALLBACK_GATES else "VALIDATE"
-                _sub(case, "failure",
-                     f"gate: {reason['gate']}\nvalue: {reason['value']}\nthreshold: {reason['threshold']}\n"
-                     f"a failure here alone means {consequence}; the verdict is {verdict}",
-                     message=f"{reason['message']} (verdict {verdict})", type="esmdiv.gate")
-        lines = [f"verdict: {verdict}"] + [("PASS " if r["passed"] else "FAIL ") + r["message"] for r in report["reasons"]]
+                _sub(
+                    case,
+                    "failure",
+                    f"gate: {reason['gate']}\nvalue: {reason['value']}\nthreshold: {reason['threshold']}\n"
+                    f"a failure here alone means {consequence}; the verdict is {verdict}",
+                    message=f"{reason['message']} (verdict {verdict})",
+                    type="esmdiv.gate",
+                )
+        lines = [f"verdict: {verdict}"] + [
+            ("PASS " if r["passed"] else "FAIL ") + r["message"] for r in report["reasons"]
+        ]
         _close(gates, "\n".join(lines), "")
 
         timings = report.get("timings") or {}
@@ -69,10 +80,20 @@ def junit_tree(report: dict) -> ET.Element:
             case = _case(sequences, seq["id"], "esmdiv.sequences")
             problems = sequence_problems(seq, report["thresholds"], agreement_failed)
             if problems:
-                _sub(case, "failure", _numbers(seq), message=f"{seq['id']}: " + "; ".join(problems), type="esmdiv.sequence")
+                _sub(
+                    case,
+                    "failure",
+                    _numbers(seq),
+                    message=f"{seq['id']}: " + "; ".join(problems),
+                    type="esmdiv.sequence",
+                )
             else:
                 flip = seq.get("label_v1") != seq.get("label_v2")
-                _sub(case, "system-out", _numbers(seq) + ("\nlabel flipped (allowed: the agreement gates pass)" if flip else ""))
+                _sub(
+                    case,
+                    "system-out",
+                    _numbers(seq) + ("\nlabel flipped (allowed: the agreement gates pass)" if flip else ""),
+                )
         _close(sequences, "", "")
     _count(root)
     return root
@@ -90,6 +111,7 @@ def write_junit(report: dict, path: str | Path) -> None:
 
 # --- building blocks -----------------------------------------------------------------------------
 
+
 def _clean(value) -> str:
     return _XML_ILLEGAL.sub("\ufffd", str(value))
 
@@ -102,8 +124,19 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs) -> ET.E
 
 
 def _suite(root, name, index, timestamp, hostname, properties, time: float = 0.0) -> ET.Element:
-    suite = _sub(root, "testsuite", name=name, id=index, package="esmdiv", tests=0, failures=0, errors=0,
-                 time=f"{time:.3f}", timestamp=timestamp, hostname=hostname)
+    suite = _sub(
+        root,
+        "testsuite",
+        name=name,
+        id=index,
+        package="esmdiv",
+        tests=0,
+        failures=0,
+        errors=0,
+        time=f"{time:.3f}",
+        timestamp=timestamp,
+        hostname=hostname,
+    )
     props = _sub(suite, "properties")
     for key, value in properties:
         _sub(props, "property", name=key, value=value)
@@ -173,7 +206,8 @@ def _numbers(seq: dict) -> str:
     return (
         f"length {seq.get('length')} (of {seq.get('original_length')})\n"
         f"pooled cosine {fmt(seq.get('cosine'), '.12f')}"
-        + ("" if finite_number(seq.get("cosine")) is None else f" (1 - cosine {1 - seq['cosine']:.2e})") + "\n"
+        + ("" if finite_number(seq.get("cosine")) is None else f" (1 - cosine {1 - seq['cosine']:.2e})")
+        + "\n"
         f"pooled MAD {fmt(seq.get('mad'), '.3e')}\n"
         f"max |diff| {fmt(seq.get('max_abs_diff'), '.3e')}\n"
         f"label v1/v2 {seq.get('label_v1')}/{seq.get('label_v2')}\n"

@@ -17,8 +17,9 @@ def _md_table(rows: list[tuple[str, str]], header=("", "")) -> str:
     return "\n".join(lines + [f"| {_md(k)} | {_md(v)} |" for k, v in rows])
 
 
-def render_markdown(report: dict, plots: list[Plot] | None = None, image_paths: dict[str, str] | None = None,
-                    source: str | None = None) -> str:
+def render_markdown(
+    report: dict, plots: list[Plot] | None = None, image_paths: dict[str, str] | None = None, source: str | None = None
+) -> str:
     """Markdown with the same content; ``image_paths`` maps a plot key to the link to its PNG
     (plots without a path are left out, so ``plots=[]`` gives a text-only page for CI summaries)."""
     plots = plots or []
@@ -35,8 +36,11 @@ def render_markdown(report: dict, plots: list[Plot] | None = None, image_paths: 
     if reasons:
         out += ["| gate | result | value | threshold | why |", "|---|---|---:|---:|---|"]
         for r in reasons:
-            out.append(f"| {_md(r.get('gate'))} | {'✓ pass' if r.get('passed') else '✗ **fail**'} | {fmt(r.get('value'), '.6g')} "
-                       f"| {fmt(r.get('threshold'), '.6g')} | {_md(r.get('message'))} |")
+            out.append(
+                f"| {_md(r.get('gate'))} | {'✓ pass' if r.get('passed') else '✗ **fail**'} "
+                f"| {fmt(r.get('value'), '.6g')} "
+                f"| {fmt(r.get('threshold'), '.6g')} | {_md(r.get('message'))} |"
+            )
         out.append("")
     for warning in report.get("warnings") or []:
         out.append(f"> **warning:** {_md(warning)}")
@@ -54,20 +58,36 @@ def render_markdown(report: dict, plots: list[Plot] | None = None, image_paths: 
         out += ["## Summary", "", _md_table(rows, ("metric", "value")), ""]
     worst = worst_sequences(report)
     if worst:
-        out += [f"## Worst {len(worst)} of {len(report.get('sequences') or [])} sequences (lowest cosine first)", "",
-                "| id | length | cosine | 1 − cos | MAD | max \\|diff\\| | label v1/v2 | conf v1 | conf v2 |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        out += [
+            f"## Worst {len(worst)} of {len(report.get('sequences') or [])} sequences (lowest cosine first)",
+            "",
+            "| id | length | cosine | 1 − cos | MAD | max \\|diff\\| | label v1/v2 | conf v1 | conf v2 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for s in worst:
             cos = finite_number(s.get("cosine"))
             flip = s.get("label_v1") != s.get("label_v2")
-            out.append(f"| {_md(s.get('id'))} | {s.get('length')} | {fmt(cos, '.9f')} | {'n/a' if cos is None else format(1 - cos, '.2e')} "
-                       f"| {fmt(s.get('mad'), '.2e')} | {fmt(s.get('max_abs_diff'), '.2e')} | {s.get('label_v1')}/{s.get('label_v2')}"
-                       f"{' ✗' if flip else ''} | {fmt(s.get('confidence_v1'), '.4f')} | {fmt(s.get('confidence_v2'), '.4f')} |")
+            out.append(
+                f"| {_md(s.get('id'))} | {s.get('length')} | {fmt(cos, '.9f')} "
+                f"| {'n/a' if cos is None else format(1 - cos, '.2e')} "
+                f"| {fmt(s.get('mad'), '.2e')} | {fmt(s.get('max_abs_diff'), '.2e')} "
+                f"| {s.get('label_v1')}/{s.get('label_v2')}{' ✗' if flip else ''} "
+                f"| {fmt(s.get('confidence_v1'), '.4f')} | {fmt(s.get('confidence_v2'), '.4f')} |"
+            )
         out.append("")
     if report.get("thresholds"):
-        out += ["## Thresholds", "", _md_table([(k, str(v)) for k, v in report["thresholds"].items()], ("threshold", "value")), ""]
+        out += [
+            "## Thresholds",
+            "",
+            _md_table([(k, str(v)) for k, v in report["thresholds"].items()], ("threshold", "value")),
+            "",
+        ]
     out += ["## Run and environment", "", _md_table(run_rows(report), ("", "")), ""]
     from esmdiv import __version__
 
-    out.append(f"Made by esmdiv {__version__}" + (f" from `{source}`" if source else "") + f" (report schema {report.get('schema_version')}).")
+    out.append(
+        f"Made by esmdiv {__version__}"
+        + (f" from `{source}`" if source else "")
+        + f" (report schema {report.get('schema_version')})."
+    )
     return "\n".join(out) + "\n"

@@ -11,8 +11,13 @@ from esmdiv.report.markdown import render_markdown
 from esmdiv.report.plots import make_plots
 
 
-def write_reports(report: dict, html_path: str | Path | None = None, markdown_path: str | Path | None = None,
-                  plots_in_markdown: bool = True, source: str | None = None) -> list[Path]:
+def write_reports(
+    report: dict,
+    html_path: str | Path | None = None,
+    markdown_path: str | Path | None = None,
+    plots_in_markdown: bool = True,
+    source: str | None = None,
+) -> list[Path]:
     """Write the HTML page and/or the Markdown (its PNGs in ``<name>_files/`` beside it)."""
     written: list[Path] = []
     need_plots = html_path is not None or (markdown_path is not None and plots_in_markdown)
@@ -31,6 +36,10 @@ def write_reports(report: dict, html_path: str | Path | None = None, markdown_pa
                     write_text(plot.png, target, option="--markdown")
                     links[plot.key] = f"{folder.name}/{target.name}"
                     written.append(target)
-        write_text(render_markdown(report, plots if plots_in_markdown else [], links, source), markdown_path, option="--markdown")
+        write_text(
+            render_markdown(report, plots if plots_in_markdown else [], links, source),
+            markdown_path,
+            option="--markdown",
+        )
         written.append(markdown_path)
     return written

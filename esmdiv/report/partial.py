@@ -15,8 +15,8 @@ from typing import Any
 
 from esmdiv import __version__
 from esmdiv.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EsmdivError
-from esmdiv.report.json_report import write_json
 from esmdiv.input.sequences import InputReport
+from esmdiv.report.json_report import write_json
 
 #: The stages of ``esmdiv check``, in order; ``error.stage`` in a partial report is the one that failed.
 STAGES = ("options", "input", "model", "audit", "decision", "report")

@@ -41,8 +41,12 @@ def _drawn(key: str, title: str, caption: str, fig) -> Plot:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     axes = [
-        {"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
-         "legend": [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else []}
+        {
+            "title": ax.get_title(),
+            "xlabel": ax.get_xlabel(),
+            "ylabel": ax.get_ylabel(),
+            "legend": [t.get_text() for t in ax.get_legend().get_texts()] if ax.get_legend() else [],
+        }
         for ax in fig.axes
     ]
     return Plot(key, title, caption, buf.getvalue(), axes)
@@ -57,7 +61,6 @@ def require_matplotlib():
     if "matplotlib.pyplot" not in sys.modules:  # headless: never pick a GUI backend (a caller's pyplot is left alone)
         matplotlib.use("Agg")
     return matplotlib
-
 
 
 def _trace_layers(report: dict) -> list[dict] | None:
@@ -85,6 +88,7 @@ def _classified(report: dict) -> tuple[list[dict], list[dict], list[dict]]:
 
 
 # --- the plots -------------------------------------------------------------------------------------
+
 
 def make_plots(report: dict) -> list[Plot]:
     """Every plot this report supports, as PNG bytes (or a note where there is nothing to draw)."""
@@ -128,21 +132,50 @@ def _length_plot(report: dict) -> Plot:
     mad_floor = _floor([s["mad"] for s in everything], t.get("max_mad", 0))
     zero_cos = 0
     for ax, metric, floor, threshold, label, gate in (
-        (ax_cos, _one_minus_cos, cos_floor, 1 - t["min_cosine"] if "min_cosine" in t else None,
-         "1 − pooled cosine (log; lower is closer)", f"gate --min-cosine {t.get('min_cosine')}: fails on or above"),
-        (ax_mad, lambda s: s["mad"], mad_floor, t.get("max_mad"), "pooled MAD (log; lower is closer)",
-         f"gate --max-mad {t.get('max_mad')}: fails on or above"),
+        (
+            ax_cos,
+            _one_minus_cos,
+            cos_floor,
+            1 - t["min_cosine"] if "min_cosine" in t else None,
+            "1 − pooled cosine (log; lower is closer)",
+            f"gate --min-cosine {t.get('min_cosine')}: fails on or above",
+        ),
+        (
+            ax_mad,
+            lambda s: s["mad"],
+            mad_floor,
+            t.get("max_mad"),
+            "pooled MAD (log; lower is closer)",
+            f"gate --max-mad {t.get('max_mad')}: fails on or above",
+        ),
     ):
         for group, colour, marker, name in ((ok, _PASS, "o", "passes every gate"), (bad, _FAIL, "X", "breaks a gate")):
             if not group:
                 continue
             ys = [max(metric(s), floor) for s in group]
-            ax.scatter([s["length"] for s in group], ys, s=22 if colour == _PASS else 46, c=colour, marker=marker,
-                       alpha=0.75, linewidths=0, label=f"{name} ({len(group)})", zorder=3)
+            ax.scatter(
+                [s["length"] for s in group],
+                ys,
+                s=22 if colour == _PASS else 46,
+                c=colour,
+                marker=marker,
+                alpha=0.75,
+                linewidths=0,
+                label=f"{name} ({len(group)})",
+                zorder=3,
+            )
         flips = [s for s in everything if s.get("label_v1") != s.get("label_v2")]
         if flips:
-            ax.scatter([s["length"] for s in flips], [max(metric(s), floor) for s in flips], s=110, facecolors="none",
-                       edgecolors=_FLIP, linewidths=1.6, label=f"label flipped ({len(flips)})", zorder=4)
+            ax.scatter(
+                [s["length"] for s in flips],
+                [max(metric(s), floor) for s in flips],
+                s=110,
+                facecolors="none",
+                edgecolors=_FLIP,
+                linewidths=1.6,
+                label=f"label flipped ({len(flips)})",
+                zorder=4,
+            )
         ax.set_yscale("log")
         if threshold is not None and threshold > 0:
             ax.axhline(threshold, color=_THRESH, linestyle="--", linewidth=1.3, label=gate, zorder=2)
@@ -159,8 +192,10 @@ def _length_plot(report: dict) -> Plot:
         ax.legend(fontsize=8, loc="best", framealpha=0.85)
     ax_cos.set_title("Pooled cosine: 1 − cosine per sequence", fontsize=11)
     ax_mad.set_title("Pooled mean absolute difference per sequence", fontsize=11)
-    notes = [f"{len(everything)} sequences; dashed red lines are the gates (--min-cosine {t.get('min_cosine')}, "
-             f"--max-mad {t.get('max_mad')}): a point on or above its line fails that gate."]
+    notes = [
+        f"{len(everything)} sequences; dashed red lines are the gates (--min-cosine {t.get('min_cosine')}, "
+        f"--max-mad {t.get('max_mad')}): a point on or above its line fails that gate."
+    ]
     if zero_cos:
         notes.append(f"{zero_cos} sequence(s) with cosine exactly 1 drawn at {cos_floor:.0e}.")
     if nonfinite:
@@ -191,10 +226,12 @@ def _mad_hist(report: dict) -> Plot:
     bins = np.logspace(lo, hi, int(min(50, max(8, 2 * math.ceil(math.sqrt(len(values)))))) + 1)
     ax.hist(values, bins=bins, color=_PASS, alpha=0.85, edgecolor="white", label=f"sequences ({len(values)})", zorder=3)
     ax.set_xscale("log")
-    left, right = 10 ** lo / 2, 10 ** hi * 2
+    left, right = 10**lo / 2, 10**hi * 2
     if "max_mad" in t:
         gate = t["max_mad"]
-        ax.axvline(gate, color=_THRESH, linestyle="--", linewidth=1.5, label=f"gate --max-mad {gate:g}: fails on or above")
+        ax.axvline(
+            gate, color=_THRESH, linestyle="--", linewidth=1.5, label=f"gate --max-mad {gate:g}: fails on or above"
+        )
         right = max(right, gate * 3)
         ax.axvspan(gate, right, color=_THRESH, alpha=0.07, zorder=1)
     ax.set_xlim(left, right)
@@ -207,7 +244,11 @@ def _mad_hist(report: dict) -> Plot:
     ax.legend(fontsize=8, framealpha=0.85)
     caption = f"Median {median:.2e}, max {max(mads):.2e} against the gate {t.get('max_mad')}."
     if t.get("max_mad") and max(mads) > 0:
-        caption += f" Headroom: the largest MAD is {t['max_mad'] / max(mads):.3g}× below the gate." if max(mads) < t["max_mad"] else ""
+        caption += (
+            f" Headroom: the largest MAD is {t['max_mad'] / max(mads):.3g}× below the gate."
+            if max(mads) < t["max_mad"]
+            else ""
+        )
     if nonfinite:
         caption += f" {len(nonfinite)} non-finite sequence(s) left out."
     return _drawn("mad_hist", title, caption, fig)
@@ -215,8 +256,11 @@ def _mad_hist(report: dict) -> Plot:
 
 def _confidence_plot(report: dict) -> Plot:
     title = "Classifier confidence: v1 (padded) against v2 (packed)"
-    seqs = [s for s in report.get("sequences") or []
-            if finite_number(s.get("confidence_v1")) is not None and finite_number(s.get("confidence_v2")) is not None]
+    seqs = [
+        s
+        for s in report.get("sequences") or []
+        if finite_number(s.get("confidence_v1")) is not None and finite_number(s.get("confidence_v2")) is not None
+    ]
     if not seqs:
         return Plot("confidence", title, "No finite confidences: nothing to plot.", None)
     fig, (ax, ax_diff) = _figure(10.5, 4.2, cols=2)
@@ -224,18 +268,49 @@ def _confidence_plot(report: dict) -> Plot:
     flips = [s for s in seqs if s.get("label_v1") != s.get("label_v2")]
     for group, colour, marker, name in ((same, _PASS, "o", "same label"), (flips, _FAIL, "X", "label flipped")):
         if group:
-            ax.scatter([s["confidence_v1"] for s in group], [s["confidence_v2"] for s in group], s=24 if colour == _PASS else 50,
-                       c=colour, marker=marker, alpha=0.75, linewidths=0, label=f"{name} ({len(group)})", zorder=3)
-            ax_diff.scatter([s["confidence_v1"] for s in group], [s["confidence_v2"] - s["confidence_v1"] for s in group],
-                            s=24 if colour == _PASS else 50, c=colour, marker=marker, alpha=0.75, linewidths=0, zorder=3)
+            ax.scatter(
+                [s["confidence_v1"] for s in group],
+                [s["confidence_v2"] for s in group],
+                s=24 if colour == _PASS else 50,
+                c=colour,
+                marker=marker,
+                alpha=0.75,
+                linewidths=0,
+                label=f"{name} ({len(group)})",
+                zorder=3,
+            )
+            ax_diff.scatter(
+                [s["confidence_v1"] for s in group],
+                [s["confidence_v2"] - s["confidence_v1"] for s in group],
+                s=24 if colour == _PASS else 50,
+                c=colour,
+                marker=marker,
+                alpha=0.75,
+                linewidths=0,
+                zorder=3,
+            )
     values = [s["confidence_v1"] for s in seqs] + [s["confidence_v2"] for s in seqs]
     lo, hi = min(values), max(values)
     pad = max((hi - lo) * 0.05, 0.01)
-    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="#57606a", linestyle="--", linewidth=1, label="v2 = v1", zorder=2)
+    ax.plot(
+        [lo - pad, hi + pad],
+        [lo - pad, hi + pad],
+        color="#57606a",
+        linestyle="--",
+        linewidth=1,
+        label="v2 = v1",
+        zorder=2,
+    )
     binary = _binary_head(report.get("head") or "")
     if binary:
         for a in (ax, ax_diff):
-            a.axvline(0.5, color=_THRESH, linestyle=":", linewidth=1.2, label="label boundary 0.5 (binary head)" if a is ax else None)
+            a.axvline(
+                0.5,
+                color=_THRESH,
+                linestyle=":",
+                linewidth=1.2,
+                label="label boundary 0.5 (binary head)" if a is ax else None,
+            )
         ax.axhline(0.5, color=_THRESH, linestyle=":", linewidth=1.2)
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(lo - pad, hi + pad)
@@ -253,10 +328,16 @@ def _confidence_plot(report: dict) -> Plot:
     from matplotlib.ticker import FuncFormatter
 
     ax_diff.yaxis.set_major_formatter(FuncFormatter(lambda v, _: "0" if v == 0 else f"{v:.1e}"))
-    caption = (f"Confidence is P(class 1) for a binary head, else the probability of v1's label. "
-               f"Label agreement {p.get('agreement', float('nan')):.2%}"
-               + (f", largest confidence difference {p['max_conf_diff']:.2e}" if finite_number(p.get("max_conf_diff")) is not None else "")
-               + (". Points near the 0.5 boundary are the ones a small difference can flip." if binary else "."))
+    caption = (
+        f"Confidence is P(class 1) for a binary head, else the probability of v1's label. "
+        f"Label agreement {p.get('agreement', float('nan')):.2%}"
+        + (
+            f", largest confidence difference {p['max_conf_diff']:.2e}"
+            if finite_number(p.get("max_conf_diff")) is not None
+            else ""
+        )
+        + (". Points near the 0.5 boundary are the ones a small difference can flip." if binary else ".")
+    )
     return _drawn("confidence", title, caption, fig)
 
 
@@ -268,13 +349,17 @@ def _trace_plot(report: dict) -> Plot:
     title = "Divergence layer by layer"
     layers = _trace_layers(report)
     if layers is None:
-        return Plot("trace", title, "This run did not trace per-layer divergence (the report has no 'trace' section).", None)
+        return Plot(
+            "trace", title, "This run did not trace per-layer divergence (the report has no 'trace' section).", None
+        )
     layers = sorted(layers, key=lambda t: t["layer"])
     xs = [t["layer"] for t in layers]
     fig, (ax_abs, ax_rel) = _figure(10.5, 4.0, cols=2)
     series = [("max_abs_diff", ax_abs, "max |v2 − v1|", _FAIL, "o")]
-    series += [("rel_l2", ax_rel, "relative L2 ‖v2 − v1‖ / ‖v1‖", _PASS, "o"),
-               ("one_minus_cos", ax_rel, "1 − cosine", _FLIP, "s")]
+    series += [
+        ("rel_l2", ax_rel, "relative L2 ‖v2 − v1‖ / ‖v1‖", _PASS, "o"),
+        ("one_minus_cos", ax_rel, "1 − cosine", _FLIP, "s"),
+    ]
     for key, ax, label, colour, marker in series:
         if key == "one_minus_cos":
             ys = [None if finite_number(t.get("cosine")) is None else max(0.0, 1 - t["cosine"]) for t in layers]
@@ -282,7 +367,15 @@ def _trace_plot(report: dict) -> Plot:
             ys = [finite_number(t.get(key)) for t in layers]
         pts = [(x, y) for x, y in zip(xs, ys) if y is not None and y > 0]
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour, marker=marker, markersize=4, linewidth=1.5, label=label)
+            ax.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                color=colour,
+                marker=marker,
+                markersize=4,
+                linewidth=1.5,
+                label=label,
+            )
     for ax, ylabel in ((ax_abs, "max absolute difference (log)"), (ax_rel, "relative divergence (log)")):
         if ax.lines:
             ax.set_yscale("log")
@@ -293,6 +386,8 @@ def _trace_plot(report: dict) -> Plot:
     ax_abs.set_title("Largest elementwise difference per layer", fontsize=11)
     ax_rel.set_title("Relative L2 and 1 − cosine per layer", fontsize=11)
     worst = max(layers, key=lambda t: finite_number(t.get("rel_l2")) or 0.0)
-    caption = (f"{len(layers)} layers traced. Growth with depth shows where the paths part; the largest relative L2 "
-               f"is at layer {worst['layer']}" + (f" ({worst['rel_l2']:.2e})." if finite_number(worst.get("rel_l2")) else "."))
+    caption = (
+        f"{len(layers)} layers traced. Growth with depth shows where the paths part; the largest relative L2 "
+        f"is at layer {worst['layer']}" + (f" ({worst['rel_l2']:.2e})." if finite_number(worst.get("rel_l2")) else ".")
+    )
     return _drawn("trace", title, caption, fig)

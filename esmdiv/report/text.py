@@ -38,6 +38,7 @@ def fmt(value, spec: str, missing: str = "n/a") -> str:
 
 def worst_sequences(report: dict, n: int = WORST_ROWS) -> list[dict]:
     """The ``n`` sequences of a report with the lowest pooled cosine (then the largest MAD)."""
+
     def key(s):
         cos = finite_number(s.get("cosine"))
         return (-math.inf if cos is None else cos, -(finite_number(s.get("mad")) or math.inf))
@@ -53,19 +54,32 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     p = s.get("prediction") or {}
     rows = [
         ("sequences audited", str(s.get("n"))),
-        ("label agreement", f"{fmt(p.get('agreement'), '.2%')} ({p.get('n', 0) - p.get('disagreements', 0)}/{p.get('n')})"),
+        (
+            "label agreement",
+            f"{fmt(p.get('agreement'), '.2%')} ({p.get('n', 0) - p.get('disagreements', 0)}/{p.get('n')})",
+        ),
         ("confidence Pearson r", fmt(p.get("pearson"), ".7f", f"n/a ({p.get('pearson_note')})")),
         ("confidence diff mean / max", f"{fmt(p.get('mean_conf_diff'), '.2e')} / {fmt(p.get('max_conf_diff'), '.2e')}"),
-        ("pooled cosine min / mean / max", " / ".join(fmt((s.get("cosine") or {}).get(k), ".9f") for k in ("min", "mean", "max"))),
-        ("pooled MAD min / mean / max", " / ".join(fmt((s.get("mad") or {}).get(k), ".2e") for k in ("min", "mean", "max"))),
+        (
+            "pooled cosine min / mean / max",
+            " / ".join(fmt((s.get("cosine") or {}).get(k), ".9f") for k in ("min", "mean", "max")),
+        ),
+        (
+            "pooled MAD min / mean / max",
+            " / ".join(fmt((s.get("mad") or {}).get(k), ".2e") for k in ("min", "mean", "max")),
+        ),
         ("max |diff| of any residue element", fmt(s.get("max_abs_diff"), ".2e")),
     ]
     if s.get("nonfinite"):
         rows.append(("non-finite outputs", "; ".join(s["nonfinite"][:10])))
     t = report.get("timings") or {}
     if finite_number(t.get("padded_tokens_per_s")) and finite_number(t.get("packed_tokens_per_s")):
-        rows.append(("tokens/s padded / packed",
-                     f"{t['padded_tokens_per_s']:,.0f} / {t['packed_tokens_per_s']:,.0f} (audit timing, not a benchmark)"))
+        rows.append(
+            (
+                "tokens/s padded / packed",
+                f"{t['padded_tokens_per_s']:,.0f} / {t['packed_tokens_per_s']:,.0f} (audit timing, not a benchmark)",
+            )
+        )
     return rows
 
 
@@ -76,19 +90,34 @@ def run_rows(report: dict) -> list[tuple[str, str]]:
     inp = report.get("input") or {}
     rows = []
     if model:
-        label = f"{model.get('spec')} ({model.get('num_layers')} layers, {model.get('embed_dim')} dims, {model.get('attention_heads')} heads)"
-        rows.append(("model", label + (" — RANDOM WEIGHTS, not a trained model" if model.get("random_weights") else "")))
+        label = (
+            f"{model.get('spec')} ({model.get('num_layers')} layers, {model.get('embed_dim')} dims, "
+            f"{model.get('attention_heads')} heads)"
+        )
+        rows.append(
+            ("model", label + (" — RANDOM WEIGHTS, not a trained model" if model.get("random_weights") else ""))
+        )
     weights = ((env.get("model") or {}).get("weights")) or {}
     if weights:
         rows.append(("weights sha256", f"{weights.get('value')} ({weights.get('scope')})"))
     if "head" in report:
         rows.append(("prediction head", str(report["head"])))
     run = env.get("run") or {}
-    rows.append(("device / dtype / backend", f"{report.get('device', run.get('device'))} / {report.get('dtype', run.get('dtype'))} / "
-                 f"{report.get('backend', run.get('backend'))}"))
+    rows.append(
+        (
+            "device / dtype / backend",
+            f"{report.get('device', run.get('device'))} / {report.get('dtype', run.get('dtype'))} / "
+            f"{report.get('backend', run.get('backend'))}",
+        )
+    )
     if inp:
-        rows.append(("input", f"{inp.get('path')}: {inp.get('records')} records, {inp.get('audited')} audited, "
-                     f"{len(inp.get('truncated') or [])} truncated, {len(inp.get('skipped') or [])} skipped"))
+        rows.append(
+            (
+                "input",
+                f"{inp.get('path')}: {inp.get('records')} records, {inp.get('audited')} audited, "
+                f"{len(inp.get('truncated') or [])} truncated, {len(inp.get('skipped') or [])} skipped",
+            )
+        )
     if env.get("input"):
         rows.append(("input sha256", f"{env['input']['sha256']} ({env['input']['bytes']:,} bytes)"))
     if env:
@@ -107,20 +136,42 @@ def environment_rows(env: dict, include_run: bool = True) -> list[tuple[str, str
     plat = env.get("platform") or {}
     commit = e.get("git_commit")
     rows = [
-        ("esmdiv", f"{e.get('version')}" + (f", commit {commit}" + (" (with uncommitted changes)" if e.get("git_dirty") else "")
-                                             if commit else ", commit unknown")),
+        (
+            "esmdiv",
+            f"{e.get('version')}"
+            + (
+                f", commit {commit}" + (" (with uncommitted changes)" if e.get("git_dirty") else "")
+                if commit
+                else ", commit unknown"
+            ),
+        ),
         ("Python", f"{py.get('version')} ({py.get('implementation')})"),
-        ("torch / fair-esm / flash-attn", f"{pk.get('torch')} / {pk.get('fair-esm') or 'absent'} / {pk.get('flash-attn') or 'absent'}"),
+        (
+            "torch / fair-esm / flash-attn",
+            f"{pk.get('torch')} / {pk.get('fair-esm') or 'absent'} / {pk.get('flash-attn') or 'absent'}",
+        ),
         ("platform", f"{plat.get('system')} {plat.get('release')} {plat.get('machine')}"),
     ]
     if cuda.get("available"):
-        rows.append(("CUDA", f"torch built for {cuda.get('torch_cuda')}, driver {cuda.get('driver') or 'unknown'}"
-                     + (f" (supports CUDA {cuda['driver_cuda']})" if cuda.get("driver_cuda") else "")
-                     + (f", cuDNN {cuda['cudnn']}" if cuda.get("cudnn") else "")))
+        rows.append(
+            (
+                "CUDA",
+                f"torch built for {cuda.get('torch_cuda')}, driver {cuda.get('driver') or 'unknown'}"
+                + (f" (supports CUDA {cuda['driver_cuda']})" if cuda.get("driver_cuda") else "")
+                + (f", cuDNN {cuda['cudnn']}" if cuda.get("cudnn") else ""),
+            )
+        )
         for gpu in cuda.get("gpus") or []:
-            rows.append((f"GPU {gpu['index']}", f"{gpu['name']}, {gpu['memory_gib']} GiB, compute capability {gpu['capability']}"))
+            rows.append(
+                (
+                    f"GPU {gpu['index']}",
+                    f"{gpu['name']}, {gpu['memory_gib']} GiB, compute capability {gpu['capability']}",
+                )
+            )
     else:
-        rows.append(("CUDA", "not available" + (f" (torch built for {cuda['torch_cuda']})" if cuda.get("torch_cuda") else "")))
+        rows.append(
+            ("CUDA", "not available" + (f" (torch built for {cuda['torch_cuda']})" if cuda.get("torch_cuda") else ""))
+        )
     run = env.get("run") or {}
     if include_run:
         rows.append(("device / dtype", f"{run.get('device')} / {run.get('dtype')}"))
@@ -128,8 +179,14 @@ def environment_rows(env: dict, include_run: bool = True) -> list[tuple[str, str
         rows.append(("GPU that ran", f"{run['gpu']['name']} ({run['gpu']['memory_gib']} GiB)"))
     backends = env.get("attention_backends") or {}
     for name, b in (backends.get("backends") or {}).items():
-        rows.append((f"backend {name}", "available" + (" (auto picks it)" if backends.get("auto") == name else "")
-                     if b.get("available") else f"unavailable: {b.get('why_not')}"))
+        rows.append(
+            (
+                f"backend {name}",
+                "available" + (" (auto picks it)" if backends.get("auto") == name else "")
+                if b.get("available")
+                else f"unavailable: {b.get('why_not')}",
+            )
+        )
     rows.append(("captured", str(env.get("captured_at"))))
     return rows
 
@@ -157,13 +214,24 @@ def environment_table_rows(env: dict) -> list[tuple[str, str]]:
 def describe(env: dict) -> str:
     """One line for logs: versions, GPU and the weights digest."""
     p = env["packages"]
-    parts = [f"esmdiv {env['esmdiv']['version']}" + (f" ({env['esmdiv']['git_commit'][:10]}"
-             + ("+dirty" if env["esmdiv"].get("git_dirty") else "") + ")" if env["esmdiv"].get("git_commit") else ""),
-             f"torch {p['torch']}", f"fair-esm {p['fair-esm'] or 'absent'}", f"flash-attn {p['flash-attn'] or 'absent'}",
-             f"Python {env['python']['version']}"]
+    parts = [
+        f"esmdiv {env['esmdiv']['version']}"
+        + (
+            f" ({env['esmdiv']['git_commit'][:10]}" + ("+dirty" if env["esmdiv"].get("git_dirty") else "") + ")"
+            if env["esmdiv"].get("git_commit")
+            else ""
+        ),
+        f"torch {p['torch']}",
+        f"fair-esm {p['fair-esm'] or 'absent'}",
+        f"flash-attn {p['flash-attn'] or 'absent'}",
+        f"Python {env['python']['version']}",
+    ]
     gpu = env["run"].get("gpu")
     if gpu:
-        parts.append(f"{gpu['name']} ({gpu['memory_gib']} GiB, driver {env['cuda']['driver'] or '?'}, CUDA {env['cuda']['torch_cuda']})")
+        parts.append(
+            f"{gpu['name']} ({gpu['memory_gib']} GiB, driver {env['cuda']['driver'] or '?'}, "
+            f"CUDA {env['cuda']['torch_cuda']})"
+        )
     if env.get("model"):
         w = env["model"]["weights"]
         parts.append(f"weights sha256 {w['value'][:12]}… ({w['scope']})")

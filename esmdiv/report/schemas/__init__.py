@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
@@ -15,7 +15,7 @@ SCHEMA_VERSION = 1
 REPORT_SCHEMA = "report.schema.json"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _text(name: str) -> str:
     return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
 
