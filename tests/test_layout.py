@@ -93,3 +93,40 @@ def test_importing_every_library_module_loads_neither_typer_nor_rich():
 def test_the_cli_starts_without_torch():
     script = "import json, sys, esmdiv.cli.app; print(json.dumps('torch' in sys.modules))"
     assert _fresh_python(script) is False
+
+
+# Each stage may import the stages before it, never one after it (nor a peer of its own rank).
+STAGE_RANK = {
+    "esmdiv": 0,  # esmdiv/__init__.py: the version
+    "errors": 0,
+    "input": 1,
+    "model": 1,
+    "forward": 2,
+    "measure": 3,
+    "report": 4,
+    "distributed": 5,
+    "audit": 6,
+    "bench": 6,
+    "selftest": 7,
+    "cli": 8,
+    "__main__": 9,
+}
+
+
+def _stage(module):
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_data_flows_one_way_between_the_stages():
+    backwards = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        here = _stage(_module_name(path))
+        for line, names in _imported_names(ast.parse(path.read_text(), str(path))):
+            for name in names:
+                if name.split(".")[0] != "esmdiv":
+                    continue
+                there = _stage(name)
+                if there != here and STAGE_RANK[there] >= STAGE_RANK[here]:
+                    backwards.append(f"{path.relative_to(ROOT)}:{line} ({here}) imports {name} ({there})")
+    assert not backwards, "docs/architecture.md: a stage imports only the stages before it:\n" + "\n".join(backwards)

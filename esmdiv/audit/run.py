@@ -92,6 +92,17 @@ class _Input:
         return self.total_tokens if self.mine is None else sum(self.lengths[i] for i in self.mine)
 
 
+@dataclass
+class _Compared:
+    """What the audit stage leaves: every sequence's result (all ranks', in file order), the
+    notices (OOM retries), the token budget it ended with, the invariance block."""
+
+    results: list[SequenceResult]
+    notices: list[str]
+    budget: int
+    invariance: dict | None
+
+
 def run_audit(
     config: AuditConfig,
     loaded: LoadedModel | None = None,
@@ -125,56 +136,12 @@ def run_audit(
     partial.finished = run.finished
 
     partial.stage = "audit"
-    results, notices, budget = _compare_all(config, run, inputs, placement.max_tokens, world)
-    if world is not None:
-        gathered = gather_to_root(
-            {
-                "results": results,
-                "notices": notices,
-                "budget": budget,
-                "seconds": run.seconds,
-                "trace": run.trace,
-                "perplexity": run.perplexity,
-            },
-            world,
-        )
-        if not world.is_root:
-            return FollowerResult(broadcast_code(0, world))
-        results, notices, budget = _merge_ranks(run, gathered)
-    results.sort(key=lambda r: r.index)
-    invariance = invariance_summary(results) if config.invariance else None
+    compared = _compare(config, run, inputs, placement.max_tokens, world)
+    if compared is None:  # a torchrun rank other than 0: rank 0 decides and reports
+        return FollowerResult(broadcast_code(0, world))
 
     partial.stage = "decision"
-    summary, decision, trace = _decide(config, run, results, invariance, placement)
-    run_timings = timings(run.seconds, inputs.total_tokens, load_seconds)
-    t1 = time.perf_counter()
-    fingerprint = environment(
-        placement.device, placement.dtype, placement.backend, loaded, config.fasta, inputs.report.records
-    )
-    run_timings["fingerprint_s"] = time.perf_counter() - t1
-    if world is not None:
-        run_timings["ranks"] = world.size
-        broadcast_code(decision.verdict.exit_code, world)
-    return AuditResult(
-        model=loaded.info.to_dict(),
-        device=str(placement.device),
-        dtype=placement.dtype_name,
-        backend=placement.backend,
-        compiled=run.compile,
-        heads=[h.name for h in run.heads],
-        max_tokens=budget,
-        inputs=inputs.report,
-        sequences=results,
-        summary=summary,
-        thresholds=config.thresholds,
-        decision=decision,
-        timings=run_timings,
-        faults=sorted(f.value for f in config.faults),
-        notices=notices,
-        trace=trace,
-        invariance=invariance,
-        environment=fingerprint,
-    )
+    return _conclude(config, run, placement, inputs, compared, load_seconds, world)
 
 
 # --- stage "options" -------------------------------------------------------------------------------
@@ -264,7 +231,31 @@ def _cached_high_precision(loaded: LoadedModel, device: torch.device) -> torch.n
 # --- stage "audit" ---------------------------------------------------------------------------------
 
 
-def _compare_all(
+def _compare(
+    config: AuditConfig, run: AuditRun, inputs: _Input, max_tokens: int, world: World | None
+) -> _Compared | None:
+    """This process's sequences through both paths; under torchrun, every rank's results gathered
+    on rank 0 (``None`` on the other ranks)."""
+    results, notices, budget = _compare_here(config, run, inputs, max_tokens, world)
+    if world is not None:
+        payload = {
+            "results": results,
+            "notices": notices,
+            "budget": budget,
+            "seconds": run.seconds,
+            "trace": run.trace,
+            "perplexity": run.perplexity,
+        }
+        gathered = gather_to_root(payload, world)
+        if not world.is_root:
+            return None
+        results, notices, budget = _merge_ranks(run, gathered)
+    results.sort(key=lambda r: r.index)
+    invariance = invariance_summary(results) if config.invariance else None
+    return _Compared(results, notices, budget, invariance)
+
+
+def _compare_here(
     config: AuditConfig, run: AuditRun, inputs: _Input, max_tokens: int, world: World | None
 ) -> tuple[list[SequenceResult], list[str], int]:
     """Warm up, then every (of this rank's) sequences through both paths, then the invariance pass.
@@ -355,6 +346,49 @@ def _merge_ranks(run: AuditRun, gathered: list[dict]) -> tuple[list[SequenceResu
 
 
 # --- stage "decision" ------------------------------------------------------------------------------
+
+
+def _conclude(
+    config: AuditConfig,
+    run: AuditRun,
+    placement: RunPlacement,
+    inputs: _Input,
+    compared: _Compared,
+    load_seconds: float,
+    world: World | None,
+) -> AuditResult:
+    """Decide, time, fingerprint, and assemble the result (rank 0 tells the others the exit code)."""
+    summary, decision, trace = _decide(config, run, compared.results, compared.invariance, placement)
+    run_timings = timings(run.seconds, inputs.total_tokens, load_seconds)
+    t1 = time.perf_counter()
+    loaded = run.loaded
+    fingerprint = environment(
+        placement.device, placement.dtype, placement.backend, loaded, config.fasta, inputs.report.records
+    )
+    run_timings["fingerprint_s"] = time.perf_counter() - t1
+    if world is not None:
+        run_timings["ranks"] = world.size
+        broadcast_code(decision.verdict.exit_code, world)
+    return AuditResult(
+        model=loaded.info.to_dict(),
+        device=str(placement.device),
+        dtype=placement.dtype_name,
+        backend=placement.backend,
+        compiled=run.compile,
+        heads=[h.name for h in run.heads],
+        max_tokens=compared.budget,
+        inputs=inputs.report,
+        sequences=compared.results,
+        summary=summary,
+        thresholds=config.thresholds,
+        decision=decision,
+        timings=run_timings,
+        faults=sorted(f.value for f in config.faults),
+        notices=compared.notices,
+        trace=trace,
+        invariance=compared.invariance,
+        environment=fingerprint,
+    )
 
 
 def _decide(

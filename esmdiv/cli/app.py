@@ -210,63 +210,14 @@ def check(
     debug: DebugOption = False,
 ) -> None:
     """Run both paths over FASTA and print the verdict; the exit code is the verdict's."""
-    partial = PartialRun(
-        dict(
-            fasta=str(fasta),
-            model=model,
-            device=device,
-            dtype=dtype,
-            backend=backend,
-            head=head,
-            long=long,
-            max_tokens=max_tokens,
-            accept_agreement=accept_agreement,
-            validate_agreement=validate_agreement,
-            min_cosine=min_cosine,
-            max_mad=max_mad,
-        )
-    )
+    options = dict(locals())  # every option as given, by parameter name
+    partial = PartialRun({name: str(fasta) if name == "fasta" else options[name] for name in PARTIAL_OPTIONS})
     with guard(debug), partial_report_on_failure(json_path, partial):
-        from esmdiv.audit.run import AuditConfig
-        from esmdiv.measure.decision import Thresholds
-        from esmdiv.model.heads import parse_seeds
         from esmdiv.report.files import check_output_path
 
         if json_path is not None:
             check_output_path(json_path, "--json")
-        thresholds = Thresholds(
-            accept_agreement,
-            validate_agreement,
-            min_cosine,
-            max_mad,
-            max_reference_ratio,
-            max_invariance_ratio,
-            max_algorithm_error,
-            gate,
-            confidence,
-        )
-        config = AuditConfig(
-            fasta=fasta,
-            model=model,
-            device=device,
-            dtype=dtype,
-            backend=backend,
-            head=head,
-            long_policy=long,
-            max_tokens=max_tokens,
-            thresholds=thresholds,
-            proxy_seeds=parse_seeds(proxy_seeds),
-            head_activation=head_activation,
-            extra_features=extra_features,
-            high_precision=reference,
-            trace=trace,
-            trace_threshold=trace_threshold,
-            mlm=mlm,
-            mlm_sample=mlm_sample,
-            invariance=invariance,
-            compile=compile,
-        )
-        result = _run_audit(config, partial)
+        result = _run_audit(_audit_config(options), partial)
         partial.stage = "report"
         _write_audit_reports(result, json_path, junit_path)
         console.render_summary(result, stdout, worst=worst)
@@ -274,6 +225,40 @@ def check(
             if path is not None:
                 stdout.print(f"{label} written to {path}", highlight=False)
     raise typer.Exit(result.decision.verdict.exit_code)
+
+
+#: The options a partial report records in its ``options`` block, in order.
+PARTIAL_OPTIONS = (
+    "fasta",
+    "model",
+    "device",
+    "dtype",
+    "backend",
+    "head",
+    "long",
+    "max_tokens",
+    "accept_agreement",
+    "validate_agreement",
+    "min_cosine",
+    "max_mad",
+)
+#: check's options whose AuditConfig field has another name.
+CONFIG_NAMES = {"long": "long_policy", "reference": "high_precision"}
+
+
+def _audit_config(options: dict) -> AuditConfig:
+    """check's options as an AuditConfig: the thresholds' options by the Thresholds field names,
+    the others by AuditConfig's (through :data:`CONFIG_NAMES`), the proxy seeds parsed."""
+    from dataclasses import fields
+
+    from esmdiv.audit.run import AuditConfig
+    from esmdiv.measure.decision import Thresholds
+    from esmdiv.model.heads import parse_seeds
+
+    given = {CONFIG_NAMES.get(name, name): value for name, value in options.items()}
+    given["thresholds"] = Thresholds(**{f.name: options[f.name] for f in fields(Thresholds)})
+    given["proxy_seeds"] = parse_seeds(options["proxy_seeds"])
+    return AuditConfig(**{f.name: given[f.name] for f in fields(AuditConfig) if f.name in given})
 
 
 def _run_audit(config: AuditConfig, partial: PartialRun) -> AuditResult:
