@@ -262,8 +262,10 @@ def test_extra_features_with_the_wrong_row_count_stop_the_audit(random_8m, tmp_p
 
 
 def test_the_lowest_agreement_over_proxy_seeds_gates(random_8m):
-    # with the final layer norm dropped, one of the three proxy heads flips labels that seed 42's does not
-    config = AuditConfig(SEED18, device="cpu", proxy_seeds=(42, 43, 44), faults=frozenset([Fault.NO_FINAL_LAYER_NORM]))
+    # with the cu_seqlens boundaries off by one, one of the three proxy heads flips a label that seed 42's does not
+    config = AuditConfig(
+        SEED18, device="cpu", proxy_seeds=(42, 43, 44), faults=frozenset([Fault.CU_SEQLENS_OFF_BY_ONE])
+    )
     result = run_audit(config, loaded=random_8m)
     heads = result.summary["heads"]
     assert [h["head"].endswith(f"seed {s})") for h, s in zip(heads, (42, 43, 44))] == [True] * 3

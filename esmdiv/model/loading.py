@@ -197,10 +197,26 @@ def _new_esm2(
                 alphabet="ESM-1b",
                 token_dropout=token_dropout,
             )
+            _randomise_constants(model)
     finally:
         torch.set_default_dtype(default_dtype)
     # As fair-esm's model.half() does, buffers (the rotary inv_freq) follow the run's dtype too.
     return model.to(device=build.device, dtype=build.dtype)
+
+
+@torch.no_grad()
+def _randomise_constants(model: torch.nn.Module) -> None:
+    """Draw every parameter that fair-esm initialises to a constant (LayerNorm weights 1 and biases
+    0, the attention output and LM-head biases 0): with them constant, a LayerNorm or bias wired to
+    the wrong layer would change no number, and no test of a random model could see it.
+    LayerNorm weights become U(0.5, 1.5), every other such parameter U(-0.1, 0.1)."""
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if param.numel() > 1 and bool((param == param.flatten()[0]).all()):
+                if isinstance(module, torch.nn.LayerNorm) and name == "weight":
+                    param.uniform_(0.5, 1.5)
+                else:
+                    param.uniform_(-0.1, 0.1)
 
 
 def _random_model(spec: str, build: _Build) -> LoadedModel:
