@@ -18,7 +18,9 @@ runner = CliRunner()
 
 
 def run(*args):
-    result = runner.invoke(app, ["check", *args])
+    # The evidence pass has tests of its own (test_evidence.py, the self-test); these test the CLI.
+    evidence = [] if "--evidence" in args else ["--evidence", "off"]
+    result = runner.invoke(app, ["check", *args, *evidence])
     return result.exit_code, result.stdout, result.stderr
 
 

@@ -79,7 +79,12 @@ def test_two_processes_give_the_single_process_report(tmp_path):
         assert {k: x.get(k) for k in PER_SEQUENCE} == {k: y.get(k) for k in PER_SEQUENCE}, x["id"]
     for block in ("cosine", "mad", "prediction", "residue", "mlm", "bound"):
         assert a["summary"][block] == b["summary"][block], block
-    assert a["invariance"] == b["invariance"] and a["reasons"] == b["reasons"]
+    assert a["invariance"] == b["invariance"]
+    # The evidence pass's reference ratio is a mean over sequences summed in another order on two ranks:
+    # equal to fp64 rounding, not bit for bit.
+    assert [(r["gate"], r["passed"]) for r in a["reasons"]] == [(r["gate"], r["passed"]) for r in b["reasons"]]
+    for ra, rb in zip(a["reasons"], b["reasons"]):
+        assert ra["value"] == pytest.approx(rb["value"], rel=1e-9, abs=1e-15), ra["gate"]
     # Per-layer sums over all sequences: the same to fp64 rounding (summed in another grouping).
     assert a["trace"].keys() == b["trace"].keys()
     for la, lb in zip(a["trace"]["layers"], b["trace"]["layers"]):

@@ -33,7 +33,8 @@ SMALL = "".join(f">s{n}\n{'MKTAYIAKVLGLFDIVKKVVGALGSLWW'[:n]}\n" for n in (8, 12
 def check(tmp_path, *args, fasta=None):
     path = tmp_path / "small.fasta"
     path.write_text(SMALL if fasta is None else fasta)
-    result = runner.invoke(app, ["check", str(path), "--device", "cpu", "--max-tokens", "64", *args])
+    evidence = [] if "--evidence" in args else ["--evidence", "off"]  # the evidence pass: test_evidence.py
+    result = runner.invoke(app, ["check", str(path), "--device", "cpu", "--max-tokens", "64", *args, *evidence])
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     return result
 

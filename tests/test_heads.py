@@ -232,7 +232,9 @@ def test_audit_with_a_head_file_and_extra_features(random_8m, tmp_path):
     head_path = save(mlp.state_dict(), tmp_path / "head.pt")
     extra = np.random.default_rng(0).normal(size=(18, 3)) * 3
     np.save(tmp_path / "extra.npy", extra)
-    config = AuditConfig(SEED18, device="cpu", head=str(head_path), extra_features=tmp_path / "extra.npy")
+    config = AuditConfig(
+        SEED18, device="cpu", head=str(head_path), extra_features=tmp_path / "extra.npy", evidence="off"
+    )
     result = run_audit(config, loaded=random_8m)
     assert result.heads == ["file head.pt (MLP 323 -> 16 -> 2, relu, 3 extra features first)"]
     assert result.decision.verdict is Verdict.ACCEPT
@@ -256,7 +258,9 @@ def test_extra_features_with_the_wrong_row_count_stop_the_audit(random_8m, tmp_p
     head_path = save(nn.Linear(323, 2).state_dict(), tmp_path / "head.pt")
     with pytest.raises(InputError, match=r"extra.npy: shape \(17, 3\); expected \(18, k\)"):
         run_audit(
-            AuditConfig(SEED18, device="cpu", head=str(head_path), extra_features=tmp_path / "extra.npy"),
+            AuditConfig(
+                SEED18, device="cpu", head=str(head_path), extra_features=tmp_path / "extra.npy", evidence="off"
+            ),
             loaded=random_8m,
         )
 
@@ -264,7 +268,7 @@ def test_extra_features_with_the_wrong_row_count_stop_the_audit(random_8m, tmp_p
 def test_the_lowest_agreement_over_proxy_seeds_gates(random_8m):
     # with the cu_seqlens boundaries off by one, one of the three proxy heads flips a label that seed 42's does not
     config = AuditConfig(
-        SEED18, device="cpu", proxy_seeds=(42, 43, 44), faults=frozenset([Fault.CU_SEQLENS_OFF_BY_ONE])
+        SEED18, device="cpu", proxy_seeds=(42, 43, 44), faults=frozenset([Fault.CU_SEQLENS_OFF_BY_ONE]), evidence="off"
     )
     result = run_audit(config, loaded=random_8m)
     heads = result.summary["heads"]

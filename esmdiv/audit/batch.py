@@ -1,14 +1,15 @@
-"""One batch of an audit: both forwards (and the high-precision run), then every per-sequence measure.
+"""One batch of an audit: both forwards, then every per-sequence measure.
 
 :func:`compare_batch` goes through the stages a batch records, in order: the two paths and their
-pooled comparison, the per-layer trace, the MLM metrics, the high-precision run, the prediction
-heads. :class:`AuditRun` holds what every batch needs and what the batches accumulate;
-:func:`invariance_pass` runs the sequences again in another order once the main pass is done.
+pooled comparison, the per-layer trace, the MLM metrics, the prediction heads. :class:`AuditRun`
+holds what every batch needs and what the batches accumulate, including what the evidence pass
+(:mod:`esmdiv.audit.evidence`) needs afterwards: the pooled embeddings of the sequences it reruns.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -18,20 +19,11 @@ import torch
 from esmdiv.audit.results import Prediction, SequenceResult
 from esmdiv.forward.device import synchronize
 from esmdiv.forward.faults import Fault
-from esmdiv.forward.high_precision import high_precision_forward
 from esmdiv.forward.packed import packed_forward
-from esmdiv.forward.packing import Packed, encode, encoder_table, pack, pad, to_padded
+from esmdiv.forward.packing import Packed, encode, pack, pad, to_padded
 from esmdiv.forward.padded import ForwardOutput, padded_forward
 from esmdiv.input.sequences import AuditSequence
-from esmdiv.measure.invariance import shuffled_batches
-from esmdiv.measure.metrics import (
-    BatchComparison,
-    HighPrecisionDistance,
-    compare_embeddings,
-    distances_to_high_precision,
-    mean_pool_batch,
-    residue_mask,
-)
+from esmdiv.measure.metrics import BatchComparison, compare_embeddings, residue_mask
 from esmdiv.measure.mlm import PerplexitySums, masked_copy, masked_nll, token_agreement
 from esmdiv.measure.trace import TraceAccumulator
 from esmdiv.model.heads import Head, confidence
@@ -56,16 +48,24 @@ class AuditRun:
     heads: list[Head]
     faults: AbstractSet[Fault]
     progress: Progress | None = None
-    high_precision: torch.nn.Module | None = None  # the fp32/fp64 copy of the model (--reference fp32)
+    high_precision: torch.nn.Module | None = None  # the fp32/fp64 copy of the model (the evidence pass)
     trace: TraceAccumulator | None = None
     mlm: bool = False
     mlm_sample: int = 0
     perplexity: PerplexitySums = field(default_factory=PerplexitySums)
     compile: bool = False
-    max_tokens: int = 0  # the token budget the main pass ended with (the invariance pass reuses it)
-    keep_pooled: bool = False  # for the invariance pass
+    max_tokens: int = 0  # the token budget the main pass ended with (the evidence pass reuses it)
+    # For the evidence pass: which sequences broke a per-sequence gate (``flag``), whose pooled
+    # embeddings to keep (``keep(result, flagged)``), and how many flagged tokens it may take.
+    flag: Callable[[SequenceResult], bool] | None = None
+    keep: Callable[[SequenceResult, bool], bool] | None = None
+    flag_budget: int = 0
+    flagged: list[int] = field(default_factory=list)
+    flagged_tokens: int = 0
     pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    seconds: dict = field(default_factory=lambda: {"padded": 0.0, "packed": 0.0, "high_precision": 0.0})
+    seconds: dict = field(
+        default_factory=lambda: {"padded": 0.0, "packed": 0.0, "high_precision": 0.0, "evidence": 0.0}
+    )
     finished: list[SequenceResult] = field(default_factory=list)  # grows batch by batch
 
     def timed(self, path: str, tokens: int, fn):
@@ -111,18 +111,14 @@ class _Batch:
 
 
 def compare_batch(run: AuditRun, sequences: list[AuditSequence], tokens: list[torch.Tensor]) -> list[SequenceResult]:
-    """Both paths (and the high-precision run) over one batch, then every per-sequence measurement."""
+    """Both paths over one batch, then every per-sequence measurement."""
     batch = _both_paths(run, tokens)
     none = [None] * batch.size
     first_bad = _trace(run, batch) if run.trace else none
     mlm = _token_metrics(run, batch, sequences, tokens) if run.mlm else none
-    distances, high = _high_precision(run, batch) if run.high_precision is not None else (none, None)
     record_index = torch.tensor([s.index for s in sequences], device=run.device)
-    predictions = [_predict(head, batch, high, record_index) for head in run.heads]
-    if run.keep_pooled:
-        for j, s in enumerate(sequences):
-            run.pooled[s.index] = (batch.comparison.pooled_v1[j].cpu(), batch.comparison.pooled_v2[j].cpu())
-    return [
+    predictions = [_predict(head, batch, record_index) for head in run.heads]
+    results = [
         SequenceResult(
             id=s.id,
             index=s.index,
@@ -130,12 +126,26 @@ def compare_batch(run: AuditRun, sequences: list[AuditSequence], tokens: list[to
             original_length=s.original_length,
             metrics=batch.comparison.metrics[j],
             predictions=[p[j] for p in predictions],
-            high_precision=distances[j],
             mlm=mlm[j],
             first_nonfinite_layer=first_bad[j],
         )
         for j, s in enumerate(sequences)
     ]
+    _keep_for_evidence(run, batch, results)
+    return results
+
+
+def _keep_for_evidence(run: AuditRun, batch: _Batch, results: list[SequenceResult]) -> None:
+    """Note the sequences that broke a gate (while the flagged budget lasts) and keep the pooled
+    embeddings the evidence pass will compare its own with."""
+    for j, result in enumerate(results):
+        flagged = False
+        if run.flag is not None and run.flag(result) and run.flagged_tokens + result.length + 2 <= run.flag_budget:
+            flagged = True
+            run.flagged.append(result.index)
+            run.flagged_tokens += result.length + 2
+        if run.keep is not None and run.keep(result, flagged):
+            run.pooled[result.index] = (batch.comparison.pooled_v1[j].cpu(), batch.comparison.pooled_v2[j].cpu())
 
 
 def _both_paths(run: AuditRun, tokens: list[torch.Tensor]) -> _Batch:
@@ -183,48 +193,18 @@ def _token_metrics(
     return [{"top1_agreement": a, "js": d} for a, d in zip(top1.tolist(), js.tolist())]
 
 
-def _high_precision(run: AuditRun, batch: _Batch) -> tuple[list[tuple[HighPrecisionDistance, ...]], torch.Tensor]:
-    """The high-precision run and the packed algorithm at its precision; each path's distance to it."""
-    n_tokens, last = batch.n_tokens, run.loaded.model.num_layers
-    high = run.timed("high_precision", n_tokens, lambda: high_precision_forward(run.high_precision, batch.padded))
-    # The packed algorithm itself at that precision (exact attention): what is left of its
-    # distance to the high-precision run is a difference of function, not of rounding.
-    algorithm = run.timed(
-        "high_precision",
-        n_tokens,
-        lambda: to_padded(
-            packed_forward(run.high_precision, batch.packed, "reference", faults=run.faults).representations[last],
-            batch.packed,
-        ),
-    )
-    distances = list(
-        zip(
-            distances_to_high_precision(batch.v1, high, batch.lengths),
-            distances_to_high_precision(batch.v2, high, batch.lengths, batch.eos_bug),
-            distances_to_high_precision(algorithm, high, batch.lengths, batch.eos_bug),
-        )
-    )
-    return distances, high
-
-
-def _predict(head: Head, batch: _Batch, high: torch.Tensor | None, record_index: torch.Tensor) -> list[Prediction]:
-    """One head over both paths (and the high-precision run): a Prediction per sequence."""
+def _predict(head: Head, batch: _Batch, record_index: torch.Tensor) -> list[Prediction]:
+    """One head over both paths: a Prediction per sequence."""
     comparison = batch.comparison
     if head.input == "pooled":
         features = [comparison.pooled_v1, comparison.pooled_v2]
-        if high is not None:
-            features.append(mean_pool_batch(high, batch.lengths))
     else:
-        features = [batch.v1[:, 0], batch.v2[:, 0]] + ([high[:, 0]] if high is not None else [])
+        features = [batch.v1[:, 0], batch.v2[:, 0]]
     probs = [head.probabilities(f.float(), record_index) for f in features]
     labels = [p.argmax(1) for p in probs]
     conf_v1, conf_v2 = confidence(probs[0], labels[0]).tolist(), confidence(probs[1], labels[0]).tolist()
-    label_lists = [label.tolist() for label in labels]
-    label_ref = label_lists[2] if high is not None else [None] * len(conf_v1)
-    return [
-        Prediction(label_lists[0][j], label_lists[1][j], conf_v1[j], conf_v2[j], label_ref[j])
-        for j in range(len(conf_v1))
-    ]
+    label_v1, label_v2 = labels[0].tolist(), labels[1].tolist()
+    return [Prediction(label_v1[j], label_v2[j], conf_v1[j], conf_v2[j]) for j in range(len(conf_v1))]
 
 
 def _perplexity_sample(run: AuditRun, sequences: list[AuditSequence], tokens: list[torch.Tensor]) -> None:
@@ -247,37 +227,3 @@ def _perplexity_sample(run: AuditRun, sequences: list[AuditSequence], tokens: li
         nll_v1, count = masked_nll(logits_v1[k], target, positions)
         nll_v2, _ = masked_nll(logits_v2[k], target, positions)
         run.perplexity.add(nll_v1, nll_v2, count)
-
-
-def invariance_pass(run: AuditRun, sequences: list[AuditSequence], results: list[SequenceResult]) -> None:
-    """Second pass in another order (:func:`~esmdiv.measure.invariance.shuffled_batches`); sets each
-    result's ``invariance`` (its pooled embeddings' movement on each path). ``sequences``: those of
-    ``results`` (a rank's shard), in file order."""
-    model, alphabet = run.loaded.model, run.loaded.alphabet
-    table = encoder_table(alphabet)
-    tokens = [encode(s.sequence, alphabet, table) for s in sequences]
-    moved: dict[int, tuple[float, float]] = {}
-    for batch in shuffled_batches([len(t) for t in tokens], run.max_tokens):
-        batch_tokens = [tokens[i] for i in batch]
-        lengths = torch.tensor([len(t) for t in batch_tokens], device=run.device)
-        packed = pack(batch_tokens).to(run.device)
-        v1 = padded_forward(model, pad(batch_tokens, alphabet.padding_idx).to(run.device)).representations[
-            model.num_layers
-        ]
-        v2 = packed_forward(model, packed, run.backend, faults=run.faults, compile=run.compile).representations[
-            model.num_layers
-        ]
-        pooled_v1 = mean_pool_batch(v1, lengths).cpu()
-        # Pooled as in the main pass (a pooling fault included), so only the neighbours differ.
-        pooled_v2 = mean_pool_batch(
-            to_padded(v2, packed), lengths, include_eos=Fault.EOS_IN_POOLING in run.faults
-        ).cpu()
-        for j, i in enumerate(batch):
-            first_v1, first_v2 = run.pooled[sequences[i].index]
-            moved[sequences[i].index] = (
-                float((pooled_v1[j] - first_v1).abs().max()),
-                float((pooled_v2[j] - first_v2).abs().max()),
-            )
-    for r in results:
-        m1, m2 = moved[r.index]
-        r.invariance = {"moved_v1": m1, "moved_v2": m2}

@@ -38,7 +38,13 @@ class SequenceResult:
     high_precision: tuple[HighPrecisionDistance, HighPrecisionDistance, HighPrecisionDistance] | None = None
     mlm: dict | None = None
     first_nonfinite_layer: int | None = None
-    invariance: dict | None = None
+    invariance: dict | None = None  # the evidence pass: pooled movement with other neighbours, each path
+    # The evidence pass: the padded path's pooled distance to the high-precision run ("relative":
+    # max |diff| / max |reference|, "absolute": max |diff|), the rounding every floor is made of.
+    rounding: dict | None = None
+    # The position probe: relative pooled movement 16,384 positions further down a pack ("moved") and
+    # what a change of pack shape alone moves it ("rounding"), both at fp32.
+    position: dict | None = None
 
     # The primary head's prediction, the one tables and plots show.
     label_v1 = property(lambda self: self.predictions[0].label_v1)
@@ -77,6 +83,10 @@ class SequenceResult:
             out["first_nonfinite_layer"] = self.first_nonfinite_layer
         if self.invariance is not None:
             out["invariance"] = self.invariance
+        if self.rounding is not None:
+            out["rounding"] = self.rounding
+        if self.position is not None:
+            out["position"] = self.position
         return out
 
 
@@ -99,6 +109,7 @@ class AuditResult:
     notices: list[str] = field(default_factory=list)  # things the run did on its own (e.g. OOM retries)
     trace: dict | None = None
     invariance: dict | None = None
+    evidence: dict | None = None  # what the evidence pass covered and what it could not see
 
     environment: dict = field(default_factory=dict)  # esmdiv.report.fingerprint.environment(...)
 
@@ -146,6 +157,8 @@ class AuditResult:
             out["trace"] = self.trace
         if self.invariance is not None:
             out["invariance"] = self.invariance
+        if self.evidence is not None:
+            out["evidence"] = self.evidence
         return out
 
 

@@ -17,7 +17,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from esmdiv.audit.batch import AuditRun, Progress, compare_batch, invariance_pass, warm_up
+from esmdiv.audit.batch import AuditRun, Progress, compare_batch, warm_up
+from esmdiv.audit.evidence import (
+    DEFAULT_EVIDENCE_TOKENS,
+    EVIDENCE_MODES,
+    FLAGGED_FACTOR,
+    PROBE_OFFSET,
+    breaks_a_gate,
+    choose_sample,
+    evidence_pass,
+    keep_for_evidence,
+    position_probe,
+    probe_model,
+    sample_summary,
+)
 from esmdiv.audit.results import AuditResult, FollowerResult, SequenceResult
 from esmdiv.audit.summary import bound_summary, mlm_summary, summarise, timings
 from esmdiv.distributed import (
@@ -38,7 +51,6 @@ from esmdiv.forward.packing import batches_by_tokens, encode, encoder_table
 from esmdiv.input.fasta import iter_fasta
 from esmdiv.input.sequences import AuditSequence, InputReport, iter_sequences
 from esmdiv.measure.decision import Decision, Thresholds, decide
-from esmdiv.measure.invariance import invariance_summary
 from esmdiv.measure.trace import DEFAULT_TRACE_THRESHOLD, TraceAccumulator
 from esmdiv.model.heads import build_heads, load_extra_features
 from esmdiv.model.loading import LoadedModel, load_model
@@ -65,13 +77,23 @@ class AuditConfig:
     proxy_seeds: tuple[int, ...] = (42,)
     head_activation: str = "relu"
     extra_features: Path | None = None
-    high_precision: str = "none"  # --reference: "fp32" runs a third, high-precision pass (fp64 on CPU)
+    # The evidence pass (esmdiv.audit.evidence): "sample" (about evidence_tokens tokens, plus every
+    # sequence that broke a gate), "all" or "off". The older --reference fp32 and --invariance
+    # options ask for the evidence on every sequence: either one makes the mode "all".
+    evidence: str = "sample"
+    evidence_tokens: int = DEFAULT_EVIDENCE_TOKENS
+    high_precision: str = "none"  # --reference: "fp32" = evidence on every sequence
     trace: bool = False
     trace_threshold: float = DEFAULT_TRACE_THRESHOLD
     mlm: bool | None = None  # None: when the model has an LM head
     mlm_sample: int = 64  # sequences (the first in the file) in the masked-perplexity sample
-    invariance: bool = False
+    invariance: bool = False  # --invariance: evidence on every sequence
     compile: bool | None = None  # torch.compile the packed path; None: on CUDA
+
+    @property
+    def evidence_mode(self) -> str:
+        """The evidence pass's coverage once the older options are taken into account."""
+        return "all" if self.high_precision == "fp32" or self.invariance else self.evidence
 
 
 @dataclass
@@ -82,6 +104,7 @@ class _Input:
     lengths: dict[int, int]  # record index -> tokens (BOS and EOS included)
     extra: np.ndarray | None  # --extra-features, one row per record
     mine: set[int] | None  # this rank's record indices under torchrun; None: all of them
+    sample: set[int]  # the evidence sample (every rank computes the same); empty with --evidence off
 
     @property
     def total_tokens(self) -> int:
@@ -95,12 +118,13 @@ class _Input:
 @dataclass
 class _Compared:
     """What the audit stage leaves: every sequence's result (all ranks', in file order), the
-    notices (OOM retries), the token budget it ended with, the invariance block."""
+    notices (OOM retries), the token budget it ended with, how many sequences the main pass flagged
+    for the evidence pass."""
 
     results: list[SequenceResult]
     notices: list[str]
     budget: int
-    invariance: dict | None
+    flagged: int
 
 
 def run_audit(
@@ -132,7 +156,7 @@ def run_audit(
     partial.stage = "model"
     loaded, load_seconds = _load_model(config, loaded, placement)
     partial.model = loaded.info.to_dict()
-    run = _new_run(config, loaded, placement, inputs.extra, progress if world is None or world.is_root else None)
+    run = _new_run(config, loaded, placement, inputs, progress if world is None or world.is_root else None)
     partial.finished = run.finished
 
     partial.stage = "audit"
@@ -153,6 +177,10 @@ def _resolve_options(config: AuditConfig, world: World | None) -> RunPlacement:
         config.device, config.dtype, config.backend, config.max_tokens, world.local_rank if world is not None else None
     )
     check_high_precision_choice(config.high_precision)
+    if config.evidence not in EVIDENCE_MODES:
+        raise UsageError(f"--evidence '{config.evidence}' (choose {', '.join(EVIDENCE_MODES)})")
+    if config.evidence_tokens < 1:
+        raise UsageError(f"--evidence-tokens {config.evidence_tokens} must be a positive number of tokens")
     return placement
 
 
@@ -171,7 +199,8 @@ def _read_input(config: AuditConfig, report: InputReport, world: World | None, d
     if world is not None:
         init_distributed(world, device)
         mine = shard_by_tokens(lengths, world.size)[world.rank]
-    return _Input(report, lengths, extra, mine)
+    sample = choose_sample(lengths, config.evidence_tokens) if config.evidence_mode != "off" else set()
+    return _Input(report, lengths, extra, mine, sample)
 
 
 def _sequences(config: AuditConfig, keep: AbstractSet[int] | None) -> Iterator[AuditSequence]:
@@ -194,15 +223,18 @@ def _new_run(
     config: AuditConfig,
     loaded: LoadedModel,
     placement: RunPlacement,
-    extra: np.ndarray | None,
+    inputs: _Input,
     progress: Progress | None,
 ) -> AuditRun:
     """The heads and everything the batches need, from the options and the loaded model."""
     device = placement.device
-    heads = [h.to(device) for h in build_heads(config.head, loaded, config.proxy_seeds, config.head_activation, extra)]
+    heads = [
+        h.to(device) for h in build_heads(config.head, loaded, config.proxy_seeds, config.head_activation, inputs.extra)
+    ]
     mlm = loaded.info.has_lm_head if config.mlm is None else config.mlm
     if mlm and not loaded.info.has_lm_head:
         raise UsageError(f"--mlm: {loaded.info.spec} has no language-model head")
+    mode = config.evidence_mode
     return AuditRun(
         loaded,
         device,
@@ -210,12 +242,14 @@ def _new_run(
         heads,
         config.faults,
         progress,
-        high_precision=_cached_high_precision(loaded, device) if config.high_precision == "fp32" else None,
+        high_precision=_cached_high_precision(loaded, device) if mode != "off" else None,
         trace=TraceAccumulator(loaded.info.num_layers) if config.trace else None,
         mlm=mlm,
         mlm_sample=config.mlm_sample if mlm else 0,
-        keep_pooled=config.invariance,
         compile=default_compile(device) if config.compile is None else config.compile,
+        flag=breaks_a_gate(config.thresholds) if mode == "sample" else None,
+        keep=keep_for_evidence(inputs.sample if mode == "sample" else None) if mode != "off" else None,
+        flag_budget=FLAGGED_FACTOR * config.evidence_tokens,
     )
 
 
@@ -245,20 +279,23 @@ def _compare(
             "seconds": run.seconds,
             "trace": run.trace,
             "perplexity": run.perplexity,
+            "flagged": len(run.flagged),
         }
         gathered = gather_to_root(payload, world)
         if not world.is_root:
             return None
         results, notices, budget = _merge_ranks(run, gathered)
+        flagged = sum(p["flagged"] for p in gathered)
+    else:
+        flagged = len(run.flagged)
     results.sort(key=lambda r: r.index)
-    invariance = invariance_summary(results) if config.invariance else None
-    return _Compared(results, notices, budget, invariance)
+    return _Compared(results, notices, budget, flagged)
 
 
 def _compare_here(
     config: AuditConfig, run: AuditRun, inputs: _Input, max_tokens: int, world: World | None
 ) -> tuple[list[SequenceResult], list[str], int]:
-    """Warm up, then every (of this rank's) sequences through both paths, then the invariance pass.
+    """Warm up, then every (of this rank's) sequences through both paths, then the evidence pass.
 
     Returns the results, the notices (OOM retries) and the token budget the pass ended with. A rank
     whose pass fails tells rank 0 before raising, so the others do not wait for it forever.
@@ -269,14 +306,24 @@ def _compare_here(
     try:
         results, notices, budget = _audit_stream(run, _sequences(config, inputs.mine), max_tokens)
         run.max_tokens = budget
-        if config.invariance:
-            mine = {r.index for r in results}
-            invariance_pass(run, list(_sequences(config, mine)), results)
+        if config.evidence_mode != "off":
+            _evidence(config, run, inputs, results)
     except Exception as err:
         if world is not None:
             gather_to_root(error_payload(err), world)
         raise
     return results, notices, budget
+
+
+def _evidence(config: AuditConfig, run: AuditRun, inputs: _Input, results: list[SequenceResult]) -> None:
+    """The evidence pass over this rank's evidence set, then the position probe over its share of
+    the sample (:mod:`esmdiv.audit.evidence`)."""
+    mine = {r.index for r in results}
+    rerun = mine if config.evidence_mode == "all" else (inputs.sample & mine) | set(run.flagged)
+    evidence_pass(run, list(_sequences(config, rerun)), results)
+    probed = inputs.sample & mine
+    if probed:
+        position_probe(run, probe_model(run), list(_sequences(config, probed)), results)
 
 
 def _audit_stream(
@@ -358,7 +405,9 @@ def _conclude(
     world: World | None,
 ) -> AuditResult:
     """Decide, time, fingerprint, and assemble the result (rank 0 tells the others the exit code)."""
-    summary, decision, trace = _decide(config, run, compared.results, compared.invariance, placement)
+    summary, decision, trace = _decide(config, run, compared.results, placement)
+    invariance = summary.pop("invariance", None)  # a block of its own in the report
+    evidence = _evidence_block(config, inputs, compared, summary.pop("position", None))
     run_timings = timings(run.seconds, inputs.total_tokens, load_seconds)
     t1 = time.perf_counter()
     loaded = run.loaded
@@ -386,7 +435,8 @@ def _conclude(
         faults=sorted(f.value for f in config.faults),
         notices=compared.notices,
         trace=trace,
-        invariance=compared.invariance,
+        invariance=invariance,
+        evidence=evidence,
         environment=fingerprint,
     )
 
@@ -395,18 +445,39 @@ def _decide(
     config: AuditConfig,
     run: AuditRun,
     results: list[SequenceResult],
-    invariance: dict | None,
     placement: RunPlacement,
 ) -> tuple[dict, Decision, dict | None]:
     """The summary, the decision and the trace block, from every sequence's result."""
-    high_dtype = high_precision_dtype(placement.device)
-    summary, evidence = summarise(results, [h.name for h in run.heads], placement.dtype, high_dtype)
-    if run.high_precision is not None:
-        summary["reference"]["dtype"] = str(high_dtype).replace("torch.", "")
+    summary, evidence = summarise(
+        results,
+        [h.name for h in run.heads],
+        placement.dtype,
+        high_precision_dtype(placement.device),
+        config.thresholds,
+        PROBE_OFFSET if config.evidence_mode != "off" else 0,
+    )
     summary["mlm"] = mlm_summary(run, results)
     trace = run.trace.result(config.trace_threshold) if run.trace else None
-    if invariance is not None:
-        evidence.invariance = (invariance["padded"]["max_moved"], invariance["packed"]["max_moved"])
     decision = decide(evidence, config.thresholds)
     summary["bound"] = bound_summary(evidence, config.thresholds)
     return summary, decision, trace
+
+
+#: The known bugs only the evidence pass sees (docs/findings.md), named when it is off.
+UNSEEN_WITHOUT_EVIDENCE = ("tanh-gelu", "fp16-rotary", "global-positions")
+
+
+def _evidence_block(config: AuditConfig, inputs: _Input, compared: _Compared, position: dict | None) -> dict:
+    """The report's ``evidence`` block: what the evidence pass covered, or what a run without it
+    cannot see."""
+    mode = config.evidence_mode
+    if mode == "off":
+        return {"mode": "off", "unseen_faults": list(UNSEEN_WITHOUT_EVIDENCE)}
+    return {
+        "mode": mode,
+        "tokens": config.evidence_tokens,
+        "sample": sample_summary(inputs.lengths, inputs.sample),
+        "flagged": compared.flagged,
+        "rerun": sum(r.high_precision is not None for r in compared.results),
+        "position": position,
+    }

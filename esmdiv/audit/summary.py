@@ -4,19 +4,30 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from esmdiv.audit.batch import AuditRun
 from esmdiv.audit.results import SequenceResult, nearer
+from esmdiv.forward.device import dtype_name
 from esmdiv.forward.high_precision import algorithm_tolerance
-from esmdiv.measure.decision import Evidence, HighPrecisionEvidence, Thresholds
+from esmdiv.measure.decision import (
+    Evidence,
+    Excused,
+    HighPrecisionEvidence,
+    InvarianceEvidence,
+    PositionEvidence,
+    Thresholds,
+)
+from esmdiv.measure.invariance import invariance_summary
 from esmdiv.measure.metrics import HighPrecisionDistance, prediction_summary, spread
+from esmdiv.measure.noise import unit_roundoff
 from esmdiv.measure.stats import agreement_lower_bound
 
 #: The report's name for each timed path (the high-precision run is "reference" in reports).
-TIMED_PATHS = {"padded": "padded", "packed": "packed", "high_precision": "reference"}
+TIMED_PATHS = {"padded": "padded", "packed": "packed", "high_precision": "reference", "evidence": "evidence"}
 
 
 def timings(seconds: dict[str, float], total_tokens: int, load_seconds: float) -> dict:
@@ -54,8 +65,17 @@ def summarise(
     head_names: list[str] | None = None,
     dtype: torch.dtype = torch.float32,
     high_dtype: torch.dtype = torch.float64,
+    thresholds: Thresholds | None = None,
+    probe_offset: int = 0,
 ) -> tuple[dict, Evidence]:
-    """The summary block of the report and the evidence the decision tree reads."""
+    """The summary block of the report and the evidence the decision tree reads.
+
+    Sequences the evidence pass reran carry their distances to the high-precision run: for them a
+    label may agree with the reference instead of the padded path, and a cosine or MAD past its bar
+    may be excused (:func:`distance_readings`). ``probe_offset``: how far the position probe moved
+    the sample (0: no probe ran).
+    """
+    thresholds = thresholds or Thresholds()
     head_names = head_names or ["head"]
     per_head = []
     for h, name in enumerate(head_names):
@@ -64,7 +84,6 @@ def summarise(
             [x.label_v1 for x in p], [x.label_v2 for x in p], [x.confidence_v1 for x in p], [x.confidence_v2 for x in p]
         ).to_dict()
         per_head.append({"head": name, **summary})
-    worst = min(range(len(per_head)), key=lambda h: per_head[h]["agreement"])
     m = [r.metrics for r in results]
     nonfinite = _nonfinite(results)
     cos_spread, mad_spread = spread([x.cosine for x in m]), spread([x.mad for x in m])
@@ -85,19 +104,122 @@ def summarise(
         },
         "nonfinite": nonfinite,
     }
+    agreeing, agreement_source = _agreement(results, len(head_names))
+    cosine, mad = distance_readings(results, thresholds)
     evidence = Evidence(
         n=len(results),
-        agreement=per_head[worst]["agreement"],
-        min_cosine=cos_spread["min"],
-        max_mad=mad_spread["max"],
+        agreement=agreeing / len(results) if results else math.nan,
+        min_cosine=cosine.value,
+        max_mad=mad.value,
         nonfinite=nonfinite,
-        agreeing=per_head[worst]["n"] - per_head[worst]["disagreements"],
+        agreeing=agreeing,
+        agreement_source=agreement_source,
+        cosine_source=cosine.source,
+        mad_source=mad.source,
+        excused={gate: r.excused for gate, r in (("min cosine", cosine), ("max MAD", mad)) if r.excused.count},
+        dtype=dtype_name(dtype),
     )
-    if results and results[0].high_precision is not None:  # the report's "reference" block
-        summary["reference"], evidence.high_precision = _high_precision_summary(
-            results, len(head_names), dtype, high_dtype
+    checked = [r for r in results if r.high_precision is not None]
+    if checked:  # the report's "reference" block
+        summary["reference"], evidence.high_precision = _high_precision_summary(checked, dtype, high_dtype)
+    moved = [r for r in results if r.invariance is not None]
+    if moved:
+        summary["invariance"] = invariance_summary(moved)
+        evidence.invariance = InvarianceEvidence(
+            summary["invariance"]["padded"]["max_moved"],
+            summary["invariance"]["packed"]["max_moved"],
+            max(r.rounding["absolute"] for r in moved if r.rounding is not None),
         )
+    probed = [r.position for r in results if r.position is not None]
+    if probed and probe_offset:
+        moved, rounding = [p["moved"] for p in probed], [p["rounding"] for p in probed]
+        evidence.position = PositionEvidence(
+            max(moved) if all(map(math.isfinite, moved)) else math.nan,
+            max(rounding) if all(map(math.isfinite, rounding)) else math.inf,
+            unit_roundoff(torch.float32),
+            probe_offset,
+        )
+        summary["position"] = {
+            "offset": probe_offset,
+            "sequences": len(probed),
+            "max_moved": evidence.position.moved,
+            "rounding": evidence.position.rounding,
+            "threshold": evidence.position.threshold,
+            "dtype": "float32",
+        }
     return summary, evidence
+
+
+def _agreement(results: list[SequenceResult], n_heads: int) -> tuple[int, str]:
+    """Per head, the sequences whose packed label equals the padded path's or, where the reference
+    ran, the reference's; the lowest count over the heads, and what it was read against."""
+    best = None
+    for h in range(n_heads):
+        padded = sum(r.predictions[h].label_v2 == r.predictions[h].label_v1 for r in results)
+        rescued = sum(
+            r.predictions[h].label_v2 != r.predictions[h].label_v1
+            and r.predictions[h].label_ref is not None
+            and r.predictions[h].label_v2 == r.predictions[h].label_ref
+            for r in results
+        )
+        if best is None or padded + rescued < best[0]:
+            best = (padded + rescued, rescued)
+    count, rescued = best if best is not None else (0, 0)
+    if not rescued:
+        return count, "packed vs padded"
+    return count, f"packed vs padded; {rescued} label(s) where packed agrees with the reference"
+
+
+@dataclass
+class DistanceReading:
+    """What the cosine or the MAD gate reads over every sequence."""
+
+    value: float  # the worst effective value among sequences not excused
+    source: str
+    excused: Excused
+
+
+def distance_readings(results: list[SequenceResult], t: Thresholds) -> tuple[DistanceReading, DistanceReading]:
+    """The cosine and the MAD gates' readings, sequence by sequence.
+
+    A sequence's effective cosine (MAD) is the better of packed vs padded and, where the reference
+    ran, packed vs reference. One still past the bar is excused when the packed path's distance to
+    the reference is at most ``max_reference_ratio`` times the padded path's: the two paths are then
+    equally far from the truth and the dtype, not the packed path, misses the bar.
+    """
+    cos = _reading(results, t, cosine=True)
+    mad = _reading(results, t, cosine=False)
+    return cos, mad
+
+
+def _reading(results: list[SequenceResult], t: Thresholds, cosine: bool) -> DistanceReading:
+    worst, worst_source = (math.inf if cosine else -math.inf), "packed vs padded"
+    excused = Excused(0, math.inf if cosine else -math.inf, math.inf if cosine else -math.inf)
+    better = max if cosine else min
+    worse = min if cosine else max
+    for r in results:
+        direct = r.metrics.cosine if cosine else r.metrics.mad
+        value, source = direct, "packed vs padded"
+        if r.high_precision is not None:
+            padded_ref, packed_ref = r.high_precision[0], r.high_precision[1]
+            to_ref = packed_ref.cosine if cosine else packed_ref.mad
+            if math.isfinite(to_ref) and (math.isnan(value) or better(to_ref, value) == to_ref and to_ref != value):
+                value, source = to_ref, "packed vs reference"
+            passes = value > t.min_cosine if cosine else value < t.max_mad
+            if not passes and math.isfinite(to_ref):
+                padded = padded_ref.cosine if cosine else padded_ref.mad
+                distance = (1 - to_ref) if cosine else to_ref
+                padded_distance = (1 - padded) if cosine else padded
+                if distance <= t.max_reference_ratio * padded_distance:
+                    excused = Excused(
+                        excused.count + 1, worse(excused.worst, value), worse(excused.padded_worst, padded)
+                    )
+                    continue
+        if math.isnan(value) or worse(value, worst) == value and value != worst:
+            worst, worst_source = value, source
+    if math.isinf(worst):  # every sequence excused (or none): nothing the gate can fail on
+        worst = 1.0 if cosine else 0.0
+    return DistanceReading(worst, worst_source, excused)
 
 
 def _nonfinite(results: list[SequenceResult]) -> list[str]:
@@ -113,9 +235,10 @@ def _nonfinite(results: list[SequenceResult]) -> list[str]:
 
 
 def _high_precision_summary(
-    results: list[SequenceResult], n_heads: int, dtype: torch.dtype, high_dtype: torch.dtype
+    results: list[SequenceResult], dtype: torch.dtype, high_dtype: torch.dtype
 ) -> tuple[dict, HighPrecisionEvidence]:
-    """The report's ``reference`` summary and the evidence its gates read."""
+    """The report's ``reference`` summary (over the sequences the evidence pass reran) and the
+    evidence its gates read."""
     d1 = [r.high_precision[0] for r in results]
     d2 = [r.high_precision[1] for r in results]
     da = [r.high_precision[2] for r in results]
@@ -127,10 +250,8 @@ def _high_precision_summary(
     mean_v1 = float(np.mean([d.rel_l2 for d in d1])) if finite else math.nan
     mean_v2 = float(np.mean([d.rel_l2 for d in d2])) if finite else math.nan
     ratio = (mean_v2 + floor) / (mean_v1 + floor) if finite else math.nan
-    agreeing = min(
-        sum(r.predictions[h].label_v2 == r.predictions[h].label_ref for r in results) for h in range(n_heads)
-    )
     summary = {
+        "n": len(results),
         "finite": finite,
         "v1": _distance_spread(d1),
         "v2": _distance_spread(d2),
@@ -141,13 +262,11 @@ def _high_precision_summary(
         "nearer": "packed" if mean_v2 < mean_v1 else "padded" if mean_v1 < mean_v2 else "tie",
         "agreement_v1": sum(r.predictions[0].label_v1 == r.predictions[0].label_ref for r in results) / len(results),
         "agreement_v2": sum(r.predictions[0].label_v2 == r.predictions[0].label_ref for r in results) / len(results),
+        "dtype": str(high_dtype).replace("torch.", ""),
     }
     evidence = HighPrecisionEvidence(
         finite=finite,
         ratio=ratio,
-        agreeing=agreeing,
-        min_cosine=summary["v2"]["cosine_min"],
-        max_mad=summary["v2"]["mad"]["max"],
         algorithm_error=summary["algorithm"]["rel_l2"]["max"],
         algorithm_tolerance=algorithm_tolerance(high_dtype),
     )

@@ -165,9 +165,20 @@ def check(
     validate_agreement: float = typer.Option(0.95, help="Below this agreement fraction: FALLBACK."),
     min_cosine: float = typer.Option(0.99, help="Every sequence's pooled cosine must be above this."),
     max_mad: float = typer.Option(0.01, help="Every sequence's pooled mean abs diff must be below this."),
+    evidence: str = typer.Option(
+        "sample",
+        help="The evidence pass that tells a bug from rounding (high-precision reference, packed algorithm at its "
+        "precision, other neighbours, position probe): on a 'sample' of about --evidence-tokens tokens plus every "
+        "sequence that broke a gate, on 'all' sequences, or 'off' (then tanh GELU, fp16 rotary and positions "
+        "that run on across a pack go unseen).",
+    ),
+    evidence_tokens: int = typer.Option(
+        4096, help="Size of the evidence sample in tokens (the shortest and longest sequences and lengths between)."
+    ),
     reference: str = typer.Option(
         "none",
-        help="fp32: also run a high-precision reference (fp32 on CUDA, fp64 on CPU) and measure both paths against it.",
+        help="fp32: the evidence pass on every sequence, as --evidence all (kept for older scripts); "
+        "the reference runs fp32 on CUDA, fp64 on CPU.",
     ),
     max_reference_ratio: float = typer.Option(
         2.0, help="With a reference: packed's mean distance to it may be at most this times the padded path's."
@@ -189,7 +200,9 @@ def check(
     ),
     mlm_sample: int = typer.Option(64, help="Sequences (first in the file) in the 15 %-masked perplexity sample."),
     invariance: bool = typer.Option(
-        False, "--invariance", help="Rerun in shuffled batches: do embeddings move with their neighbours?"
+        False,
+        "--invariance",
+        help="The evidence pass (shuffled neighbours included) on every sequence, as --evidence all.",
     ),
     proxy_seeds: str = typer.Option("42", help="Comma-separated seeds of proxy heads; the lowest agreement gates."),
     head_activation: str = typer.Option("relu", help="Activation between the Linears of a --head file MLP."),

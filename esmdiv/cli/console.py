@@ -165,12 +165,22 @@ def _details(result: AuditResult) -> Table:
         f"agreement {b['confidence']:.0%} lower bound",
         f"{b['lower_bound']:.2%} ({b['agreeing']}/{b['n']}, gate on {b['gate']})",
     )
+    ev = result.evidence or {}
+    if ev.get("mode") == "off":
+        table.add_row("evidence pass", f"off: cannot see {', '.join(ev['unseen_faults'])}")
+    elif ev:
+        sample = ev["sample"]
+        table.add_row(
+            f"evidence pass ({ev['mode']})",
+            f"{ev['rerun']} sequences rerun: a sample of {sample['sequences']} ({sample['tokens']:,} tokens, "
+            f"{sample['shortest_residues']} to {sample['longest_residues']} residues) and {ev['flagged']} flagged",
+        )
     ref = s.get("reference")
     if ref:
         table.add_row(
             f"{ref['dtype']} reference: rel-L2 padded / packed",
             f"{ref['v1']['rel_l2']['mean']:.2e} / {ref['v2']['rel_l2']['mean']:.2e} (ratio {ref['ratio']:.3g}); "
-            f"packed nearer on {ref['packed_nearer']}/{s['n']}",
+            f"packed nearer on {ref['packed_nearer']}/{ref['n']}",
         )
         table.add_row(
             "label agreement with the reference", f"padded {ref['agreement_v1']:.2%}, packed {ref['agreement_v2']:.2%}"
@@ -211,6 +221,13 @@ def _details(result: AuditResult) -> Table:
             "neighbour invariance (max moved)",
             f"padded {inv['padded']['max_moved']:.2e} ({inv['padded']['sequences_moved']} moved), "
             f"packed {inv['packed']['max_moved']:.2e} ({inv['packed']['sequences_moved']} moved)",
+        )
+    position = ev.get("position")
+    if position:
+        table.add_row(
+            f"position probe ({position['offset']:,} positions later, {position['dtype']})",
+            f"moved {position['max_moved']:.2e} (relative) over {position['sequences']} sequences; a change of "
+            f"pack shape alone moved {position['rounding']:.2e}; threshold {position['threshold']:.2e}",
         )
     needed = "; ".join(v["passes_if"] for v in result.decision.tolerances.values())
     table.add_row("would still pass with", needed)
@@ -317,24 +334,49 @@ class SelftestTable:
         self.model = model
         self.progress = progress
         self.table = Table(title=f"esmdiv selftest: {model}")
-        for column in ("bug", "verdict", "caught by", "evidence"):
+        for column in ("config", "bug", "verdict", "caught by (x clean run)", "value / threshold / clean"):
             self.table.add_column(column, overflow="fold")
 
     def add(self, row: SelftestRow) -> None:
+        from esmdiv.selftest import shown_gate  # torch-backed: imported only once a self-test runs
+
         style = "green" if row.ok else "red"
-        self.table.add_row(row.bug, f"[{style}]{row.verdict}[/]", ", ".join(row.caught_by) or "-", row.evidence)
-        self.progress.print(f"  {row.bug}: {row.verdict}", highlight=False)
+        shown = shown_gate(row)
+        if row.bug == "none":
+            caught, numbers = ", ".join(row.caught_by) or "-", row.evidence
+        elif shown is None:
+            caught, numbers = "-", row.evidence
+        else:
+            caught = f"{shown.gate} x{_margin(shown.margin)}"
+            numbers = " / ".join(_number(v) for v in (shown.value, shown.threshold, shown.clean_value))
+        self.table.add_row(row.configuration, row.bug, f"[{style}]{row.verdict}[/]", caught, numbers)
+        self.progress.print(f"  {row.configuration} {row.bug}: {row.verdict} {caught}", highlight=False)
+
+
+def _margin(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "inf" if math.isinf(value) else f"{value:.3g}"
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
 
 
 def render_selftest(table: SelftestTable, settings: dict, ok: bool, console: Console) -> None:
     """The settings line, the table and PASSED or FAILED."""
+    configs = "; ".join(
+        f"{name}: {' '.join(f'{k}={v}' for k, v in options.items()) or 'what check runs by default'}"
+        for name, options in settings["configurations"].items()
+    )
     console.print(
         f"model {table.model}, device {settings['device']}, dtype {settings['dtype']}, "
-        f"backend {settings['backend']}, reference on, invariance on, fixture {settings['fasta']}"
+        f"backend {settings['backend']}, fixture {settings['fasta']}; configurations: {configs}"
     )
     console.print(table.table)
     console.print(
-        "[bold green]PASSED[/]: clean run ACCEPT, every injected bug caught"
+        f"[bold green]PASSED[/]: clean runs ACCEPT, every injected bug caught by a gate at least "
+        f"{settings['required_margin']:g}x its clean value"
         if ok
         else "[bold red]FAILED[/]: see the red rows"
     )

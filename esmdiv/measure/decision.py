@@ -5,19 +5,27 @@
     label agreement <= accept_agreement (99 %)                  -> VALIDATE
     min cosine <= min_cosine or max MAD >= max_mad              -> VALIDATE
     packed farther from the reference than max_reference_ratio
-      times the padded path (when a reference ran)              -> VALIDATE
+      times the padded path (the evidence pass)                 -> VALIDATE
     the packed algorithm, run at the reference's precision,
       differs from the reference by more than max_algorithm_error -> VALIDATE
     packed moved with its neighbours more than
-      max_invariance_ratio times the padded path (--invariance) -> VALIDATE
+      max_invariance_ratio times the padded path, and more than
+      rounding does (the evidence pass)                         -> VALIDATE
+    packed moved when its positions in the pack moved
+      by 16,384, more than rounding does (the position probe)   -> VALIDATE
     otherwise                                                   -> ACCEPT
 
-With a reference run, the packed path is not punished for being more accurate than the padded
-one: each agreement/cosine/MAD gate reads the better of "packed against padded" and "packed
-against the reference", and says which. With ``gate="bound"`` the ACCEPT bar reads the
-one-sided Clopper-Pearson lower bound of the agreement instead of the point estimate; the FALLBACK
-floor keeps the point estimate (too few sequences is a reason to look, not evidence against the
-packed path).
+ACCEPT means "no worse than fair-esm's padded path". Where the high-precision reference ran, the
+packed path is not punished for being nearer the truth than the padded one, nor for a dtype too
+coarse for the thresholds: per sequence, a label counts as agreeing when it equals the padded
+path's or the reference's, a cosine or MAD reads the better of "packed vs padded" and "packed vs
+reference", and a sequence still past the cosine or MAD bar is excused when the packed path is no
+farther from the reference than ``max_reference_ratio`` times the padded path (the decision's notes
+then say the dtype is too coarse for the bar). Gates whose clean value is rounding compare with a
+floor made from the run's own numbers, never with 0 (:mod:`esmdiv.measure.noise`). With
+``gate="bound"`` the ACCEPT bar reads the one-sided Clopper-Pearson lower bound of the agreement
+instead of the point estimate; the FALLBACK floor keeps the point estimate (too few sequences is a
+reason to look, not evidence against the packed path).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from esmdiv.errors import EXIT_ACCEPT, EXIT_FALLBACK, EXIT_VALIDATE, UsageError
+from esmdiv.measure.noise import FLOOR_FACTOR
 from esmdiv.measure.stats import agreement_lower_bound, sequences_needed
 
 GATE_MODES = ("point", "bound")
@@ -88,15 +97,55 @@ class Thresholds:
 
 @dataclass
 class HighPrecisionEvidence:
-    """The packed path measured against the high-precision run (``--reference fp32``)."""
+    """The packed path measured against the high-precision run (the evidence pass)."""
 
     finite: bool  # the reference itself stayed finite
     ratio: float  # mean rel-L2 (packed, ref) / mean rel-L2 (padded, ref), residue level
-    agreeing: int  # sequences whose packed label equals the reference label
-    min_cosine: float  # packed vs reference, lowest pooled cosine
-    max_mad: float  # packed vs reference, largest pooled MAD
+    # Summary-level readings of packed vs the reference, for callers that have no per-sequence
+    # readings (the audit passes per-sequence ones in Evidence and leaves these None).
+    agreeing: int | None = None  # sequences whose packed label equals the reference label
+    min_cosine: float | None = None  # packed vs reference, lowest pooled cosine
+    max_mad: float | None = None  # packed vs reference, largest pooled MAD
     algorithm_error: float = math.nan  # the packed algorithm at reference precision: largest rel-L2
     algorithm_tolerance: float = math.nan  # its default limit (esmdiv.forward.high_precision.algorithm_tolerance)
+
+
+@dataclass
+class Excused:
+    """Sequences past a cosine or MAD bar whose packed path is no farther from the reference than
+    ``max_reference_ratio`` times the padded path: the dtype, not the packed path, is too coarse."""
+
+    count: int
+    worst: float  # their worst value of the gate's measure (lowest cosine, largest MAD)
+    padded_worst: float  # the padded path's own worst distance to the reference among them
+
+
+@dataclass
+class InvarianceEvidence:
+    """Largest pooled movement with other neighbours, each path; and the rounding it is measured
+    against: the padded path's largest pooled distance to the reference (absolute)."""
+
+    padded_moved: float
+    packed_moved: float
+    rounding: float = 0.0
+
+
+@dataclass
+class PositionEvidence:
+    """The position probe: the largest relative pooled movement when the sample moved ``offset``
+    positions down a pack of the same shape, and the largest that a change of pack shape alone
+    caused (``rounding``), both at the precision whose unit roundoff is ``unit``."""
+
+    moved: float
+    rounding: float
+    unit: float
+    offset: int
+
+    @property
+    def threshold(self) -> float:
+        """:data:`FLOOR_FACTOR` times the measured rounding, or times ``unit`` on a machine that
+        happened to round both shapes identically."""
+        return FLOOR_FACTOR * max(self.rounding, self.unit)
 
 
 @dataclass
@@ -104,13 +153,19 @@ class Evidence:
     """What the gates look at, summarised over every audited sequence."""
 
     n: int
-    agreement: float  # packed vs padded labels; the lowest over all heads
-    min_cosine: float
-    max_mad: float
+    agreement: float  # per sequence, packed agrees with padded (or the reference); lowest over all heads
+    min_cosine: float  # lowest pooled cosine the gate reads (excused sequences left out)
+    max_mad: float  # largest pooled MAD the gate reads (excused sequences left out)
     nonfinite: list[str] = field(default_factory=list)  # one entry per sequence and path
     agreeing: int | None = None  # count behind ``agreement`` (for the bound); derived when None
     high_precision: HighPrecisionEvidence | None = None
-    invariance: tuple[float, float] | None = None  # (padded, packed) largest movement with neighbours
+    invariance: InvarianceEvidence | tuple[float, float] | None = None
+    position: PositionEvidence | None = None
+    agreement_source: str = "packed vs padded"
+    cosine_source: str = "packed vs padded"
+    mad_source: str = "packed vs padded"
+    excused: dict[str, Excused] = field(default_factory=dict)  # by gate: "min cosine", "max MAD"
+    dtype: str = "the run's dtype"  # named in the note when the dtype is too coarse for a bar
 
     def agreeing_count(self) -> int:
         """``agreeing``, or the count behind ``agreement`` (0 for NaN: unknown counts as none)."""
@@ -150,11 +205,13 @@ def decide(evidence: Evidence, thresholds: Thresholds) -> Decision:
     gated, label = _accept_bar(evidence, thresholds, readings)
     reasons = [
         *_finite_reasons(evidence),
-        *_agreement_and_distance_reasons(thresholds, readings, gated, label),
+        *_agreement_and_distance_reasons(thresholds, readings, gated, label, evidence.excused),
         *_high_precision_reasons(evidence, thresholds),
         *_invariance_reasons(evidence, thresholds),
+        *_position_reasons(evidence),
     ]
-    return Decision(_verdict(reasons), reasons, _tolerances(evidence, readings, gated), _notes(evidence, thresholds))
+    notes = _notes(evidence, thresholds) + _coarse_dtype_notes(evidence, thresholds)
+    return Decision(_verdict(reasons), reasons, _tolerances(evidence, readings, gated), notes)
 
 
 @dataclass
@@ -172,20 +229,26 @@ class _Readings:
 
 
 def _readings(evidence: Evidence) -> _Readings:
-    """Packed vs padded, unless a finite high-precision run puts the packed path nearer."""
-    padded = "packed vs padded"
+    """What the evidence says, and, where a caller gave only summary-level readings of a finite
+    high-precision run, the better of those and packed vs padded."""
     r = _Readings(
-        evidence.agreeing_count(), evidence.agreement, padded, evidence.min_cosine, padded, evidence.max_mad, padded
+        evidence.agreeing_count(),
+        evidence.agreement,
+        evidence.agreement_source,
+        evidence.min_cosine,
+        evidence.cosine_source,
+        evidence.max_mad,
+        evidence.mad_source,
     )
     high = evidence.high_precision
     if high is None or not high.finite:
         return r
     source = "packed vs reference"
-    if high.agreeing > r.agreeing:
+    if high.agreeing is not None and high.agreeing > r.agreeing:
         r.agreeing, r.agreement, r.agreement_source = high.agreeing, high.agreeing / evidence.n, source
-    if high.min_cosine > r.min_cosine or math.isnan(r.min_cosine):
+    if high.min_cosine is not None and (high.min_cosine > r.min_cosine or math.isnan(r.min_cosine)):
         r.min_cosine, r.cosine_source = high.min_cosine, source
-    if high.max_mad < r.max_mad or math.isnan(r.max_mad):
+    if high.max_mad is not None and (high.max_mad < r.max_mad or math.isnan(r.max_mad)):
         r.max_mad, r.mad_source = high.max_mad, source
     return r
 
@@ -227,7 +290,18 @@ def _finite_reasons(evidence: Evidence) -> list[Reason]:
     return reasons
 
 
-def _agreement_and_distance_reasons(t: Thresholds, r: _Readings, gated: float, label: str) -> list[Reason]:
+def _agreement_and_distance_reasons(
+    t: Thresholds, r: _Readings, gated: float, label: str, excused: dict[str, Excused]
+) -> list[Reason]:
+    def also(gate: str, worst: str) -> str:
+        e = excused.get(gate)
+        if e is None or not e.count:
+            return ""
+        return (
+            f"; {e.count} sequence(s) past the bar (down to {worst.format(e.worst)}) excused: the packed path is no "
+            f"farther from the reference than {t.max_reference_ratio:g}x the padded path"
+        )
+
     return [
         _gate(
             "agreement >= validate",
@@ -252,7 +326,7 @@ def _agreement_and_distance_reasons(t: Thresholds, r: _Readings, gated: float, l
             r.min_cosine,
             t.min_cosine,
             r.min_cosine > t.min_cosine,
-            f"lowest pooled cosine {{v:.7f}} {{op}} {{t}} ({r.cosine_source})",
+            f"lowest pooled cosine {{v:.7f}} {{op}} {{t}} ({r.cosine_source}){also('min cosine', '{:.7f}')}",
             ">",
             "<=",
         ),
@@ -261,7 +335,7 @@ def _agreement_and_distance_reasons(t: Thresholds, r: _Readings, gated: float, l
             r.max_mad,
             t.max_mad,
             r.max_mad < t.max_mad,
-            f"largest pooled mean abs diff {{v:.3g}} {{op}} {{t}} ({r.mad_source})",
+            f"largest pooled mean abs diff {{v:.3g}} {{op}} {{t}} ({r.mad_source}){also('max MAD', '{:.3g}')}",
             "<",
             ">=",
         ),
@@ -296,21 +370,66 @@ def _high_precision_reasons(evidence: Evidence, t: Thresholds) -> list[Reason]:
 
 
 def _invariance_reasons(evidence: Evidence, t: Thresholds) -> list[Reason]:
-    if evidence.invariance is None:
+    """The packed path may move with its neighbours as much as the padded path does (times the
+    ratio), or as much as rounding moves a pooled embedding (:data:`FLOOR_FACTOR` times the padded
+    path's own distance to the reference): never "not at all", which only some machines manage."""
+    inv = evidence.invariance
+    if inv is None:
         return []
-    padded_moved, packed_moved = evidence.invariance
-    allowed = t.max_invariance_ratio * padded_moved
+    if not isinstance(inv, InvarianceEvidence):
+        inv = InvarianceEvidence(*inv)
+    by_ratio, by_rounding = t.max_invariance_ratio * inv.padded_moved, FLOOR_FACTOR * inv.rounding
+    allowed = max(by_ratio, by_rounding)
+    passed = inv.packed_moved <= allowed
+    basis = (
+        f"{t.max_invariance_ratio:g}x the padded path's {inv.padded_moved:.3g}"
+        if by_ratio >= by_rounding
+        else f"{FLOOR_FACTOR:g}x the rounding {inv.rounding:.3g} the padded path shows against the reference"
+    )
     return [
         Reason(
             "invariance",
-            packed_moved <= allowed,
-            packed_moved,
+            passed,
+            inv.packed_moved,
             allowed,
-            f"packed path moved up to {packed_moved:.3g} with other neighbours "
-            f"{'<=' if packed_moved <= allowed else '>'} "
-            f"{t.max_invariance_ratio}x the padded path's {padded_moved:.3g}",
+            f"packed path moved up to {inv.packed_moved:.3g} with other neighbours {'<=' if passed else '>'} "
+            f"{allowed:.3g} ({basis})",
         )
     ]
+
+
+def _position_reasons(evidence: Evidence) -> list[Reason]:
+    """A sequence's packed output must not depend on where in the pack it sits."""
+    pos = evidence.position
+    if pos is None:
+        return []
+    passed = pos.moved <= pos.threshold  # NaN fails
+    return [
+        Reason(
+            "position",
+            bool(passed),
+            pos.moved,
+            pos.threshold,
+            f"packed output moved by {pos.moved:.3g} (relative) when the sequences sat {pos.offset:,} positions "
+            f"further down the pack {'<=' if passed else '>'} {pos.threshold:.3g} ({FLOOR_FACTOR:g}x the "
+            f"{max(pos.rounding, pos.unit):.3g} a change of pack shape alone moved it)",
+        )
+    ]
+
+
+def _coarse_dtype_notes(evidence: Evidence, t: Thresholds) -> list[str]:
+    """Say when sequences passed a cosine or MAD bar only because the dtype itself misses it."""
+    notes = []
+    for gate, option, fmt in (("min cosine", "--min-cosine", ".7f"), ("max MAD", "--max-mad", ".3g")):
+        e = evidence.excused.get(gate)
+        if e is not None and e.count:
+            threshold = t.min_cosine if gate == "min cosine" else t.max_mad
+            notes.append(
+                f"{evidence.dtype} is too coarse for {option} {threshold:g} on {e.count} sequence(s): the padded "
+                f"path itself reaches {format(e.padded_worst, fmt)} against the reference; they pass because the "
+                f"packed path is no farther from it (at most {t.max_reference_ratio:g}x the padded path)"
+            )
+    return notes
 
 
 def _verdict(reasons: list[Reason]) -> Verdict:

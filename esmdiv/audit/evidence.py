@@ -1,0 +1,262 @@
+"""The evidence pass: what tells a wrong packed path from rounding, on a bounded sample by default.
+
+The main pass compares the two paths in the run's dtype; some known bugs (tanh GELU, fp16 rotary
+tables, positions that run on across a pack) change the output by no more than that dtype rounds,
+so no v1/v2 threshold can see them. After the main pass, the sequences of the *evidence set* run
+again:
+
+1. **Other neighbours.** Both paths in the run's dtype, in seeded shuffled batches: how far each
+   sequence's pooled embedding moves with its neighbours (the invariance gate).
+2. **The high-precision run** (fp32 on CUDA, fp64 on CPU) of the same weights: each path's distance
+   to it (the reference-ratio gate, and what excuses a cosine or MAD that the dtype alone explains),
+   its labels, and the padded path's own rounding, from which every floor is made
+   (:mod:`esmdiv.measure.noise`).
+3. **The packed algorithm at high precision** (exact attention): its distance to the high-precision
+   run is a difference of function, not of rounding (the algorithm gate).
+4. **The position probe**, on the sample only: the sample packed at fp32 in front of
+   :data:`PROBE_OFFSET` tokens of filler and behind them, where positions reach the values a full
+   production pack gives them. A correct path's output does not depend on where in a pack a
+   sequence sits (rotary attention is relative within each sequence); one whose positions run on
+   across the pack rounds its rotary angles at large positions in fp32 and moves. The two packs
+   have the same matrix shapes; a third, the sample alone, measures what this machine's rounding
+   moves a pooled embedding when the shapes change: the gate's floor, measured, not assumed.
+
+The evidence set is, by ``--evidence``: ``sample`` (default) a deterministic sample of about
+``--evidence-tokens`` tokens (the shortest and the longest sequences and lengths spread between)
+plus every sequence that broke a per-sequence gate in the main pass (up to
+:data:`FLAGGED_FACTOR` times the sample's tokens); ``all`` every sequence; ``off`` none (then the
+gates above do not run, and the report says which known bugs the run cannot see).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Set
+
+import numpy as np
+import torch
+
+from esmdiv.audit.batch import AuditRun
+from esmdiv.audit.results import SequenceResult
+from esmdiv.forward.faults import Fault
+from esmdiv.forward.high_precision import high_precision_forward
+from esmdiv.forward.packed import packed_forward
+from esmdiv.forward.packing import encode, encoder_table, pack, pad, to_padded
+from esmdiv.forward.padded import padded_forward
+from esmdiv.input.sequences import AuditSequence
+from esmdiv.measure.decision import Thresholds
+from esmdiv.measure.invariance import shuffled_batches
+from esmdiv.measure.metrics import distances_to_high_precision, mean_pool_batch
+from esmdiv.measure.noise import relative_pooled_error
+
+EVIDENCE_MODES = ("sample", "all", "off")
+DEFAULT_EVIDENCE_TOKENS = 4096
+#: Filler tokens in front of the sample in the position probe: a default CUDA pack's worth, so the
+#: probe's positions reach what production packs reach.
+PROBE_OFFSET = 16384
+FILLER_TOKENS = 256  # one filler sequence: BOS, 254 residues, EOS
+FILLER_SEED = 0
+#: Sequences flagged by the main pass may add at most this many times the sample's tokens.
+FLAGGED_FACTOR = 4
+_AMINO = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def choose_sample(lengths: dict[int, int], budget: int) -> set[int]:
+    """A deterministic sample of about ``budget`` tokens: the shortest and the longest sequence
+    always, then lengths spread evenly between them (ranks 1/2, 1/4, 3/4, 1/8, ... of the sorted
+    lengths) while they fit in the budget. ``lengths``: record index -> tokens."""
+    order = sorted(lengths, key=lambda i: (lengths[i], i))
+    if not order:
+        return set()
+    chosen = {order[0], order[-1]}
+    used = sum(lengths[i] for i in chosen)
+    shortest = lengths[order[0]]
+    denominator = 2
+    while budget - used >= shortest and denominator < 2 * len(order):
+        for numerator in range(1, denominator, 2):
+            index = order[(numerator * (len(order) - 1)) // denominator]
+            if index not in chosen and used + lengths[index] <= budget:
+                chosen.add(index)
+                used += lengths[index]
+        denominator *= 2
+    return chosen
+
+
+def breaks_a_gate(thresholds: Thresholds) -> Callable[[SequenceResult], bool]:
+    """Whether a sequence of the main pass broke a per-sequence gate on its own: a pooled cosine or
+    MAD past its bar, or a label that differs between the paths on any head. (Non-finite output is
+    FALLBACK whatever the high-precision run says: it is not sent to the evidence pass.)"""
+
+    def broke(result: SequenceResult) -> bool:
+        m = result.metrics
+        if not (m.finite_v1 and m.finite_v2):
+            return False
+        flipped = any(p.label_v1 != p.label_v2 for p in result.predictions)
+        return flipped or not m.cosine > thresholds.min_cosine or not m.mad < thresholds.max_mad
+
+    return broke
+
+
+def evidence_pass(run: AuditRun, sequences: list[AuditSequence], results: list[SequenceResult]) -> None:
+    """Steps 1 to 3 of the module docstring over ``sequences`` (the evidence set of this rank, in
+    file order); fills each result's ``high_precision``, ``invariance``, ``rounding`` and its
+    predictions' ``label_ref``. Needs the main pass's pooled embeddings in ``run.pooled``."""
+    by_index = {r.index: r for r in results}
+    table = encoder_table(run.loaded.alphabet)
+    tokens = [encode(s.sequence, run.loaded.alphabet, table) for s in sequences]
+    for batch in shuffled_batches([len(t) for t in tokens], run.max_tokens):
+        _rerun(run, [tokens[i] for i in batch], [by_index[sequences[i].index] for i in batch])
+
+
+def _rerun(run: AuditRun, tokens: list[torch.Tensor], results: list[SequenceResult]) -> None:
+    """One batch of the evidence pass: both paths with these neighbours, the high-precision run and
+    the packed algorithm at its precision; each measure into its sequence's result."""
+    model, alphabet = run.loaded.model, run.loaded.alphabet
+    last = model.num_layers
+    n_tokens = sum(len(t) for t in tokens)
+    eos_bug = Fault.EOS_IN_POOLING in run.faults
+    lengths = torch.tensor([len(t) for t in tokens], device=run.device)
+    padded = pad(tokens, alphabet.padding_idx).to(run.device)
+    packed = pack(tokens).to(run.device)
+
+    def both_paths():
+        v1 = padded_forward(model, padded).representations[last]
+        out = packed_forward(model, packed, run.backend, faults=run.faults, compile=run.compile)
+        return v1, to_padded(out.representations[last], packed)
+
+    def high_precision():
+        high = high_precision_forward(run.high_precision, padded)
+        out = packed_forward(run.high_precision, packed, "reference", faults=run.faults)
+        return high, to_padded(out.representations[last], packed)
+
+    v1, v2 = run.timed("evidence", n_tokens, both_paths)
+    high, algorithm = run.timed("high_precision", n_tokens, high_precision)
+    pooled_v1 = mean_pool_batch(v1, lengths)
+    # Pooled as in the main pass (a pooling fault included), so only the neighbours differ.
+    pooled_v2 = mean_pool_batch(v2, lengths, include_eos=eos_bug)
+    pooled_high = mean_pool_batch(high, lengths)
+    rounding_rel = relative_pooled_error(pooled_v1, pooled_high).tolist()
+    rounding_abs = (pooled_v1.double() - pooled_high.double()).abs().amax(1).tolist()
+    distances = list(
+        zip(
+            distances_to_high_precision(v1, high, lengths),
+            distances_to_high_precision(v2, high, lengths, eos_bug),
+            distances_to_high_precision(algorithm, high, lengths, eos_bug),
+        )
+    )
+    record_index = torch.tensor([r.index for r in results], device=run.device)
+    labels_ref = [
+        head.probabilities((pooled_high if head.input == "pooled" else high[:, 0]).float(), record_index)
+        .argmax(1)
+        .tolist()
+        for head in run.heads
+    ]
+    pooled_v1, pooled_v2 = pooled_v1.cpu(), pooled_v2.cpu()
+    for j, result in enumerate(results):
+        first_v1, first_v2 = run.pooled[result.index]
+        result.invariance = {
+            "moved_v1": float((pooled_v1[j] - first_v1).abs().max()),
+            "moved_v2": float((pooled_v2[j] - first_v2).abs().max()),
+        }
+        result.high_precision = distances[j]
+        result.rounding = {"relative": rounding_rel[j], "absolute": rounding_abs[j]}
+        for prediction, labels in zip(result.predictions, labels_ref):
+            prediction.label_ref = labels[j]
+
+
+def position_probe(
+    run: AuditRun, model: torch.nn.Module, sequences: list[AuditSequence], results: list[SequenceResult]
+) -> None:
+    """Step 4 of the module docstring over ``sequences`` (this rank's share of the sample): sets each
+    result's ``position`` (:func:`_probe`). ``model``: the fp32 model."""
+    by_index = {r.index: r for r in results}
+    table = encoder_table(run.loaded.alphabet)
+    filler = filler_tokens(run.loaded.alphabet, PROBE_OFFSET)
+    tokens = [encode(s.sequence, run.loaded.alphabet, table) for s in sequences]
+    for chunk in _chunks([len(t) for t in tokens], run.max_tokens):
+        for i, position in zip(chunk, _probe(run, model, filler, [tokens[i] for i in chunk])):
+            by_index[sequences[i].index].position = position
+
+
+def _probe(run: AuditRun, model: torch.nn.Module, filler: list[torch.Tensor], tokens: list[torch.Tensor]) -> list:
+    """Three packs of ``tokens`` at fp32: alone; followed by ``filler``; behind ``filler``. Per
+    sequence, ``moved``: the relative pooled movement from the second pack to the third (the same
+    matrix shapes, the sequences :data:`PROBE_OFFSET` positions further down); ``rounding``: from the
+    first to the second (other shapes, the same positions), what this machine's rounding alone moves
+    a pooled embedding when a pack changes."""
+    last = model.num_layers
+    n_tokens, n_filler = sum(len(t) for t in tokens), sum(len(t) for t in filler)
+    eos_bug = Fault.EOS_IN_POOLING in run.faults
+    lengths = torch.tensor([len(t) for t in tokens], device=run.device)
+    alone = pack(tokens).to(run.device)
+    packs = (alone, pack(tokens + filler).to(run.device), pack(filler + tokens).to(run.device))
+    rows = (slice(0, n_tokens), slice(0, n_tokens), slice(n_filler, n_filler + n_tokens))
+
+    def forwards():
+        return [
+            packed_forward(model, p, "reference", faults=run.faults).representations[last][r]
+            for p, r in zip(packs, rows)
+        ]
+
+    outputs = run.timed("evidence", sum(len(p.input_ids) for p in packs), forwards)
+    pooled = [mean_pool_batch(to_padded(out, alone), lengths, include_eos=eos_bug) for out in outputs]
+    moved = relative_pooled_error(pooled[2], pooled[1]).tolist()
+    rounding = relative_pooled_error(pooled[1], pooled[0]).tolist()
+    return [{"moved": m, "rounding": r} for m, r in zip(moved, rounding)]
+
+
+def filler_tokens(alphabet, total: int) -> list[torch.Tensor]:
+    """Seeded random protein sequences of :data:`FILLER_TOKENS` tokens each, ``total`` tokens in all."""
+    rng = random.Random(FILLER_SEED)
+    table = encoder_table(alphabet)
+    return [
+        encode("".join(rng.choice(_AMINO) for _ in range(FILLER_TOKENS - 2)), alphabet, table)
+        for _ in range(-(-total // FILLER_TOKENS))
+    ]
+
+
+def _chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Consecutive indices grouped into chunks of at most ``max_tokens`` tokens (one at least)."""
+    chunks: list[list[int]] = [[]]
+    used = 0
+    for i, n in enumerate(lengths):
+        if chunks[-1] and used + n > max_tokens:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(i)
+        used += n
+    return [c for c in chunks if c]
+
+
+def probe_model(run: AuditRun) -> torch.nn.Module:
+    """The model at fp32, the precision of the packed path's rotary tables: the run's own model
+    when the run is fp32, the high-precision copy when that is fp32 (CUDA), else an fp32 copy."""
+    model = run.loaded.model
+    if model.embed_tokens.weight.dtype == torch.float32:
+        return model
+    if run.high_precision is not None and run.high_precision.embed_tokens.weight.dtype == torch.float32:
+        return run.high_precision
+    cached = getattr(run.loaded, "_fp32_copy", None)
+    if cached is None:
+        import copy
+
+        cached = copy.deepcopy(model).float().eval()
+        run.loaded._fp32_copy = cached  # type: ignore[attr-defined]
+    return cached
+
+
+def keep_for_evidence(sample: Set[int] | None) -> Callable[[SequenceResult, bool], bool]:
+    """Which main-pass results keep their pooled embeddings for the evidence pass: the sample's
+    (``None``: every sequence, ``--evidence all``) and the flagged ones."""
+    return lambda result, flagged: flagged or sample is None or result.index in sample
+
+
+def sample_summary(lengths: dict[int, int], chosen: Set[int]) -> dict:
+    """The sample's size in sequences and tokens, and its shortest and longest length (residues)."""
+    sizes = np.array([lengths[i] for i in chosen]) if chosen else np.array([0])
+    return {
+        "sequences": len(chosen),
+        "tokens": int(sizes.sum()),
+        "shortest_residues": int(sizes.min()) - 2 if chosen else None,
+        "longest_residues": int(sizes.max()) - 2 if chosen else None,
+    }

