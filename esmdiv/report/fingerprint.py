@@ -7,7 +7,8 @@ machine; a difference names what changed.
 Weights checksum (``model.weights``), by where the weights came from:
 
 - a checkpoint file (fair-esm ``.pt``, ``.safetensors``, a fair-esm name in the hub cache, a
-  Hugging Face folder's ``config.json`` and weights file): **sha256 of each file**, streamed in
+  Hugging Face folder's or cached Hub id's ``config.json`` and weights file, or a sharded
+  checkpoint's ``*.index.json`` and every shard it names): **sha256 of each file**, streamed in
   8 MiB chunks, the same digests as ``sha256sum``, so anyone can check them by hand. Nothing
   is cached: a file replaced under the same name is seen. Cost: one sequential read (about 4 s
   for the 3B checkpoint's 5.7 GB on a typical server).
@@ -76,11 +77,14 @@ def input_fingerprint(path: str | Path, records: int) -> dict:
 
 
 def weight_files(info) -> list[Path]:
-    """The files a checkpoint-based model was read from (empty for ``random:`` specs)."""
+    """The files a checkpoint-based model was read from (empty for ``random:`` specs): a Hugging
+    Face folder's ``config.json`` with its weights, a sharded checkpoint's index with every shard."""
     if info.random_weights or not info.path:
         return []
+    if getattr(info, "files", None):
+        return [Path(f) for f in info.files]
     path = Path(info.path)
-    if info.source == "hf-folder" and (path.parent / "config.json").is_file():
+    if info.source in ("hf-folder", "hf-hub") and (path.parent / "config.json").is_file():
         return [path.parent / "config.json", path]
     return [path]
 
@@ -299,7 +303,12 @@ def environment(
     backends = backend_table(device, dtype)
     model = None
     if loaded is not None:
-        model = {"spec": loaded.info.spec, "source": loaded.info.source, "weights": weights_checksum(loaded)}
+        model = {
+            "spec": loaded.info.spec,
+            "source": loaded.info.source,
+            "revision": loaded.info.revision,
+            "weights": weights_checksum(loaded),
+        }
     return {
         "captured_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         "esmdiv": esmdiv_source(),
