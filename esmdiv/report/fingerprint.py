@@ -68,9 +68,13 @@ def file_entry(path: str | Path) -> dict:
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def input_fingerprint(path: str | Path, records: int) -> dict:
-    """The FASTA as audited: its path, how many records it held, its size and sha256."""
-    return {**file_entry(path), "records": records}
+def input_fingerprint(path: str | Path, records: int, name: str | None = None) -> dict:
+    """The FASTA as audited: its path (or ``name``, such as ``<stdin>``), how many records it
+    held, its size and sha256."""
+    entry = file_entry(path)
+    if name is not None:
+        entry["path"] = name
+    return {**entry, "records": records}
 
 
 # --- weights -------------------------------------------------------------------------------------
@@ -288,12 +292,14 @@ def environment(
     loaded=None,
     fasta: str | Path | None = None,
     records: int | None = None,
+    fasta_name: str | None = None,
 ) -> dict:
     """The ``environment`` section: software, hardware, what ran, weights and input checksums.
 
     ``backend`` is the backend that ran (``None`` for ``esmdiv env``, which reports what
     ``auto`` would pick); ``loaded`` a :class:`~esmdiv.model.loading.LoadedModel`; ``fasta`` and
-    ``records`` the input file and its record count. Whatever is not given is ``null``.
+    ``records`` the input file and its record count (``fasta_name`` how to name it, when not by
+    its path: ``<stdin>``). Whatever is not given is ``null``.
     """
     cuda = cuda_info()
     gpu = None
@@ -335,7 +341,7 @@ def environment(
         },
         "attention_backends": backends,
         "model": model,
-        "input": input_fingerprint(fasta, records) if fasta is not None and records is not None else None,
+        "input": input_fingerprint(fasta, records, fasta_name) if fasta is not None and records is not None else None,
     }
 
 

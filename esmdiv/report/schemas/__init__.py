@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -46,12 +47,16 @@ def validation_errors(instance: dict, schema: dict | None = None) -> list[str]:
 
 
 def read_report(path: str | Path) -> dict:
-    """A report from ``esmdiv check --json``; anything else is an input error naming the file."""
+    """A report from ``esmdiv check --json`` (``-``: from standard input); anything else is an
+    input error naming the file."""
     from esmdiv import __version__
     from esmdiv.errors import InputError
 
+    if str(path) == "-":
+        path = "<stdin>"
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        text = sys.stdin.buffer.read().decode("utf-8") if path == "<stdin>" else Path(path).read_text(encoding="utf-8")
+        data = json.loads(text)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as err:
