@@ -70,7 +70,9 @@ BASE = RESULTS / "2026-11-25-h100-check-hemopi2-fp16-full-run3.json"
 @pytest.mark.parametrize(
     "change, pointer, fragment",
     [
-        (lambda r: r.update(verdict="MAYBE"), "/verdict", "'MAYBE' is not one of ['ACCEPT', 'VALIDATE', 'FALLBACK']"),
+        (lambda r: r.update(verdict="MAYBE"), "/verdict", "'MAYBE' is not one of ['ACCEPT', 'VALIDATE', 'FALLBACK'"),
+        (lambda r: r.update(verdict=None), "/verdict", "None is not one of ['ACCEPT', 'VALIDATE', 'FALLBACK']"),
+        (lambda r: r.update(model=None), "/model", "None is not of type 'object'"),
         (lambda r: r["reasons"][1].pop("passed"), "/reasons/1/passed", "required field missing"),
         (lambda r: r["sequences"][3].update(cosine="high"), "/sequences/3/cosine", "'high' is not of type"),
         (lambda r: r.pop("environment"), "/environment", "required field missing"),
@@ -94,6 +96,29 @@ def test_the_base_of_those_cases_is_read(tmp_path):
     """Control: the unbroken report renders (so each case above fails for its one change)."""
     result = runner.invoke(app, ["report", str(BASE), "--junit", str(tmp_path / "out.xml")])
     assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["{bad}", "--device", "cpu"],  # fails reading the input: no model, verdict null
+        ["{seed18}", "--device", "cpu", "--model", "random:1M"],  # fails at the model: input counted
+        ["{seed18}", "--gate", "maybe"],  # fails parsing the options: only the command line
+    ],
+    ids=["input", "model", "options"],
+)
+def test_partial_reports_esmdiv_writes_are_valid_and_render(tmp_path, args):
+    bad = tmp_path / "bad.fasta"
+    bad.write_text(">a\nMK9\n")
+    seed18 = ROOT / "fixtures" / "seed18.fasta"
+    out = tmp_path / "p.json"
+    argv = ["check", *(a.format(bad=bad, seed18=seed18) for a in args), "--json", str(out)]
+    assert runner.invoke(app, argv).exit_code == 2
+    partial = json.loads(out.read_text())
+    assert partial["complete"] is False and schema_problems(partial) == []
+    result = runner.invoke(app, ["report", str(out), "--markdown", str(tmp_path / "p.md"), "--no-plots"])
+    assert result.exit_code == 0, result.stderr
+    assert "no verdict" in (tmp_path / "p.md").read_text().lower()
 
 
 def test_several_problems_are_counted_on_the_one_line(tmp_path):

@@ -58,9 +58,9 @@ class SchemaProblem:
 
 
 def schema_problems(instance: Any, schema: dict | None = None) -> list[SchemaProblem]:
-    """Every way ``instance`` breaks ``schema`` (the report schema by default), one problem per
-    failing rule: a rule over alternatives (``anyOf``) is reported by its most relevant branch, and a
-    missing required field by the field's own pointer. In document order."""
+    """Every field at which ``instance`` breaks ``schema`` (the report schema by default), with the
+    first rule it breaks there: a rule over alternatives (``anyOf``) is reported by its most relevant
+    branch, and a missing required field by the field's own pointer. In order of the pointers."""
     import jsonschema
     from jsonschema.exceptions import best_match
 
@@ -79,7 +79,10 @@ def schema_problems(instance: Any, schema: dict | None = None) -> list[SchemaPro
                 message = "required field missing"
         pointer = "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in path)
         problems.append(SchemaProblem(pointer, str(leaf.validator), _short(message)))
-    return sorted(problems, key=lambda p: p.pointer)
+    first_per_field = {}
+    for problem in problems:  # a field broken under two rules (a partial's and a complete report's) once
+        first_per_field.setdefault(problem.pointer, problem)
+    return sorted(first_per_field.values(), key=lambda p: p.pointer)
 
 
 def _short(message: str, limit: int = 200) -> str:
