@@ -317,7 +317,7 @@ def _fasta_input(fasta: Path) -> Iterator[tuple[Path, str | None]]:
     if not is_stdin(fasta):
         yield fasta, None
         return
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):  # under torchrun
         raise UsageError("FASTA '-': torchrun's ranks cannot share standard input; give a file")
     with spooled_stdin(sys.stdin.buffer) as path:
         yield path, STDIN_NAME
