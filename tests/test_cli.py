@@ -109,10 +109,10 @@ def test_internal_error_is_exit_1_one_line_and_no_verdict(monkeypatch):
         (["/nonexistent.fasta"], 2, "no such file"),
         ([SEED18, "--model", "random:99M"], 2, "random:<arch>"),
         ([SEED18, "--accept-agreement", "99"], 2, "out of range"),
-        ([SEED18, "--long", "chop"], 2, "--long 'chop'"),
+        ([SEED18, "--long", "chop"], 2, "'chop' is not one of 'truncate', 'skip', 'error', 'full'"),
         ([SEED18, "--head", "model"], 2, "has no classification head"),
-        ([SEED18, "--dtype", "fp8"], 2, "--dtype 'fp8'"),
-        ([SEED18, "--backend", "xformers"], 2, "unknown attention backend"),
+        ([SEED18, "--dtype", "fp8"], 2, "'fp8' is not one of 'fp16', 'bf16', 'fp32'"),
+        ([SEED18, "--backend", "xformers"], 2, "'xformers' is not one of 'auto', 'flash-attn', 'torch', 'reference'"),
         ([str(FIXTURES / "long.fasta"), "--long", "error"], 2, "record 'long_1500', line 3"),
     ],
 )

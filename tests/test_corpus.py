@@ -2,8 +2,8 @@
 
 Each must end with its documented exit code (never 0), one line on stderr that holds the message
 fragment and names the file (record and line where there is one), no traceback, no verdict, and a
-partial ``--json`` report that says ``"complete": false``. A few cases also run as a real process,
-where an escaping exception would print Python's own traceback.
+partial ``--json`` report that says ``"complete": false`` and matches the report schema. A few
+cases also run as a real process, where an escaping exception would print Python's own traceback.
 """
 
 import json
@@ -17,6 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from esmdiv.cli.app import app
+from esmdiv.report.schemas import schema_problems
 
 from conftest import ROOT
 from corpus import CASES, HF_CONFIG, MARKER, Case, hf_folder
@@ -70,6 +71,7 @@ def test_bad_input_fails_with_one_line(case: Case, tmp_path, monkeypatch):
         assert partial["complete"] is False and partial["verdict"] is None
         assert partial["error"]["exit_code"] == case.code
         assert case.fragment in partial["error"]["message"]
+        assert schema_problems(partial) == []  # a partial report is a valid report: esmdiv report reads it
 
 
 def test_the_tiny_hf_folder_behind_the_checkpoint_cases_loads(tmp_path):

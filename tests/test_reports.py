@@ -61,7 +61,7 @@ def report(run):
     return json.loads((run / "r.json").read_text())
 
 
-# --- JUnit structure, as Jenkins' junit-10.xsd and Ant's JUnit.xsd require --------------------
+# --- JUnit structure (test_junit_xsd.py validates against Jenkins' junit-10.xsd) -------------
 
 
 def check_junit(text: str) -> ET.Element:
@@ -77,7 +77,7 @@ def check_junit(text: str) -> ET.Element:
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", suite.get("timestamp"))
         float(suite.get("time"))
         tags = [child.tag for child in suite]
-        # properties, then the cases, then system-out and system-err: the order the XSDs fix
+        # properties, then the cases, then system-out and system-err: the layout esmdiv keeps
         assert tags[0] == "properties" and tags[-2:] == ["system-out", "system-err"]
         assert set(tags[1:-2]) <= {"testcase"}
         for prop in suite.find("properties"):

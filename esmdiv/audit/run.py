@@ -89,6 +89,11 @@ class AuditConfig:
     mlm_sample: int = 64  # sequences (the first in the file) in the masked-perplexity sample
     invariance: bool = False  # --invariance: evidence on every sequence
     compile: bool | None = None  # torch.compile the packed path; None: on CUDA
+    fasta_name: str | None = None  # how reports and errors name the input (``<stdin>``); None: its path
+
+    @property
+    def input_name(self) -> str:
+        return self.fasta_name or str(self.fasta)
 
     @property
     def evidence_mode(self) -> str:
@@ -150,7 +155,7 @@ def run_audit(
     }
     # A first pass validates the whole file before any model loads: bad input fails in seconds.
     partial.stage = "input"
-    report = partial.inputs = InputReport(str(config.fasta))
+    report = partial.inputs = InputReport(config.input_name)
     inputs = _read_input(config, report, world, placement.device)
 
     partial.stage = "model"
@@ -190,10 +195,11 @@ def _resolve_options(config: AuditConfig, world: World | None) -> RunPlacement:
 def _read_input(config: AuditConfig, report: InputReport, world: World | None, device: torch.device) -> _Input:
     """Validate the whole FASTA into ``report``; the extra features; under torchrun, this rank's shard."""
     lengths = {
-        s.index: len(s.sequence) + 2 for s in iter_sequences(iter_fasta(config.fasta), report, config.long_policy)
+        s.index: len(s.sequence) + 2
+        for s in iter_sequences(iter_fasta(config.fasta, config.input_name), report, config.long_policy)
     }
     if report.records == len(report.skipped):
-        raise InputError(f"{config.fasta}: no sequence left to audit ({len(report.skipped)} skipped as too long)")
+        raise InputError(f"{config.input_name}: no sequence left to audit ({len(report.skipped)} skipped as too long)")
     extra = load_extra_features(config.extra_features, report.records) if config.extra_features else None
     mine = None
     if world is not None:
@@ -205,7 +211,9 @@ def _read_input(config: AuditConfig, report: InputReport, world: World | None, d
 
 def _sequences(config: AuditConfig, keep: AbstractSet[int] | None) -> Iterator[AuditSequence]:
     """The audited sequences again, streamed from the file (only ``keep``'s record indices if given)."""
-    sequences = iter_sequences(iter_fasta(config.fasta), InputReport(str(config.fasta)), config.long_policy)
+    sequences = iter_sequences(
+        iter_fasta(config.fasta, config.input_name), InputReport(config.input_name), config.long_policy
+    )
     return sequences if keep is None else (s for s in sequences if s.index in keep)
 
 
@@ -412,7 +420,13 @@ def _conclude(
     t1 = time.perf_counter()
     loaded = run.loaded
     fingerprint = environment(
-        placement.device, placement.dtype, placement.backend, loaded, config.fasta, inputs.report.records
+        placement.device,
+        placement.dtype,
+        placement.backend,
+        loaded,
+        config.fasta,
+        inputs.report.records,
+        fasta_name=config.fasta_name,
     )
     run_timings["fingerprint_s"] = time.perf_counter() - t1
     if world is not None:

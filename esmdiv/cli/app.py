@@ -11,6 +11,7 @@ still loading is then exit 130 like any other, and ``check`` still leaves its pa
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import sys
 import traceback
@@ -19,13 +20,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.console import Console
 from rich.text import Text
+from typer.core import TyperGroup
 
 from esmdiv import __version__
 from esmdiv.cli import console
+from esmdiv.cli.choices import Backend, Dtype, Evidence, Gate, HeadActivation, LongPolicy, Reference, Workload, plain
 from esmdiv.cli.console import stderr, stdout
-from esmdiv.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EsmdivError, OutputError, UsageError
+from esmdiv.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EsmdivError, OutputError, UsageError
+from esmdiv.input.stdin import STDIN_NAME, is_stdin, spooled_stdin
 from esmdiv.report import json_report
+from esmdiv.report.files import is_stdout
 from esmdiv.report.partial import PartialRun, write_partial  # no torch: cheap to import here
 
 if TYPE_CHECKING:
@@ -52,13 +58,17 @@ ModelOption = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="fair-esm name (esm2_t33_650M_UR50D), fair-esm .pt, .safetensors, Hugging Face ESM folder, "
+        envvar="ESMDIV_MODEL",
+        help="fair-esm name (esm2_t33_650M_UR50D), fair-esm .pt, .safetensors, a sharded *.index.json, "
+        "Hugging Face ESM folder or model id (facebook/esm2_t33_650M_UR50D, from the Hugging Face cache), "
         "or random:<8M|35M|150M|650M|3B|15B>[:seed] (seeded random weights).",
     ),
 ]
-DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
-DtypeOption = Annotated[str | None, typer.Option(help="fp16, bf16 or fp32 (default: fp16 on CUDA, fp32 on CPU).")]
-BackendOption = Annotated[str, typer.Option(help="Packed attention: auto, flash-attn, torch or reference.")]
+DeviceOption = Annotated[
+    str, typer.Option(envvar="ESMDIV_DEVICE", help="auto (CUDA when present), cpu, cuda or cuda:N.")
+]
+DtypeOption = Annotated[Dtype | None, typer.Option(help="Default: fp16 on CUDA, fp32 on CPU.")]
+BackendOption = Annotated[Backend, typer.Option(help="Packed attention kernel.")]
 CompileOption = Annotated[
     bool | None,
     typer.Option(
@@ -66,15 +76,78 @@ CompileOption = Annotated[
         help="torch.compile the packed path's dense regions (default: on CUDA).",
     ),
 ]
-LongOption = Annotated[str, typer.Option("--long", help="Over 1022 residues: truncate, skip, error or full.")]
+LongOption = Annotated[LongPolicy, typer.Option("--long", help="Sequences over 1022 residues.")]
 DebugOption = Annotated[bool, typer.Option(help="Show tracebacks.")]
+
+
+class OneLineUsageErrors(TyperGroup):
+    """A command's options that do not parse (``--backend xformers``, ``--min-cosine abc``) end
+    as every other bad input does: one line on stderr, exit 2, and for ``check --json PATH`` a
+    partial report at PATH, so a report from an earlier run is never left there."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        protected = getattr(ctx, "_protected_args", None)  # click >= 8.2; protected_args before
+        given = [*(ctx.protected_args if protected is None else protected), *ctx.args]
+        try:
+            return super().invoke(ctx)
+        except _USAGE_ERRORS as err:
+            where = err.ctx.command_path if err.ctx is not None else "esmdiv"
+            message = f"{_one_line(err.format_message())} (see {where} --help)"
+            stderr.print(Text.assemble(("error: ", "red"), message), soft_wrap=True)
+            json_path = _option_value(given, "--json")
+            if given[:1] == ["check"] and json_path is not None:
+                partial = PartialRun({"command_line": shlex.join(given)})
+                with contextlib.suppress(Exception):
+                    write_partial(partial.to_dict(UsageError(message)), json_path)
+            raise typer.Exit(EXIT_USAGE) from None
+
+
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """click's ``UsageError``: typer's own copy of click (typer >= 0.2x vendors it) and click's."""
+    found = {cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError"}
+    with contextlib.suppress(ImportError):
+        import click
+
+        found.add(click.UsageError)
+    return tuple(found)
+
+
+_USAGE_ERRORS = _usage_error_types()
+
+
+def _option_value(args: list[str], name: str) -> str | None:
+    """The value after ``name`` (``--json PATH`` or ``--json=PATH``) in raw arguments, if any."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg[len(name) + 1 :]
+    return None
+
+
+def _human(*report_paths: Path | None) -> Console:
+    """Where words for people go: stdout, or stderr when a report itself goes to stdout (``-``)."""
+    return stderr if any(is_stdout(p) for p in report_paths) else stdout
+
+
+def _one_stdout(**report_paths: Path | None) -> None:
+    """At most one report may go to standard output."""
+    to_stdout = [f"--{name.replace('_', '-')} -" for name, path in report_paths.items() if is_stdout(path)]
+    if len(to_stdout) > 1:
+        raise UsageError(f"{' and '.join(to_stdout)}: only one report can go to standard output")
+
+
+def _written(path: Path) -> str:
+    return "standard output" if is_stdout(path) else str(path)
+
 
 app = typer.Typer(
     help="Audit whether a packed, padding-free ESM-2 forward diverges from fair-esm's padded one.\n\n"
     + EXIT_CODES_HELP,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    cls=OneLineUsageErrors,
 )
 
 
@@ -137,7 +210,9 @@ def partial_report_on_failure(json_path: Path | None, partial: PartialRun) -> It
         if json_path is not None and not isinstance(err, (typer.Exit, OutputError)):
             with contextlib.suppress(Exception):
                 write_partial(partial.to_dict(err), json_path)
-                stdout.print(Text(f"partial report written to {json_path} (complete: false, no verdict)"))
+                _human(json_path).print(
+                    Text(f"partial report written to {_written(json_path)} (complete: false, no verdict)")
+                )
         raise
 
 
@@ -146,7 +221,9 @@ def partial_report_on_failure(json_path: Path | None, partial: PartialRun) -> It
 
 @app.command(epilog=EXIT_CODES_HELP)
 def check(
-    fasta: Path = typer.Argument(..., help="Protein FASTA file (plain or gzip).", show_default=False),
+    fasta: Path = typer.Argument(
+        ..., help="Protein FASTA file (plain, gzip, bzip2 or xz); '-' reads standard input.", show_default=False
+    ),
     model: ModelOption = "random:8M",
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
@@ -165,7 +242,7 @@ def check(
     validate_agreement: float = typer.Option(0.95, help="Below this agreement fraction: FALLBACK."),
     min_cosine: float = typer.Option(0.99, help="Every sequence's pooled cosine must be above this."),
     max_mad: float = typer.Option(0.01, help="Every sequence's pooled mean abs diff must be below this."),
-    evidence: str = typer.Option(
+    evidence: Evidence = typer.Option(
         "sample",
         help="The evidence pass that tells a bug from rounding (high-precision reference, packed algorithm at its "
         "precision, other neighbours, position probe): on a 'sample' of about --evidence-tokens tokens plus every "
@@ -175,7 +252,7 @@ def check(
     evidence_tokens: int = typer.Option(
         4096, help="Size of the evidence sample in tokens (the shortest and longest sequences and lengths between)."
     ),
-    reference: str = typer.Option(
+    reference: Reference = typer.Option(
         "none",
         help="fp32: the evidence pass on every sequence, as --evidence all (kept for older scripts); "
         "the reference runs fp32 on CUDA, fp64 on CPU.",
@@ -205,39 +282,58 @@ def check(
         help="The evidence pass (shuffled neighbours included) on every sequence, as --evidence all.",
     ),
     proxy_seeds: str = typer.Option("42", help="Comma-separated seeds of proxy heads; the lowest agreement gates."),
-    head_activation: str = typer.Option("relu", help="Activation between the Linears of a --head file MLP."),
+    head_activation: HeadActivation = typer.Option("relu", help="Activation between the Linears of a --head file MLP."),
     extra_features: Path | None = typer.Option(
         None, help=".npy (n_records, k) features concatenated before the pooled embedding for a --head file."
     ),
-    gate: str = typer.Option(
+    gate: Gate = typer.Option(
         "point",
         help="The ACCEPT bar reads the agreement's point estimate or its lower 'bound' "
         "(the FALLBACK floor: the point).",
     ),
     confidence: float = typer.Option(0.95, help="Confidence of the agreement's Clopper-Pearson lower bound."),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the full report as JSON here."),
+    json_path: Path | None = typer.Option(
+        None, "--json", help="Write the full report as JSON here ('-': to stdout, the summary then to stderr)."
+    ),
     junit_path: Path | None = typer.Option(
-        None, "--junit", help="Write JUnit XML here for CI: one test case per gate and one per sequence."
+        None, "--junit", help="Write JUnit XML here for CI: one test case per gate and one per sequence ('-': stdout)."
     ),
     worst: int = typer.Option(10, help="Rows in the worst-sequences table."),
     debug: DebugOption = False,
 ) -> None:
     """Run both paths over FASTA and print the verdict; the exit code is the verdict's."""
-    options = dict(locals())  # every option as given, by parameter name
+    options = {name: plain(value) for name, value in dict(locals()).items()}  # every option, by parameter name
     partial = PartialRun({name: str(fasta) if name == "fasta" else options[name] for name in PARTIAL_OPTIONS})
+    human = _human(json_path, junit_path)
     with guard(debug), partial_report_on_failure(json_path, partial):
         from esmdiv.report.files import check_output_path
 
+        _one_stdout(json=json_path, junit=junit_path)
         if json_path is not None:
             check_output_path(json_path, "--json")
-        result = _run_audit(_audit_config(options), partial)
+        with _fasta_input(fasta) as (path, name):
+            options.update(fasta=path, fasta_name=name)
+            result = _run_audit(_audit_config(options), partial)
         partial.stage = "report"
         _write_audit_reports(result, json_path, junit_path)
-        console.render_summary(result, stdout, worst=worst)
+        console.render_summary(result, human, worst=worst)
         for label, path in (("report", json_path), ("JUnit XML", junit_path)):
             if path is not None:
-                stdout.print(f"{label} written to {path}", highlight=False)
+                human.print(f"{label} written to {_written(path)}", highlight=False)
     raise typer.Exit(result.decision.verdict.exit_code)
+
+
+@contextlib.contextmanager
+def _fasta_input(fasta: Path) -> Iterator[tuple[Path, str | None]]:
+    """The FASTA to read and how reports name it: a path as given, or ``-``: standard input
+    spooled to a temporary file (deleted after the run), named ``<stdin>``."""
+    if not is_stdin(fasta):
+        yield fasta, None
+        return
+    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):  # under torchrun
+        raise UsageError("FASTA '-': torchrun's ranks cannot share standard input; give a file")
+    with spooled_stdin(sys.stdin.buffer) as path:
+        yield path, STDIN_NAME
 
 
 #: The options a partial report records in its ``options`` block, in order.
@@ -309,7 +405,7 @@ def selftest(
     dtype: DtypeOption = None,
     backend: BackendOption = "auto",
     fasta: Path | None = typer.Option(None, help="Sequences to audit (default: the shipped seed18 fixture)."),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the table as JSON here."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the table as JSON here ('-': stdout)."),
     debug: DebugOption = False,
 ) -> None:
     """Inject each known packed-path bug in turn and check that the audit catches every one."""
@@ -317,9 +413,9 @@ def selftest(
 
     with guard(debug):
         table = console.SelftestTable(model, stderr)
-        rows, settings = run_selftest(model, device, dtype, backend, fasta, on_row=table.add)
+        rows, settings = run_selftest(model, device, plain(dtype), plain(backend), fasta, on_row=table.add)
         ok = passed(rows)
-        console.render_selftest(table, settings, ok, stdout)
+        console.render_selftest(table, settings, ok, _human(json_path))
         if json_path is not None:
             json_report.write_json({"passed": ok, "settings": settings, "rows": [r.to_dict() for r in rows]}, json_path)
     raise typer.Exit(0 if ok else 20)
@@ -330,7 +426,9 @@ def selftest(
 
 @app.command("report", epilog="Exit codes: 0 written, 2 unreadable report or bad options, 3 matplotlib not installed.")
 def report_command(
-    run_json: Path = typer.Argument(..., help="A report written by esmdiv check --json.", show_default=False),
+    run_json: Path = typer.Argument(
+        ..., help="A report written by esmdiv check --json ('-': read it from stdin).", show_default=False
+    ),
     html_path: Path | None = typer.Option(None, "--html", help="Write one self-contained HTML page (plots embedded)."),
     markdown_path: Path | None = typer.Option(
         None, "--markdown", help="Write Markdown; its plots go to <name>_files/ beside it."
@@ -345,22 +443,27 @@ def report_command(
     from esmdiv.report.junit import write_junit
     from esmdiv.report.schemas import read_report
 
+    human = _human(html_path, markdown_path, junit_path)
     with guard(debug):
         if html_path is None and markdown_path is None and junit_path is None:
             raise UsageError("nothing to write: give --html PATH, --markdown PATH and/or --junit PATH")
+        _one_stdout(html=html_path, markdown=markdown_path, junit=junit_path)
+        if is_stdout(markdown_path) and plots:
+            raise UsageError("--markdown -: standard output takes text only; add --no-plots")
         data = read_report(run_json)
+        source = STDIN_NAME if is_stdin(run_json) else str(run_json)
         if html_path is not None or markdown_path is not None:
             from esmdiv.report.pages import write_reports
             from esmdiv.report.plots import require_matplotlib
 
             if html_path is not None or plots:
                 require_matplotlib()
-            written = write_reports(data, html_path, markdown_path, plots_in_markdown=plots, source=str(run_json))
+            written = write_reports(data, html_path, markdown_path, plots_in_markdown=plots, source=source)
             for path in written:
-                stdout.print(f"written {path}", highlight=False)
+                human.print(f"written {_written(path)}", highlight=False)
         if junit_path is not None:
             write_junit(data, junit_path)
-            stdout.print(f"written {junit_path}", highlight=False)
+            human.print(f"written {_written(junit_path)}", highlight=False)
 
 
 # --- esmdiv env --------------------------------------------------------------------------------------
@@ -372,7 +475,7 @@ def env_command(
     dtype: DtypeOption = None,
     model: str | None = typer.Option(None, "--model", "-m", help="Also load this model and checksum its weights."),
     fasta: Path | None = typer.Option(None, "--fasta", help="Also count this FASTA's records and checksum it."),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the fingerprint as JSON here."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the fingerprint as JSON here ('-': stdout)."),
     debug: DebugOption = False,
 ) -> None:
     """Print this machine's fingerprint (what every report records) and which attention backends run here."""
@@ -382,7 +485,7 @@ def env_command(
 
     with guard(debug):
         dev = resolve_device(device)
-        _, torch_dtype = resolve_dtype(dtype, dev)
+        _, torch_dtype = resolve_dtype(plain(dtype), dev)
         records = None
         if fasta is not None:
             from esmdiv.input.fasta import iter_fasta
@@ -394,10 +497,10 @@ def env_command(
 
             loaded = load_model(model, dev, torch_dtype)
         env = environment(dev, torch_dtype, None, loaded, fasta, records)
-        console.render_environment(env, stdout)
+        console.render_environment(env, _human(json_path))
         if json_path is not None:
             json_report.write_json({"schema_version": SCHEMA_VERSION, "environment": env}, json_path)
-            stdout.print(f"fingerprint written to {json_path}", highlight=False)
+            _human(json_path).print(f"fingerprint written to {_written(json_path)}", highlight=False)
 
 
 # --- esmdiv bench ------------------------------------------------------------------------------------
@@ -416,7 +519,7 @@ def bench(
         None,
         help="Token budget per batch, padded; the same batches for every path (default: 16384 on CUDA, 4096 on CPU).",
     ),
-    workload: str | None = typer.Option(
+    workload: Workload | None = typer.Option(
         None, help="lognormal (seeded synthetic) or fasta (default: fasta when a FASTA is given, else lognormal)."
     ),
     n: int = typer.Option(256, "--n", help="Sequences in the lognormal workload."),
@@ -430,7 +533,7 @@ def bench(
         help="Paths to time, comma-separated: padded,packed,hf "
         "(default: all three; hf only where transformers imports).",
     ),
-    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the results as JSON here ('-': stdout)."),
     write_fasta: Path | None = typer.Option(
         None, "--write-fasta", help="Write the workload as FASTA here and exit (nothing is timed; .gz compresses)."
     ),
@@ -445,14 +548,14 @@ def bench(
         config = BenchConfig(
             model=model,
             device=device,
-            dtype=dtype,
-            backend=backend,
+            dtype=plain(dtype),
+            backend=plain(backend),
             max_tokens=max_tokens,
             fasta=fasta,
-            workload=workload,
+            workload=plain(workload),
             n=n,
             seed=seed,
-            long_policy=long,
+            long_policy=plain(long),
             repeats=repeats,
             warmup=warmup,
             paths=parse_paths(paths) if paths is not None else None,
@@ -467,9 +570,9 @@ def bench(
         result = run_bench(config, log=lambda message: stderr.print(message, highlight=False))
         if json_path is not None:
             json_report.write_json(result.to_dict(), json_path)
-        console.render_bench(result, stdout)
+        console.render_bench(result, _human(json_path))
         if json_path is not None:
-            stdout.print(f"results written to {json_path}")
+            _human(json_path).print(f"results written to {_written(json_path)}")
 
 
 def main() -> None:

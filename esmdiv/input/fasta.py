@@ -7,7 +7,9 @@ Every problem raises :class:`~esmdiv.errors.FastaError` naming the file, record 
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import lzma
 import re
 import zlib
 from collections.abc import Iterator
@@ -22,11 +24,14 @@ RESIDUES = "ACDEFGHIKLMNPQRSTVWYXBUZO"
 NUCLEOTIDES = frozenset("ACGTUN")
 # Checked before upper-casing: str.upper() maps some non-ASCII letters onto residues ('ß' -> 'SS').
 _ILLEGAL = re.compile(f"[^{RESIDUES}{RESIDUES.lower()}]")
-_GZIP_MAGIC = b"\x1f\x8b"
+# Compressed FASTA the standard library reads: magic bytes -> (format name, opener).
+_COMPRESSED = {
+    b"\x1f\x8b": ("gzip", gzip.open),
+    b"BZh": ("bzip2", bz2.open),
+    b"\xfd7zXZ\x00": ("xz", lzma.open),
+}
 # Other containers a user may hand over by mistake: named, so the error can say what to do.
 _OTHER_MAGIC = {
-    b"BZh": "bzip2-compressed",
-    b"\xfd7zXZ\x00": "xz-compressed",
     b"\x28\xb5\x2f\xfd": "zstd-compressed",
     b"PK\x03\x04": "a zip archive",
     b"\xff\xfe": "UTF-16 text",
@@ -55,62 +60,69 @@ class ProteinRecord:
         return set(self.sequence) <= NUCLEOTIDES
 
 
-def read_fasta(path: str | Path) -> list[ProteinRecord]:
+def read_fasta(path: str | Path, name: str | None = None) -> list[ProteinRecord]:
     """Read a whole FASTA file; see :func:`iter_fasta`."""
-    return list(iter_fasta(path))
+    return list(iter_fasta(path, name))
 
 
-def iter_fasta(path: str | Path) -> Iterator[ProteinRecord]:
-    """Yield the records of a protein FASTA file (plain or gzip), validating as it goes.
+def iter_fasta(path: str | Path, name: str | None = None) -> Iterator[ProteinRecord]:
+    """Yield the records of a protein FASTA file (plain, gzip, bzip2 or xz), validating as it goes.
 
     Accepts multi-line records, CRLF line ends, blank lines and headers with descriptions
-    (the id is the header's first word). Raises ``FastaError`` on anything else.
+    (the id is the header's first word). Raises ``FastaError`` on anything else, naming the file
+    as ``name`` where given (``<stdin>`` for input spooled from standard input), else its path.
     """
     path = Path(path)
-    with _open(path) as handle:
-        yield from _parse(path, handle)
+    shown = name or str(path)
+    handle, compression = _open(path, shown)
+    with handle:
+        yield from _parse(shown, handle, compression)
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path, shown: str) -> tuple[BinaryIO, str | None]:
+    """The file opened for reading bytes (decompressing by its magic bytes) and its compression."""
     if not path.exists():
-        raise FastaError(path, "no such file")
+        raise FastaError(shown, "no such file")
     if path.is_dir():
-        raise FastaError(path, "is a directory, not a FASTA file")
+        raise FastaError(shown, "is a directory, not a FASTA file")
     if not path.is_file():
         # A pipe (<(zcat ...)) or a device: the audit reads the file twice (validate, then run).
         raise FastaError(
-            path, "not a regular file (a pipe or device?); esmdiv reads its input twice: save it to a file"
+            shown,
+            "not a regular file (a pipe or device?); esmdiv reads its input twice: save it to a file, "
+            "or pipe it to standard input as '-'",
         )
     try:
         handle: BinaryIO = open(path, "rb")
         magic = handle.read(6)
         handle.seek(0)
     except OSError as err:
-        raise FastaError(path, f"cannot be read ({err.strerror or err})") from None
-    if magic.startswith(_GZIP_MAGIC):
-        handle.close()
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+        raise FastaError(shown, f"cannot be read ({err.strerror or err})") from None
+    for prefix, (compression, opener) in _COMPRESSED.items():
+        if magic.startswith(prefix):
+            handle.close()
+            return opener(path, "rb"), compression  # type: ignore[return-value]
     for prefix, what in _OTHER_MAGIC.items():
         if magic.startswith(prefix):
             handle.close()
-            raise FastaError(path, f"is {what}, not FASTA text (plain or gzip): convert it first")
-    return handle
+            raise FastaError(shown, f"is {what}, not FASTA text (plain, gzip, bzip2 or xz): convert it first")
+    return handle, None
 
 
-def _parse(path: Path, handle: BinaryIO) -> Iterator[ProteinRecord]:
+def _parse(path: str, handle: BinaryIO, compression: str | None) -> Iterator[ProteinRecord]:
     """Line by line: decode and check each line, then hand it to the record being built."""
     records = _Records(path)
     lineno = 0
     try:
         for lineno, raw in enumerate(handle, 1):
             yield from records.feed(_decode(path, raw, lineno), lineno)
-    except (OSError, EOFError, zlib.error) as err:  # mostly a corrupt or truncated gzip stream
-        what = "corrupt or truncated gzip" if isinstance(handle, gzip.GzipFile) else "cannot be read"
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as err:  # mostly a corrupt or truncated stream
+        what = f"corrupt or truncated {compression}" if compression else "cannot be read"
         raise FastaError(path, f"{what} ({err})", line=lineno + 1) from None
     yield from records.end()
 
 
-def _decode(path: Path, raw: bytes, lineno: int) -> str:
+def _decode(path: str, raw: bytes, lineno: int) -> str:
     """One line as text without its line end; binary data, other encodings and bare CRs are errors."""
     if b"\x00" in raw:
         raise FastaError(path, "binary data (NUL byte): not a FASTA text file", line=lineno)
@@ -128,7 +140,7 @@ def _decode(path: Path, raw: bytes, lineno: int) -> str:
 class _Records:
     """The record being built from header and sequence lines, and the ids seen so far."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: str):
         self.path = path
         self.seen: set[str] = set()
         self.header: tuple[str, str, int] | None = None  # (id, description, line)

@@ -6,9 +6,13 @@ A spec is one of:
   random weights (seed 0 unless given). Never a trained model, and every report says so.
 - a fair-esm model name (``esm2_t33_650M_UR50D``): read from the torch hub cache, downloaded
   there by fair-esm's URL scheme when the network allows.
-- a fair-esm checkpoint file (``.pt``) or a ``.safetensors`` state dict.
+- a fair-esm checkpoint file (``.pt``) or a ``.safetensors`` state dict, or the
+  ``*.index.json`` of a sharded one (each shard read as its format is read).
 - a Hugging Face ESM checkpoint folder (``config.json`` + ``model.safetensors`` or
-  ``pytorch_model.bin``), mapped key by key onto ``ESM2``.
+  ``pytorch_model.bin``, either possibly sharded with its ``*.index.json``), mapped key by key
+  onto ``ESM2``.
+- a Hugging Face model id (``facebook/esm2_t33_650M_UR50D``): resolved to a folder in the
+  Hugging Face cache by :mod:`esmdiv.model.hub`, then read as a folder.
 
 Every ``torch.load`` is ``weights_only=True``: a checkpoint never runs code.
 """
@@ -28,6 +32,7 @@ from typing import Any
 import torch
 
 from esmdiv.errors import CheckpointError, EnvironmentUnavailable, InputError
+from esmdiv.model.hub import looks_like_hub_id, resolve_hub_id
 
 #: fair-esm's ESM-2 architectures: name -> (layers, embed_dim, attention_heads).
 ARCHITECTURES: dict[str, tuple[int, int, int]] = {
@@ -54,7 +59,8 @@ class ModelInfo:
     """What was loaded, for reports."""
 
     spec: str
-    source: str  # "random" | "fair-esm-name" | "fair-esm-checkpoint" | "hf-folder" | "safetensors"
+    # "random" | "fair-esm-name" | "fair-esm-checkpoint" | "safetensors" | "sharded-checkpoint" | "hf-folder" | "hf-hub"
+    source: str
     num_layers: int
     embed_dim: int
     attention_heads: int
@@ -63,6 +69,11 @@ class ModelInfo:
     has_lm_head: bool
     path: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: Every file the weights were read from (config, shard index and shards included), in the
+    #: order the fingerprint hashes them; empty for ``random:``.
+    files: list[str] = field(default_factory=list)
+    #: The Hugging Face Hub commit of the cached snapshot, for ``hf-hub`` models.
+    revision: str | None = None
 
     def to_dict(self) -> dict:
         """The report's ``model`` block (a benchmark's leaves out ``has_lm_head`` and ``notes``)."""
@@ -70,6 +81,7 @@ class ModelInfo:
             "spec": self.spec,
             "source": self.source,
             "path": self.path,
+            "revision": self.revision,
             "num_layers": self.num_layers,
             "embed_dim": self.embed_dim,
             "attention_heads": self.attention_heads,
@@ -115,12 +127,15 @@ def load_model(spec: str, device: torch.device | str = "cpu", dtype: torch.dtype
             loaded = _checkpoint_file(spec, path, build)
         elif spec in FAIR_ESM_NAMES:
             loaded = _fair_esm_name(spec, build)
-        elif "/" in spec or spec.endswith((".pt", ".pth", ".bin", ".safetensors")):
+        elif looks_like_hub_id(spec):
+            loaded = _hf_hub(spec, build)
+        elif "/" in spec or spec.endswith((".pt", ".pth", ".bin", ".safetensors", ".json")):
             raise InputError(f"{spec}: no such model file or folder")
         else:
             names = ", ".join(FAIR_ESM_NAMES)
             raise InputError(
-                f"{spec}: not a model file, a Hugging Face folder, random:<arch> or a fair-esm ESM-2 name ({names})"
+                f"{spec}: not a model file, a Hugging Face folder or id, random:<arch> or a fair-esm ESM-2 name "
+                f"({names})"
             )
     loaded.model.eval()
     for layer in loaded.model.layers:  # q/k/v become views of one weight; see fused_qkv
@@ -337,7 +352,47 @@ def load_state_file(path: Path) -> dict:
     return data
 
 
+def is_shard_index(path: Path) -> bool:
+    """A sharded checkpoint's index (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``)."""
+    return path.name.endswith((".safetensors.index.json", ".bin.index.json", ".pt.index.json"))
+
+
+def shard_files(index: Path) -> list[Path]:
+    """The shards an index names (``weight_map`` values), sorted, each checked to exist beside it."""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{index}: not a readable shard index ({_first_line(err)})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: a shard index needs a 'weight_map' of tensor name -> shard file")
+    shards = []
+    for name in sorted(set(weight_map.values())):
+        shard = index.parent / name
+        if Path(name).name != name or not shard.is_file():
+            raise CheckpointError(f"{index}: shard '{name}' is not a file beside the index")
+        shards.append(shard)
+    return shards
+
+
+def load_sharded(index: Path) -> dict[str, torch.Tensor]:
+    """Every shard of a sharded checkpoint merged into one state dict (safetensors, or torch files
+    read with ``weights_only=True``); a tensor in two shards is an error."""
+    state: dict[str, torch.Tensor] = {}
+    for shard in shard_files(index):
+        part = load_state_file(shard)
+        if isinstance(part.get("model"), dict) and not shard.name.endswith(".safetensors"):
+            raise CheckpointError(f"{shard}: a shard must hold tensors by name, not a whole fair-esm checkpoint")
+        twice = sorted(set(part) & set(state))
+        if twice:
+            raise CheckpointError(f"{shard}: tensor '{twice[0]}' is also in another shard")
+        state.update(part)
+    return state
+
+
 def _checkpoint_file(spec: str, path: Path, build: _Build, source: str = "fair-esm-checkpoint") -> LoadedModel:
+    if is_shard_index(path):
+        return _sharded_file(spec, path, build)
     data = load_state_file(path)
     state, cfg = data, None
     if path.suffix == ".safetensors":
@@ -351,6 +406,22 @@ def _checkpoint_file(spec: str, path: Path, build: _Build, source: str = "fair-e
         return _from_hf_state(spec, path, state, _hf_like_config(state, path), source, build)
     state = {re.sub(r"^(encoder\.sentence_encoder\.|encoder\.)", "", k): v for k, v in state.items()}
     return _from_fair_esm_state(spec, path, state, cfg, source, build)
+
+
+def _sharded_file(spec: str, index: Path, build: _Build) -> LoadedModel:
+    """``--model path/to/*.index.json``: with ``config.json`` beside it, the Hugging Face folder it
+    belongs to (this index); without, the merged state dict read as a single file would be."""
+    if (index.parent / "config.json").is_file():
+        return _hf_folder(spec, index.parent, build, weights=index)
+    state = load_sharded(index)
+    files = [str(index), *map(str, shard_files(index))]
+    if any(key.startswith(("esm.", "encoder.layer.", "embeddings.")) for key in state):
+        loaded = _from_hf_state(spec, index, state, _hf_like_config(state, index), "sharded-checkpoint", build)
+    else:
+        state = {re.sub(r"^(encoder\.sentence_encoder\.|encoder\.)", "", k): v for k, v in state.items()}
+        loaded = _from_fair_esm_state(spec, index, state, None, "sharded-checkpoint", build)
+    loaded.info.files = files
+    return loaded
 
 
 def _from_fair_esm_state(spec: str, path: Path, state: dict, cfg: Any, source: str, build: _Build) -> LoadedModel:
@@ -379,7 +450,17 @@ def _from_fair_esm_state(spec: str, path: Path, state: dict, cfg: Any, source: s
     model = _new_esm2(num_layers, embed_dim, int(heads), bool(token_dropout), build, where=path)
     has_lm_head = _fill(model, tensors, path, optional=("contact_head.", "lm_head."))
     info = ModelInfo(
-        spec, source, num_layers, embed_dim, int(heads), bool(token_dropout), False, has_lm_head, str(path), notes
+        spec,
+        source,
+        num_layers,
+        embed_dim,
+        int(heads),
+        bool(token_dropout),
+        False,
+        has_lm_head,
+        str(path),
+        notes,
+        files=[str(path)],
     )
     return LoadedModel(model, model.alphabet, info)
 
@@ -456,6 +537,15 @@ _HF_TOP_MAP = {
     "lm_head.layer_norm.bias": "lm_head.layer_norm.bias",
     "lm_head.bias": "lm_head.bias",
 }
+# transformers 5 writes LayerNorm parameters by their pre-PyTorch names (gamma, beta), as the
+# original BERT checkpoints did; they are the LayerNorm's weight and bias.
+_LEGACY_NORM = re.compile(r"(LayerNorm|layer_norm|emb_layer_norm_after)\.(gamma|beta)$")
+
+
+def _legacy_norm_name(match: re.Match) -> str:
+    return f"{match.group(1)}.{'weight' if match.group(2) == 'gamma' else 'bias'}"
+
+
 # Keys with no fair-esm counterpart that a rotary ESM-2 never uses.
 _HF_IGNORED = re.compile(
     r"^(embeddings\.position_ids|embeddings\.position_embeddings\.weight|.*rotary_embeddings\.inv_freq"
@@ -463,7 +553,18 @@ _HF_IGNORED = re.compile(
 )
 
 
-def _hf_folder(spec: str, folder: Path, build: _Build) -> LoadedModel:
+#: A Hugging Face folder's weights, in the order they are looked for.
+HF_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _hf_folder(
+    spec: str, folder: Path, build: _Build, weights: Path | None = None, source: str = "hf-folder"
+) -> LoadedModel:
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{folder}: a folder without config.json is not a Hugging Face checkpoint")
@@ -471,15 +572,30 @@ def _hf_folder(spec: str, folder: Path, build: _Build) -> LoadedModel:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{config_path}: not readable JSON ({_first_line(err)})") from None
-    if (folder / "model.safetensors").is_file():
-        weights = folder / "model.safetensors"
-        state = _load_safetensors(weights)
-    elif (folder / "pytorch_model.bin").is_file():
-        weights = folder / "pytorch_model.bin"
-        state = load_weights_only(weights)
+    if weights is None:
+        weights = next((folder / name for name in HF_WEIGHTS if (folder / name).is_file()), None)
+    if weights is None:
+        raise CheckpointError(
+            f"{folder}: has config.json but neither model.safetensors nor pytorch_model.bin (nor a sharded "
+            "*.index.json of either)"
+        )
+    if is_shard_index(weights):
+        state = load_sharded(weights)
+        files = [config_path, weights, *shard_files(weights)]
     else:
-        raise CheckpointError(f"{folder}: has config.json but neither model.safetensors nor pytorch_model.bin")
-    return _from_hf_state(spec, weights, state, config, "hf-folder", build)
+        state = _load_safetensors(weights) if weights.suffix == ".safetensors" else load_weights_only(weights)
+        files = [config_path, weights]
+    loaded = _from_hf_state(spec, weights, state, config, source, build)
+    loaded.info.files = [str(f) for f in files]
+    return loaded
+
+
+def _hf_hub(spec: str, build: _Build) -> LoadedModel:
+    """A Hugging Face model id: its folder in the Hugging Face cache (see :mod:`esmdiv.model.hub`)."""
+    snapshot = resolve_hub_id(spec)
+    loaded = _hf_folder(spec, snapshot.folder, build, source="hf-hub")
+    loaded.info.revision = snapshot.commit
+    return loaded
 
 
 def _check_hf_sizes(path: Path, state: dict, layers: int, dim: int) -> None:
@@ -526,6 +642,7 @@ def _from_hf_state(spec: str, path: Path, state: dict, config: dict, source: str
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: config lacks the ESM sizes ({err})") from None
     _check_hf_sizes(path, state, layers, dim)
+    state = {_LEGACY_NORM.sub(_legacy_norm_name, k) if isinstance(k, str) else k: v for k, v in state.items()}
     mapped: dict[str, torch.Tensor] = {}
     classifier: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -548,7 +665,16 @@ def _from_hf_state(spec: str, path: Path, state: dict, config: dict, source: str
     model = _new_esm2(layers, dim, heads, bool(config.get("token_dropout", True)), build, where=path)
     has_lm_head = _fill(model, mapped, path, optional=("contact_head.", "lm_head."))
     info = ModelInfo(
-        spec, source, layers, dim, heads, bool(config.get("token_dropout", True)), False, has_lm_head, str(path)
+        spec,
+        source,
+        layers,
+        dim,
+        heads,
+        bool(config.get("token_dropout", True)),
+        False,
+        has_lm_head,
+        str(path),
+        files=[str(path)],
     )
     if classifier and set(classifier) != {"dense.weight", "dense.bias", "out_proj.weight", "out_proj.bias"}:
         raise CheckpointError(f"{path}: classifier keys {sorted(classifier)} are not an EsmClassificationHead")

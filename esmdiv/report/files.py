@@ -1,18 +1,33 @@
-"""Writing report files: atomically, so a reader (or a CI upload) never sees half a file."""
+"""Writing report files: atomically, so a reader (or a CI upload) never sees half a file.
+
+The path ``-`` is standard output (``--json -``): the report is written there whole, and the
+command prints its words for people on standard error instead.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from esmdiv.errors import OutputError
 
+#: The output path that means standard output.
+STDOUT_PATH = "-"
+
+
+def is_stdout(path: str | Path | None) -> bool:
+    """``-``: the report goes to standard output."""
+    return path is not None and str(path) == STDOUT_PATH
+
 
 def check_output_path(path: Path, option: str) -> None:
     """Refuse a report path that cannot be written before the run, not after it."""
+    if is_stdout(path):
+        return
     if path.is_dir():
         raise OutputError(f"{path}: is a directory; {option} needs a file path")
     parent = path.parent
@@ -23,7 +38,11 @@ def check_output_path(path: Path, option: str) -> None:
 
 
 def write_text(text: str | bytes, path: str | Path, option: str) -> None:
-    """Write a report file atomically; ``option`` names the flag that asked for it in errors."""
+    """Write a report file atomically; ``option`` names the flag that asked for it in errors.
+    ``-`` writes it to standard output."""
+    if is_stdout(path):
+        _write_stdout(text, option)
+        return
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a directory; {option} needs a file path")
@@ -40,6 +59,19 @@ def write_text(text: str | bytes, path: str | Path, option: str) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write the report ({err.strerror or err})") from None
+
+
+def _write_stdout(text: str | bytes, option: str) -> None:
+    try:
+        if isinstance(text, bytes):
+            sys.stdout.flush()
+            sys.stdout.buffer.write(text)
+            sys.stdout.buffer.flush()
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    except OSError as err:
+        raise OutputError(f"{option} -: cannot write the report to standard output ({err.strerror or err})") from None
 
 
 def _umask() -> int:

@@ -7,7 +7,8 @@ machine; a difference names what changed.
 Weights checksum (``model.weights``), by where the weights came from:
 
 - a checkpoint file (fair-esm ``.pt``, ``.safetensors``, a fair-esm name in the hub cache, a
-  Hugging Face folder's ``config.json`` and weights file): **sha256 of each file**, streamed in
+  Hugging Face folder's or cached Hub id's ``config.json`` and weights file, or a sharded
+  checkpoint's ``*.index.json`` and every shard it names): **sha256 of each file**, streamed in
   8 MiB chunks, the same digests as ``sha256sum``, so anyone can check them by hand. Nothing
   is cached: a file replaced under the same name is seen. Cost: one sequential read (about 4 s
   for the 3B checkpoint's 5.7 GB on a typical server).
@@ -29,13 +30,16 @@ from __future__ import annotations
 import ctypes
 import datetime as _dt
 import hashlib
+import importlib
 import importlib.metadata
 import importlib.util
 import json
+import os
 import platform
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +51,28 @@ from esmdiv.forward.device import dtype_name
 
 SAMPLE_ELEMENTS = 1 << 16
 _CHUNK = 8 << 20
-PACKAGES = ("torch", "fair-esm", "flash-attn", "numpy", "scipy", "safetensors", "typer", "rich", "matplotlib")
+PACKAGES = (
+    "torch",
+    "fair-esm",
+    "flash-attn",
+    "triton",  # torch.compile's kernels for the packed path on CUDA
+    "numpy",
+    "scipy",
+    "safetensors",
+    "typer",
+    "rich",
+    "matplotlib",
+    "transformers",
+    "huggingface_hub",
+)
+#: Wheels whose libraries do the GEMMs and convolutions: every installed distribution whose name
+#: starts with one of these (nvidia-cublas-cu12, nvidia-cudnn-cu12, ...) is listed by its own name.
+NUMERIC_LIBRARY_PREFIXES = ("nvidia-cublas", "nvidia-cudnn")
+#: Environment variables that change what the kernels compute (or how many threads sum).
+NUMERICS_ENV = ("NVIDIA_TF32_OVERRIDE", "CUBLAS_WORKSPACE_CONFIG", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: The environment variable that tells a run without a git checkout which esmdiv commit it is.
+COMMIT_ENV = "ESMDIV_GIT_COMMIT"
+_COMMIT = re.compile(r"[0-9a-f]{7,64}")
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -67,20 +92,27 @@ def file_entry(path: str | Path) -> dict:
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def input_fingerprint(path: str | Path, records: int) -> dict:
-    """The FASTA as audited: its path, how many records it held, its size and sha256."""
-    return {**file_entry(path), "records": records}
+def input_fingerprint(path: str | Path, records: int, name: str | None = None) -> dict:
+    """The FASTA as audited: its path (or ``name``, such as ``<stdin>``), how many records it
+    held, its size and sha256."""
+    entry = file_entry(path)
+    if name is not None:
+        entry["path"] = name
+    return {**entry, "records": records}
 
 
 # --- weights -------------------------------------------------------------------------------------
 
 
 def weight_files(info) -> list[Path]:
-    """The files a checkpoint-based model was read from (empty for ``random:`` specs)."""
+    """The files a checkpoint-based model was read from (empty for ``random:`` specs): a Hugging
+    Face folder's ``config.json`` with its weights, a sharded checkpoint's index with every shard."""
     if info.random_weights or not info.path:
         return []
+    if getattr(info, "files", None):
+        return [Path(f) for f in info.files]
     path = Path(info.path)
-    if info.source == "hf-folder" and (path.parent / "config.json").is_file():
+    if info.source in ("hf-folder", "hf-hub") and (path.parent / "config.json").is_file():
         return [path.parent / "config.json", path]
     return [path]
 
@@ -124,7 +156,8 @@ def tensor_sample_digest(state: dict[str, torch.Tensor], sample: int = SAMPLE_EL
 
 
 def package_versions(names=PACKAGES) -> dict[str, str | None]:
-    """Installed version of each distribution, ``None`` where absent."""
+    """Installed version of each distribution, ``None`` where absent; then every installed
+    cuBLAS/cuDNN wheel (:data:`NUMERIC_LIBRARY_PREFIXES`) by its own name."""
     out: dict[str, str | None] = {}
     for name in names:
         try:
@@ -133,27 +166,120 @@ def package_versions(names=PACKAGES) -> dict[str, str | None]:
             out[name] = None
     if out.get("torch") is None:  # a torch built from source may lack metadata
         out["torch"] = torch.__version__
+    out.update(numeric_library_versions())
     return out
 
 
+def numeric_library_versions() -> dict[str, str]:
+    """Version of every installed distribution named ``nvidia-cublas*`` or ``nvidia-cudnn*``."""
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name.startswith(NUMERIC_LIBRARY_PREFIXES):
+            found[name] = dist.version
+    return dict(sorted(found.items()))
+
+
+def numerics() -> dict:
+    """What decides how this process rounds: TF32 and matmul precision, determinism, threads, the
+    cuDNN loaded, and the environment variables that change the kernels' arithmetic."""
+    cuda_matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    with warnings.catch_warnings():  # torch >= 2.9 deprecates allow_tf32 for fp32_precision
+        warnings.simplefilter("ignore")
+        state = {
+            "matmul_allow_tf32": _try(lambda: bool(cuda_matmul.allow_tf32)),
+            "cudnn_allow_tf32": _try(lambda: bool(cudnn.allow_tf32)),
+            "matmul_fp32_precision": _try(lambda: str(cuda_matmul.fp32_precision)),
+            "cudnn_fp32_precision": _try(lambda: str(cudnn.fp32_precision)),
+        }
+    return {
+        **state,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": bool(cudnn.deterministic),
+        "cudnn_benchmark": bool(cudnn.benchmark),
+        "cudnn_version": _try(cudnn.version),
+        "torch_threads": torch.get_num_threads(),
+        "env": {name: os.environ.get(name) for name in NUMERICS_ENV},
+    }
+
+
+def _try(read):
+    """A setting torch may not have (older or newer versions), ``None`` then."""
+    try:
+        return read()
+    except Exception:  # noqa: BLE001 - a fingerprint never costs the verdict
+        return None
+
+
 def esmdiv_source() -> dict:
-    """esmdiv's version and, where known, the git commit it runs from (and whether edited)."""
-    commit, dirty, how = None, None, None
+    """esmdiv's version and the git commit it runs from, and where that came from (``commit_from``):
+
+    1. ``git checkout``: the git repository whose top level holds this esmdiv (never a repository
+       that merely contains it), with ``git_dirty``;
+    2. ``ESMDIV_GIT_COMMIT``: the environment variable, for a copy without ``.git`` (a tree
+       copied to a GPU machine);
+    3. ``build info``: ``esmdiv/_build_info.py``, written into the wheel when esmdiv was built
+       (``setup.py``) from a checkout or with ``ESMDIV_GIT_COMMIT`` set;
+    4. ``pip direct_url.json``: installed from a git URL, pip recorded the commit (PEP 610).
+
+    Where none says, ``git_commit`` is ``null`` and ``commit_unknown_reason`` says why.
+    """
     root = Path(__file__).resolve().parents[2]  # the checkout that holds esmdiv/report/fingerprint.py
+    found = _commit_from_git(root) or _commit_from_env() or _commit_from_build_info() or _commit_from_pip()
+    commit, dirty, how = found or (None, None, None)
+    reason = None
+    if commit is None:
+        given = os.environ.get(COMMIT_ENV)
+        env_note = f"{COMMIT_ENV}={given!r} is not a commit hash" if given else f"{COMMIT_ENV} unset"
+        reason = (
+            f"no git checkout at {root}, {env_note}, no build info (esmdiv/_build_info.py) "
+            "and no commit recorded by pip"
+        )
+    return {
+        "version": __version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "commit_from": how,
+        "commit_unknown_reason": reason,
+    }
+
+
+def _commit_from_git(root: Path) -> tuple[str, bool | None, str] | None:
     top = _git(root, "rev-parse", "--show-toplevel")
-    if top is not None and Path(top).resolve() == root:
-        commit = _git(root, "rev-parse", "HEAD")
-        status = _git(root, "status", "--porcelain", "--untracked-files=no")
-        dirty = bool(status) if status is not None else None
-        how = "git checkout" if commit else None
-    if commit is None:  # installed from a git URL: pip records the commit (PEP 610)
-        try:
-            direct = json.loads(importlib.metadata.distribution("esmdiv").read_text("direct_url.json") or "{}")
-            commit = (direct.get("vcs_info") or {}).get("commit_id")
-            how = "pip direct_url.json" if commit else None
-        except (importlib.metadata.PackageNotFoundError, ValueError):
-            pass
-    return {"version": __version__, "git_commit": commit, "git_dirty": dirty, "commit_from": how}
+    if top is None or Path(top).resolve() != root:
+        return None
+    commit = _git(root, "rev-parse", "HEAD")
+    if not commit:
+        return None
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return commit, (bool(status) if status is not None else None), "git checkout"
+
+
+def _commit_from_env() -> tuple[str, None, str] | None:
+    given = (os.environ.get(COMMIT_ENV) or "").strip().lower()
+    return (given, None, COMMIT_ENV) if _COMMIT.fullmatch(given) else None
+
+
+def _commit_from_build_info() -> tuple[str, bool | None, str] | None:
+    try:
+        info = importlib.import_module("esmdiv._build_info")
+    except ImportError:
+        return None
+    commit = str(getattr(info, "GIT_COMMIT", "") or "").lower()
+    if not _COMMIT.fullmatch(commit):
+        return None
+    dirty = getattr(info, "GIT_DIRTY", None)
+    return commit, dirty if isinstance(dirty, bool) else None, "build info"
+
+
+def _commit_from_pip() -> tuple[str, None, str] | None:
+    try:  # installed from a git URL: pip records the commit (PEP 610)
+        direct = json.loads(importlib.metadata.distribution("esmdiv").read_text("direct_url.json") or "{}")
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
+    commit = str((direct.get("vcs_info") or {}).get("commit_id") or "").lower()
+    return (commit, None, "pip direct_url.json") if _COMMIT.fullmatch(commit) else None
 
 
 def _git(cwd: Path, *args: str) -> str | None:
@@ -177,12 +303,9 @@ def cuda_info() -> dict:
         "driver_cuda": None,
         "gpus": [],
     }
+    info["cudnn"] = _try(torch.backends.cudnn.version)  # the cuDNN torch loaded (None: none)
     if not info["available"]:
         return info
-    try:
-        info["cudnn"] = torch.backends.cudnn.version()
-    except Exception:  # noqa: BLE001 - cuDNN absent or broken: say nothing rather than fail
-        pass
     info["driver"] = driver_version()
     info["driver_cuda"] = _driver_cuda_version()
     try:
@@ -284,12 +407,14 @@ def environment(
     loaded=None,
     fasta: str | Path | None = None,
     records: int | None = None,
+    fasta_name: str | None = None,
 ) -> dict:
     """The ``environment`` section: software, hardware, what ran, weights and input checksums.
 
     ``backend`` is the backend that ran (``None`` for ``esmdiv env``, which reports what
     ``auto`` would pick); ``loaded`` a :class:`~esmdiv.model.loading.LoadedModel`; ``fasta`` and
-    ``records`` the input file and its record count. Whatever is not given is ``null``.
+    ``records`` the input file and its record count (``fasta_name`` how to name it, when not by
+    its path: ``<stdin>``). Whatever is not given is ``null``.
     """
     cuda = cuda_info()
     gpu = None
@@ -299,7 +424,12 @@ def environment(
     backends = backend_table(device, dtype)
     model = None
     if loaded is not None:
-        model = {"spec": loaded.info.spec, "source": loaded.info.source, "weights": weights_checksum(loaded)}
+        model = {
+            "spec": loaded.info.spec,
+            "source": loaded.info.source,
+            "revision": loaded.info.revision,
+            "weights": weights_checksum(loaded),
+        }
     return {
         "captured_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z"),
         "esmdiv": esmdiv_source(),
@@ -316,6 +446,7 @@ def environment(
         },
         "packages": package_versions(),
         "cuda": cuda,
+        "numerics": numerics(),
         "run": {
             "device": str(device),
             "gpu": gpu,
@@ -326,7 +457,7 @@ def environment(
         },
         "attention_backends": backends,
         "model": model,
-        "input": input_fingerprint(fasta, records) if fasta is not None and records is not None else None,
+        "input": input_fingerprint(fasta, records, fasta_name) if fasta is not None and records is not None else None,
     }
 
 
@@ -353,4 +484,7 @@ def bench_environment(device: torch.device) -> dict:
         "platform": platform.platform(),
         "git_commit": source["git_commit"],
         "git_dirty": source["git_dirty"],
+        "git_commit_from": source["commit_from"],
+        "packages": {k: v for k, v in package_versions().items() if k not in ("typer", "rich", "matplotlib")},
+        "numerics": numerics(),
     }

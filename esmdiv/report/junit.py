@@ -12,11 +12,19 @@ One ``<testsuites>`` with two suites:
 So the file has failures exactly when the verdict is not ACCEPT. A report with
 ``complete: false`` becomes one suite with one errored case saying why there is no verdict.
 
-The layout satisfies both Jenkins' ``junit-10.xsd`` and Ant's stricter ``JUnit.xsd`` (what GitLab,
-GitHub test-report actions and Jenkins read): every suite has ``name``, ``tests``, ``failures``,
-``errors``, ``time``, ``timestamp`` (ISO 8601, no zone) and ``hostname``, then ``properties``,
-the cases, ``system-out`` and ``system-err`` in that order; every case has ``name``,
-``classname`` and ``time``; every ``failure``/``error`` has ``message`` and ``type``.
+What is tested of the file (and so what may be relied on):
+
+- it is valid against Jenkins' ``junit-10.xsd`` (the schema the Jenkins xUnit plugin reads JUnit
+  files with; a copy is bundled in ``tests/data/``, checked by ``tests/test_junit_xsd.py``) for
+  passing, failing and incomplete runs;
+- every suite has ``name``, ``tests``, ``failures``, ``errors``, ``time``, ``timestamp`` (ISO 8601,
+  no zone) and ``hostname``, and holds ``properties``, then the cases, then ``system-out`` and
+  ``system-err``; every case has ``name``, ``classname`` and ``time``; every ``failure``/``error``
+  has ``message`` and ``type``; the counts add up (``tests/test_reports.py``).
+
+It is not valid against Ant's ``JUnit.xsd``, which allows no attributes on ``<testsuites>`` and no
+``<system-out>`` inside a ``<testcase>``; readers that follow the Jenkins/Surefire layout (Jenkins,
+GitLab, the GitHub test-report actions) accept it.
 """
 
 from __future__ import annotations

@@ -135,14 +135,15 @@ def environment_rows(env: dict, include_run: bool = True) -> list[tuple[str, str
     py = env.get("python") or {}
     plat = env.get("platform") or {}
     commit = e.get("git_commit")
+    source = f" (from {e['commit_from']})" if e.get("commit_from") and e["commit_from"] != "git checkout" else ""
     rows = [
         (
             "esmdiv",
             f"{e.get('version')}"
             + (
-                f", commit {commit}" + (" (with uncommitted changes)" if e.get("git_dirty") else "")
+                f", commit {commit}{source}" + (" (with uncommitted changes)" if e.get("git_dirty") else "")
                 if commit
-                else ", commit unknown"
+                else ", commit unknown" + (f": {e['commit_unknown_reason']}" if e.get("commit_unknown_reason") else "")
             ),
         ),
         ("Python", f"{py.get('version')} ({py.get('implementation')})"),
@@ -152,6 +153,11 @@ def environment_rows(env: dict, include_run: bool = True) -> list[tuple[str, str
         ),
         ("platform", f"{plat.get('system')} {plat.get('release')} {plat.get('machine')}"),
     ]
+    libraries = {k: v for k, v in pk.items() if k == "triton" or k.startswith(("nvidia-cublas", "nvidia-cudnn"))}
+    if libraries:
+        rows.append(("triton / cuBLAS / cuDNN", ", ".join(f"{k} {v or 'absent'}" for k, v in libraries.items())))
+    if env.get("numerics"):
+        rows.append(("numerics", numerics_line(env["numerics"])))
     if cuda.get("available"):
         rows.append(
             (
@@ -189,6 +195,23 @@ def environment_rows(env: dict, include_run: bool = True) -> list[tuple[str, str
         )
     rows.append(("captured", str(env.get("captured_at"))))
     return rows
+
+
+def numerics_line(n: dict) -> str:
+    """The numerics block in one line: TF32, float32 matmul precision, determinism, threads, and
+    the environment variables that are set."""
+
+    def on(value) -> str:
+        return "unknown" if value is None else "on" if value else "off"
+
+    parts = [
+        f"TF32 matmul {on(n.get('matmul_allow_tf32'))}, cuDNN {on(n.get('cudnn_allow_tf32'))}",
+        f"float32 matmul precision {n.get('float32_matmul_precision')}",
+        f"deterministic algorithms {on(n.get('deterministic_algorithms'))}",
+        f"{n.get('torch_threads')} torch threads",
+    ]
+    parts += [f"{k}={v}" for k, v in (n.get("env") or {}).items() if v is not None]
+    return "; ".join(parts)
 
 
 def environment_table_rows(env: dict) -> list[tuple[str, str]]:
