@@ -53,6 +53,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _no_progress_lines(monkeypatch):
+    """No plain progress lines on stderr (CliRunner's is not a terminal): tests count stderr lines.
+    tests/test_timings.py turns them on where it tests them."""
+    monkeypatch.setenv("ESMDIV_PROGRESS_EVERY", "0")
+
+
+@pytest.fixture(autouse=True)
 def _every_report_matches_the_schema(monkeypatch):
     """Every report a test produces (``AuditResult.to_dict``, so every ``--json`` too) is checked
     against the shipped JSON Schema, as the file would hold it (non-finite numbers as null)."""

@@ -54,6 +54,7 @@ class AuditRun:
     mlm_sample: int = 0
     perplexity: PerplexitySums = field(default_factory=PerplexitySums)
     compile: bool = False
+    compile_reason: str = ""
     max_tokens: int = 0  # the token budget the main pass ended with (the evidence pass reuses it)
     # For the evidence pass: which sequences broke a per-sequence gate (``flag``), whose pooled
     # embeddings to keep (``keep(result, flagged)``), and how many flagged tokens it may take.
@@ -64,7 +65,7 @@ class AuditRun:
     flagged_tokens: int = 0
     pooled: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     seconds: dict = field(
-        default_factory=lambda: {"padded": 0.0, "packed": 0.0, "high_precision": 0.0, "evidence": 0.0}
+        default_factory=lambda: {"padded": 0.0, "packed": 0.0, "high_precision": 0.0, "evidence": 0.0, "mlm": 0.0}
     )
     finished: list[SequenceResult] = field(default_factory=list)  # grows batch by batch
 
@@ -80,11 +81,14 @@ class AuditRun:
 
 
 def warm_up(run: AuditRun) -> None:
-    """One tiny batch through both paths, untimed: kernel loading stays out of the timings."""
+    """Tiny batches through both paths, untimed: kernel loading (and, when the packed path is
+    compiled, both of its compilations: the first shape, then the dynamic-shape graph that the
+    second shape makes) stays out of the forwards' timings."""
     alphabet = run.loaded.alphabet
-    tokens = [encode("MKTAYIAKVL", alphabet)]
-    padded_forward(run.loaded.model, pad(tokens, alphabet.padding_idx).to(run.device))
-    packed_forward(run.loaded.model, pack(tokens).to(run.device), run.backend, compile=run.compile)
+    for residues in ("MKTAYIAKVL", "MKTAYIAKVLGLFDIV")[: 2 if run.compile else 1]:
+        tokens = [encode(residues, alphabet)]
+        padded_forward(run.loaded.model, pad(tokens, alphabet.padding_idx).to(run.device))
+        packed_forward(run.loaded.model, pack(tokens).to(run.device), run.backend, compile=run.compile)
     synchronize(run.device)
 
 
@@ -115,7 +119,7 @@ def compare_batch(run: AuditRun, sequences: list[AuditSequence], tokens: list[to
     batch = _both_paths(run, tokens)
     none = [None] * batch.size
     first_bad = _trace(run, batch) if run.trace else none
-    mlm = _token_metrics(run, batch, sequences, tokens) if run.mlm else none
+    mlm = run.timed("mlm", 0, lambda: _token_metrics(run, batch, sequences, tokens)) if run.mlm else none
     record_index = torch.tensor([s.index for s in sequences], device=run.device)
     predictions = [_predict(head, batch, record_index) for head in run.heads]
     results = [

@@ -110,6 +110,7 @@ class AuditResult:
     trace: dict | None = None
     invariance: dict | None = None
     evidence: dict | None = None  # what the evidence pass covered and what it could not see
+    compile_reason: str = ""  # why the packed path was or was not compiled
 
     environment: dict = field(default_factory=dict)  # esmdiv.report.fingerprint.environment(...)
 
@@ -141,6 +142,7 @@ class AuditResult:
             "dtype": self.dtype,
             "backend": self.backend,
             "compiled": self.compiled,
+            "compile_reason": self.compile_reason,
             "head": self.head,
             "heads": self.heads,
             "max_tokens": self.max_tokens,

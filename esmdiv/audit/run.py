@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from esmdiv.audit.batch import AuditRun, Progress, compare_batch, warm_up
+from esmdiv.audit.clock import STAGES, StageClock
 from esmdiv.audit.evidence import (
     DEFAULT_EVIDENCE_TOKENS,
     EVIDENCE_MODES,
@@ -44,7 +45,7 @@ from esmdiv.distributed import (
 )
 from esmdiv.distributed import init as init_distributed
 from esmdiv.errors import EnvironmentUnavailable, InputError, UsageError
-from esmdiv.forward.device import RunPlacement, default_compile, resolve_run
+from esmdiv.forward.device import RunPlacement, compile_key, decide_compile, note_compiled, resolve_run
 from esmdiv.forward.faults import Fault
 from esmdiv.forward.high_precision import build_high_precision, check_high_precision_choice, high_precision_dtype
 from esmdiv.forward.packing import batches_by_tokens, encode, encoder_table
@@ -137,16 +138,20 @@ def run_audit(
     loaded: LoadedModel | None = None,
     progress: Progress | None = None,
     partial: PartialRun | None = None,
+    clock: StageClock | None = None,
 ) -> AuditResult | FollowerResult:
     """Run both paths over the FASTA and decide. ``loaded`` reuses a model already on its device.
 
     ``partial``, when given, is filled as the run goes, so a run that fails still leaves evidence
-    (see :mod:`esmdiv.report.partial`). Under torchrun, ranks other than 0 return a
+    (see :mod:`esmdiv.report.partial`). ``clock``: where the stages' seconds go (the CLI's starts at
+    esmdiv's import; :mod:`esmdiv.audit.clock`). Under torchrun, ranks other than 0 return a
     :class:`~esmdiv.audit.results.FollowerResult`.
     """
     partial = PartialRun({}) if partial is None else partial
+    clock = StageClock() if clock is None else clock
     world = current_world()
     placement = _resolve_options(config, world)
+    clock.lap("options")
     partial.resolved = {
         "device": str(placement.device),
         "dtype": placement.dtype_name,
@@ -157,20 +162,22 @@ def run_audit(
     partial.stage = "input"
     report = partial.inputs = InputReport(config.input_name)
     inputs = _read_input(config, report, world, placement.device)
+    clock.lap("input")
 
     partial.stage = "model"
     loaded, load_seconds = _load_model(config, loaded, placement)
     partial.model = loaded.info.to_dict()
     run = _new_run(config, loaded, placement, inputs, progress if world is None or world.is_root else None)
     partial.finished = run.finished
+    clock.lap("model_load")
 
     partial.stage = "audit"
-    compared = _compare(config, run, inputs, placement.max_tokens, world)
+    compared = _compare(config, run, inputs, placement.max_tokens, world, clock)
     if compared is None:  # a torchrun rank other than 0: rank 0 decides and reports
         return FollowerResult(broadcast_code(0, world))
 
     partial.stage = "decision"
-    return _conclude(config, run, placement, inputs, compared, load_seconds, world)
+    return _conclude(config, run, placement, inputs, compared, load_seconds, world, clock)
 
 
 # --- stage "options" -------------------------------------------------------------------------------
@@ -243,6 +250,9 @@ def _new_run(
     if mlm and not loaded.info.has_lm_head:
         raise UsageError(f"--mlm: {loaded.info.spec} has no language-model head")
     mode = config.evidence_mode
+    compiled, compile_reason = decide_compile(
+        config.compile, device, inputs.my_tokens, compile_key(device, placement.dtype, loaded.model)
+    )
     return AuditRun(
         loaded,
         device,
@@ -254,7 +264,8 @@ def _new_run(
         trace=TraceAccumulator(loaded.info.num_layers) if config.trace else None,
         mlm=mlm,
         mlm_sample=config.mlm_sample if mlm else 0,
-        compile=default_compile(device) if config.compile is None else config.compile,
+        compile=compiled,
+        compile_reason=compile_reason,
         flag=breaks_a_gate(config.thresholds) if mode == "sample" else None,
         keep=keep_for_evidence(inputs.sample if mode == "sample" else None) if mode != "off" else None,
         flag_budget=FLAGGED_FACTOR * config.evidence_tokens,
@@ -274,11 +285,11 @@ def _cached_high_precision(loaded: LoadedModel, device: torch.device) -> torch.n
 
 
 def _compare(
-    config: AuditConfig, run: AuditRun, inputs: _Input, max_tokens: int, world: World | None
+    config: AuditConfig, run: AuditRun, inputs: _Input, max_tokens: int, world: World | None, clock: StageClock
 ) -> _Compared | None:
     """This process's sequences through both paths; under torchrun, every rank's results gathered
     on rank 0 (``None`` on the other ranks)."""
-    results, notices, budget = _compare_here(config, run, inputs, max_tokens, world)
+    results, notices, budget = _compare_here(config, run, inputs, max_tokens, world, clock)
     if world is not None:
         payload = {
             "results": results,
@@ -290,6 +301,7 @@ def _compare(
             "flagged": len(run.flagged),
         }
         gathered = gather_to_root(payload, world)
+        clock.lap("gather")  # rank 0 waiting for the slowest rank
         if not world.is_root:
             return None
         results, notices, budget = _merge_ranks(run, gathered)
@@ -301,7 +313,7 @@ def _compare(
 
 
 def _compare_here(
-    config: AuditConfig, run: AuditRun, inputs: _Input, max_tokens: int, world: World | None
+    config: AuditConfig, run: AuditRun, inputs: _Input, max_tokens: int, world: World | None, clock: StageClock
 ) -> tuple[list[SequenceResult], list[str], int]:
     """Warm up, then every (of this rank's) sequences through both paths, then the evidence pass.
 
@@ -309,13 +321,20 @@ def _compare_here(
     whose pass fails tells rank 0 before raising, so the others do not wait for it forever.
     """
     warm_up(run)
+    clock.lap("compile")
     if run.progress:
         run.progress.start(inputs.my_tokens)
     try:
         results, notices, budget = _audit_stream(run, _sequences(config, inputs.mine), max_tokens)
         run.max_tokens = budget
+        clock.lap("metrics")
+        clock.split("metrics", {path: run.seconds[path] for path in ("padded", "packed", "mlm")})
         if config.evidence_mode != "off":
+            if run.progress and hasattr(run.progress, "stage"):
+                run.progress.stage("evidence pass")
             _evidence(config, run, inputs, results)
+            clock.lap("evidence")
+            clock.split("evidence", {"reference": run.seconds["high_precision"]})
     except Exception as err:
         if world is not None:
             gather_to_root(error_payload(err), world)
@@ -411,12 +430,14 @@ def _conclude(
     compared: _Compared,
     load_seconds: float,
     world: World | None,
+    clock: StageClock,
 ) -> AuditResult:
     """Decide, time, fingerprint, and assemble the result (rank 0 tells the others the exit code)."""
     summary, decision, trace = _decide(config, run, compared.results, placement)
     invariance = summary.pop("invariance", None)  # a block of its own in the report
     evidence = _evidence_block(config, inputs, compared, summary.pop("position", None))
     run_timings = timings(run.seconds, inputs.total_tokens, load_seconds)
+    clock.lap("decision")
     t1 = time.perf_counter()
     loaded = run.loaded
     fingerprint = environment(
@@ -429,15 +450,20 @@ def _conclude(
         fasta_name=config.fasta_name,
     )
     run_timings["fingerprint_s"] = time.perf_counter() - t1
+    clock.lap("fingerprint")
+    if run.compile:
+        note_compiled(compile_key(placement.device, placement.dtype, loaded.model))
     if world is not None:
         run_timings["ranks"] = world.size
         broadcast_code(decision.verdict.exit_code, world)
+    run_timings.update(clock.report(STAGES))
     return AuditResult(
         model=loaded.info.to_dict(),
         device=str(placement.device),
         dtype=placement.dtype_name,
         backend=placement.backend,
         compiled=run.compile,
+        compile_reason=run.compile_reason,
         heads=[h.name for h in run.heads],
         max_tokens=compared.budget,
         inputs=inputs.report,

@@ -27,7 +27,7 @@ from esmdiv.measure.noise import unit_roundoff
 from esmdiv.measure.stats import agreement_lower_bound
 
 #: The report's name for each timed path (the high-precision run is "reference" in reports).
-TIMED_PATHS = {"padded": "padded", "packed": "packed", "high_precision": "reference", "evidence": "evidence"}
+TIMED_PATHS = {"padded": "padded", "packed": "packed", "high_precision": "reference"}
 
 
 def timings(seconds: dict[str, float], total_tokens: int, load_seconds: float) -> dict:

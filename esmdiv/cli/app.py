@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
-from esmdiv import __version__
+from esmdiv import IMPORTED_AT, __version__
+from esmdiv.audit.clock import StageClock
 from esmdiv.cli import console
 from esmdiv.cli.choices import Backend, Dtype, Evidence, Gate, HeadActivation, LongPolicy, Reference, Workload, plain
 from esmdiv.cli.console import stderr, stdout
@@ -305,6 +306,7 @@ def check(
     options = {name: plain(value) for name, value in dict(locals()).items()}  # every option, by parameter name
     partial = PartialRun({name: str(fasta) if name == "fasta" else options[name] for name in PARTIAL_OPTIONS})
     human = _human(json_path, junit_path)
+    clock = StageClock(started=IMPORTED_AT)  # timings.wall_s starts when esmdiv was imported
     with guard(debug), partial_report_on_failure(json_path, partial):
         from esmdiv.report.files import check_output_path
 
@@ -313,10 +315,10 @@ def check(
             check_output_path(json_path, "--json")
         with _fasta_input(fasta) as (path, name):
             options.update(fasta=path, fasta_name=name)
-            result = _run_audit(_audit_config(options), partial)
+            result = _run_audit(_audit_config(options), partial, clock)
         partial.stage = "report"
-        _write_audit_reports(result, json_path, junit_path)
         console.render_summary(result, human, worst=worst)
+        _write_audit_reports(result, json_path, junit_path, clock)
         for label, path in (("report", json_path), ("JUnit XML", junit_path)):
             if path is not None:
                 human.print(f"{label} written to {_written(path)}", highlight=False)
@@ -370,29 +372,36 @@ def _audit_config(options: dict) -> AuditConfig:
     return AuditConfig(**{f.name: given[f.name] for f in fields(AuditConfig) if f.name in given})
 
 
-def _run_audit(config: AuditConfig, partial: PartialRun) -> AuditResult:
+def _run_audit(config: AuditConfig, partial: PartialRun, clock: StageClock | None = None) -> AuditResult:
     """The audit with progress bars; a non-root torchrun rank exits here with rank 0's code."""
     from esmdiv.audit.results import FollowerResult
     from esmdiv.audit.run import run_audit
 
     with console.PathProgress(stderr) as progress:
-        result = run_audit(config, progress=progress, partial=partial)
+        result = run_audit(config, progress=progress, partial=partial, clock=clock)
     if isinstance(result, FollowerResult):  # rank 0 reports
         raise typer.Exit(result.exit_code)
     return result
 
 
-def _write_audit_reports(result: AuditResult, json_path: Path | None, junit_path: Path | None) -> None:
+def _write_audit_reports(
+    result: AuditResult, json_path: Path | None, junit_path: Path | None, clock: StageClock
+) -> None:
+    """JUnit first, then the JSON, whose ``timings`` end here: rendering and JUnit are its
+    ``report`` stage and the wall time stops as the JSON is serialised."""
+    from esmdiv.audit.clock import STAGES
     from esmdiv.report.files import finite_or_none
     from esmdiv.report.junit import write_junit
 
     if json_path is None and junit_path is None:
         return
-    data = finite_or_none(result.to_dict())
-    if json_path is not None:
-        json_report.write_json(data, json_path)
+    data = result.to_dict()
     if junit_path is not None:
-        write_junit(data, junit_path)
+        write_junit(finite_or_none(data), junit_path)
+    clock.lap("report")
+    data["timings"].update(clock.report(STAGES))
+    if json_path is not None:
+        json_report.write_json(finite_or_none(data), json_path)
 
 
 # --- esmdiv selftest ---------------------------------------------------------------------------------
@@ -528,6 +537,11 @@ def bench(
     repeats: int = typer.Option(5, help="Timed passes over the whole workload per path (the median is reported)."),
     warmup: int = typer.Option(1, help="Untimed passes per path before timing."),
     compile: CompileOption = None,
+    compile_mode: str | None = typer.Option(
+        None,
+        help="torch.compile mode for the packed path's dense regions (e.g. max-autotune-no-cudagraphs: "
+        "Triton GEMMs with fused epilogues; default: torch's default).",
+    ),
     paths: str | None = typer.Option(
         None,
         help="Paths to time, comma-separated: padded,packed,hf "
@@ -559,7 +573,10 @@ def bench(
             repeats=repeats,
             warmup=warmup,
             paths=parse_paths(paths) if paths is not None else None,
-            packed_kwargs={"compile": default_compile(resolve_device(device)) if compile is None else compile},
+            packed_kwargs={
+                "compile": default_compile(resolve_device(device)) if compile is None else compile,
+                **({"compile_mode": compile_mode} if compile_mode else {}),
+            },
             command="esmdiv " + shlex.join(sys.argv[1:]),
         )
         if write_fasta is not None:

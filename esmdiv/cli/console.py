@@ -36,6 +36,9 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
         f"{' (compiled)' if result.compiled else ''}, "
         f"max {result.max_tokens} tokens per batch"
     )
+    if result.compile_reason:
+        compiled = "compiled" if result.compiled else "not compiled"
+        console.print(f"[bold]compile[/] packed path {compiled}: {escape(result.compile_reason)}", highlight=False)
     for name in result.heads:
         console.print(f"[bold]head[/]    {name}")
     if result.environment:
@@ -95,10 +98,18 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
 
 
 class PathProgress:
-    """A progress bar per path with its own tokens/s; silent when the console is not a terminal."""
+    """Progress of the main pass: a bar per path with its tokens/s on a terminal; elsewhere (a CI
+    log) a plain line every ``ESMDIV_PROGRESS_EVERY`` seconds (default 5; 0: none) with the stage,
+    the tokens done, each path's tokens/s and the time left."""
 
-    def __init__(self, console: Console):
+    def __init__(self, console: Console, every: float | None = None, clock=None):
+        import os
+        import time
+
+        self.clock = clock or time.perf_counter
+        self.console = console
         self.enabled = console.is_terminal
+        self.every = float(os.environ.get("ESMDIV_PROGRESS_EVERY", "5")) if every is None else every
         self.bars = Progress(
             TextColumn("{task.description:>7}"),
             BarColumn(),
@@ -110,6 +121,9 @@ class PathProgress:
         )
         self.tasks: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
+        self.done: dict[str, int] = {}
+        self.total = 0
+        self.last_line = 0.0
 
     def __enter__(self) -> PathProgress:
         if self.enabled:
@@ -121,17 +135,44 @@ class PathProgress:
             self.bars.stop()
 
     def start(self, total_tokens: int) -> None:
+        self.total = total_tokens
+        self.last_line = self.clock()
         for path in ("padded", "packed"):
             self.tasks[path] = self.bars.add_task(path, total=total_tokens, rate="")
             self.seconds[path] = 0.0
+            self.done[path] = 0
+
+    def stage(self, name: str) -> None:
+        """A new stage began (the evidence pass): one plain line when not on a terminal."""
+        if not self.enabled and self.every > 0:
+            self.console.print(f"esmdiv: {name}", highlight=False)
 
     def advance(self, path: str, tokens: int, seconds: float) -> None:
         if path not in self.tasks:
             return
         self.seconds[path] += seconds
-        done = self.bars.tasks[self.tasks[path]].completed + tokens
-        rate = f"{done / self.seconds[path]:,.0f} tokens/s" if self.seconds[path] > 0 else ""
-        self.bars.update(self.tasks[path], advance=tokens, rate=rate)
+        self.done[path] += tokens
+        rate = f"{self.done[path] / self.seconds[path]:,.0f} tokens/s" if self.seconds[path] > 0 else ""
+        if self.enabled:
+            self.bars.update(self.tasks[path], advance=tokens, rate=rate)
+        else:
+            self._line()
+
+    def _line(self) -> None:
+        now = self.clock()
+        if self.every <= 0 or now - self.last_line < self.every:
+            return
+        self.last_line = now
+        done = min(self.done.values())
+        rates = {p: self.done[p] / self.seconds[p] for p in self.done if self.seconds[p] > 0}
+        left = sum((self.total - self.done[p]) / rates[p] for p in rates) if len(rates) == len(self.done) else None
+        self.console.print(
+            f"esmdiv: main pass {done:,} of {self.total:,} tokens ({done / max(self.total, 1):.0%}), "
+            + ", ".join(f"{p} {r:,.0f} tokens/s" for p, r in rates.items())
+            + (f", about {left:,.0f} s left" if left is not None else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def render_verdict(decision, console: Console) -> None:

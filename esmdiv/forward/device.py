@@ -93,7 +93,75 @@ def synchronize(device: torch.device) -> None:
 
 
 def default_compile(device: torch.device) -> bool:
-    """torch.compile the packed path by default on CUDA (where Triton builds its kernels), never on CPU."""
+    """Whether ``torch.compile`` can build the packed path here: CUDA with Triton. (``esmdiv bench``
+    compiles whenever it can: it times the steady state, after its warm-up.)"""
     if device.type != "cuda":
         return False
     return importlib.util.find_spec("triton") is not None
+
+
+#: An audit compiles the packed path on its own when it has at least this many tokens: compiling the
+#: two dense regions costs about 30 s on a fresh machine and 13 s with a warm Inductor cache (H100,
+#: 3B, commit cc8bb90: 180.4 s against 161.5 s for the 10k check; 22.9 s against 9.8 s for seed18),
+#: and saves about 3 us a token (69k against 87.6k tokens/s), so it pays for itself past roughly 10M
+#: tokens (4M with a warm cache). docs/benchmarks.md has the measurements.
+COMPILE_MIN_TOKENS = 10_000_000
+COMPILE_MIN_TOKENS_WARM = 4_000_000
+
+
+def decide_compile(requested: bool | None, device: torch.device, tokens: int, key: str) -> tuple[bool, str]:
+    """Whether an audit of ``tokens`` tokens compiles the packed path, and why (for the report).
+
+    ``requested``: ``--compile``/``--no-compile``, or ``None`` to decide from the workload: compile
+    only where it pays for itself (:data:`COMPILE_MIN_TOKENS`, or :data:`COMPILE_MIN_TOKENS_WARM`
+    when this machine has compiled the same ``key`` before, so Inductor's cache is warm).
+    """
+    if requested is not None:
+        return requested, "asked for (--compile)" if requested else "asked for (--no-compile)"
+    if not default_compile(device):
+        return False, "not on CUDA with Triton"
+    warm = key in _compiled_before()
+    limit = COMPILE_MIN_TOKENS_WARM if warm else COMPILE_MIN_TOKENS
+    cache = "a warm compile cache" if warm else "a cold compile cache"
+    if tokens >= limit:
+        return True, f"{tokens:,} tokens: compiling pays for itself past {limit:,} with {cache}"
+    return False, f"{tokens:,} tokens: compiling would cost more than it saves below {limit:,} with {cache}"
+
+
+def note_compiled(key: str) -> None:
+    """Remember that this machine compiled ``key`` (its Inductor cache now holds the kernels)."""
+    import json
+
+    path = _compile_notes()
+    seen = _compiled_before()
+    if key in seen:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(sorted(seen | {key})) + "\n")
+    except OSError:
+        pass  # a read-only home only costs a later audit its warm-cache threshold
+
+
+def compile_key(device: torch.device, dtype: torch.dtype, model) -> str:
+    """What a compiled packed path depends on: torch, the GPU, the dtype and the model's widths."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    attn = model.layers[0].self_attn
+    return f"torch {torch.__version__}|{name}|{dtype}|{model.embed_dim}x{attn.num_heads}"
+
+
+def _compile_notes():
+    import os
+    from pathlib import Path
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "esmdiv" / "compiled.json"
+
+
+def _compiled_before() -> set[str]:
+    import json
+
+    try:
+        return set(json.loads(_compile_notes().read_text()))
+    except (OSError, ValueError, TypeError):
+        return set()

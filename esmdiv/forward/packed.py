@@ -33,6 +33,7 @@ def packed_forward(
     need_logits: bool = False,
     faults: AbstractSet[Fault] = frozenset(),
     compile: bool = False,
+    compile_mode: str | None = None,
 ) -> ForwardOutput:
     """The padding-free forward. Reads top to bottom like fair-esm's ``ESM2.forward``.
 
@@ -44,6 +45,7 @@ def packed_forward(
         compile: run each layer's two dense regions through ``torch.compile`` (CUDA): layer
             norm, fused q/k/v projection and fp32 rotary in one; output projection, residual,
             layer norm and the erf-GELU MLP in the other.
+        compile_mode: ``torch.compile``'s mode for those regions (None: its default).
     """
     layers_wanted = {model.num_layers} if repr_layers is None else set(repr_layers)
     ids, cu_seqlens, max_seqlen = packed.input_ids, packed.cu_seqlens, packed.max_seqlen
@@ -53,7 +55,9 @@ def packed_forward(
     if Fault.CU_SEQLENS_OFF_BY_ONE in faults:
         cu_seqlens, max_seqlen = _shift_boundaries(cu_seqlens)
     attention_in, attention_out = (
-        (_compiled(_attention_in), _compiled(_attention_out)) if compile else (_attention_in, _attention_out)
+        (_compiled(_attention_in, compile_mode), _compiled(_attention_out, compile_mode))
+        if compile
+        else (_attention_in, _attention_out)
     )
     gelu = "tanh" if Fault.TANH_GELU in faults else "none"
 
@@ -117,13 +121,15 @@ def _attention_out(x, o, w_o, b_o, ln_w, ln_b, eps: float, w1, b1, w2, b2, gelu:
 
 
 @cache
-def _compiled(fn):
+def _compiled(fn, mode: str | None = None):
     # Weights are arguments, so one graph serves every layer. Shapes: automatic dynamic, so
     # after the first new pack length only the token dimension becomes symbolic; the widths
     # stay static and the kernels keep simple index arithmetic. Room for the fault variants
     # of the self-test (each is its own graph).
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    return torch.compile(fn)
+    # ``mode``: torch.compile's (esmdiv bench --compile-mode), e.g. "max-autotune-no-cudagraphs" for
+    # Triton GEMMs with the bias, GELU and residual adds fused into their epilogues.
+    return torch.compile(fn, mode=mode)
 
 
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
