@@ -50,7 +50,7 @@ def build_high_precision(model: torch.nn.Module, device: torch.device) -> torch.
         torch.cuda.empty_cache()
         raise EnvironmentUnavailable(
             f"the {str(dtype).replace('torch.', '')} reference copy of the model does not fit in GPU memory; "
-            "run with --reference none"
+            "run with --evidence off"
         ) from None
     for layer in high.layers:
         rot = layer.self_attn.rot_emb
