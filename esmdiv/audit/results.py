@@ -45,6 +45,9 @@ class SequenceResult:
     # The position probe: relative pooled movement 16,384 positions further down a pack ("moved") and
     # what a change of pack shape alone moves it ("rounding"), both at fp32.
     position: dict | None = None
+    # Where the reference ran: what the cosine and MAD gates read for this sequence (the better of
+    # packed vs padded and packed vs reference) and whether the reference excused it.
+    gates: dict = field(default_factory=dict)
 
     # The primary head's prediction, the one tables and plots show.
     label_v1 = property(lambda self: self.predictions[0].label_v1)
@@ -87,6 +90,8 @@ class SequenceResult:
             out["rounding"] = self.rounding
         if self.position is not None:
             out["position"] = self.position
+        if self.gates:
+            out["gates"] = self.gates
         return out
 
 

@@ -197,6 +197,7 @@ def _reading(results: list[SequenceResult], t: Thresholds, cosine: bool) -> Dist
     excused = Excused(0, math.inf if cosine else -math.inf, math.inf if cosine else -math.inf)
     better = max if cosine else min
     worse = min if cosine else max
+    gate = "min cosine" if cosine else "max MAD"
     for r in results:
         direct = r.metrics.cosine if cosine else r.metrics.mad
         value, source = direct, "packed vs padded"
@@ -214,7 +215,9 @@ def _reading(results: list[SequenceResult], t: Thresholds, cosine: bool) -> Dist
                     excused = Excused(
                         excused.count + 1, worse(excused.worst, value), worse(excused.padded_worst, padded)
                     )
+                    r.gates[gate] = {"value": value, "source": source, "excused": True}
                     continue
+            r.gates[gate] = {"value": value, "source": source, "excused": False}
         if math.isnan(value) or worse(value, worst) == value and value != worst:
             worst, worst_source = value, source
     if math.isinf(worst):  # every sequence excused (or none): nothing the gate can fail on

@@ -21,17 +21,25 @@ def agreement_gate_failed(report: dict) -> bool:
 
 
 def sequence_problems(seq: dict, thresholds: dict, agreement_failed: bool) -> list[str]:
-    """How one sequence breaks a gate, one readable line each (empty: it breaks none)."""
+    """How one sequence breaks a gate, one readable line each (empty: it breaks none). Where the
+    high-precision reference ran for it, the gates read what its ``gates`` entry says (the better
+    of packed vs padded and packed vs reference; an excused sequence breaks no distance gate), and a
+    flipped label that equals the reference's is no flip."""
     problems = []
     for path, key in (("v1 (padded)", "finite_v1"), ("v2 (packed)", "finite_v2")):
         if not seq.get(key, True):
             problems.append(f"non-finite output on {path} [finite]")
-    cosine, mad = finite_number(seq.get("cosine")), finite_number(seq.get("mad"))
-    if cosine is not None and not cosine > thresholds["min_cosine"]:
+    read = seq.get("gates") or {}
+    cos_read, mad_read = read.get("min cosine") or {}, read.get("max MAD") or {}
+    cosine = finite_number(cos_read.get("value", seq.get("cosine")))
+    mad = finite_number(mad_read.get("value", seq.get("mad")))
+    if cosine is not None and not cosine > thresholds["min_cosine"] and not cos_read.get("excused"):
         problems.append(f"pooled cosine {cosine:.10g} <= {thresholds['min_cosine']:g} [min cosine]")
-    if mad is not None and not mad < thresholds["max_mad"]:
+    if mad is not None and not mad < thresholds["max_mad"] and not mad_read.get("excused"):
         problems.append(f"pooled MAD {mad:.3e} >= {thresholds['max_mad']:g} [max MAD]")
-    if agreement_failed and seq.get("label_v1") != seq.get("label_v2"):
+    reference_label = (seq.get("reference") or {}).get("label")
+    flipped = seq.get("label_v1") != seq.get("label_v2") and seq.get("label_v2") != reference_label
+    if agreement_failed and flipped:
         problems.append(f"label flipped {seq.get('label_v1')} -> {seq.get('label_v2')} [label agreement]")
     return problems
 
