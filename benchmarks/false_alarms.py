@@ -165,24 +165,7 @@ def main() -> int:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     torch.set_num_threads(default_threads)
-    summary = {}
-    for run in runs:
-        for g in run["gates"]:
-            s = summary.setdefault(g["gate"], {"runs": 0, "failed": 0, "headroom": math.inf, "at": None})
-            s["runs"] += 1
-            s["failed"] += not g["passed"]
-            if g["headroom"] < s["headroom"]:
-                s["headroom"], s["at"] = (
-                    g["headroom"],
-                    {
-                        "value": g["value"],
-                        "threshold": g["threshold"],
-                        "model": run["model"],
-                        "input": run["input"],
-                        "dtype": run["dtype"],
-                        "rounding": run["rounding"],
-                    },
-                )
+    summary = gate_summary(runs)
     report = {
         "schema": SCHEMA,
         "command": "python " + " ".join(sys.argv),
@@ -196,16 +179,67 @@ def main() -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1, allow_nan=True, default=str) + "\n")
     print(f"\n{len(runs)} clean runs, {report['not_accept']} not ACCEPT")
-    print(f"{'gate':24} {'runs':>5} {'failed':>6} {'head-room':>10}  tightest at")
-    for gate, s in summary.items():
-        at = s["at"] or {}
-        where = ", ".join(str(at.get(k)) for k in ("model", "input", "dtype", "rounding"))
-        print(
-            f"{gate:24} {s['runs']:5} {s['failed']:6} {s['headroom']:10.3g}  "
-            f"value {at.get('value')!s:.10} of {at.get('threshold')!s:.10} ({where})"
-        )
+    print(table(summary))
     return 0 if report["not_accept"] == 0 else 1
 
 
+def gate_summary(runs: list[dict]) -> dict:
+    """Per gate: how many runs, how many failed, and the largest load (the clean value over its
+    threshold, both as "badness": larger is worse), with the run it came from. Head-room = 1/load."""
+    summary: dict = {}
+    for run in runs:
+        for g in run["gates"]:
+            s = summary.setdefault(g["gate"], {"runs": 0, "failed": 0, "load": -1.0, "at": None})
+            s["runs"] += 1
+            s["failed"] += not g["passed"]
+            bad = badness(g["gate"], g["value"])
+            limit = badness(g["gate"], g["threshold"]) if g["threshold"] is not None else math.inf
+            load = bad / limit if limit > 0 else (0.0 if bad == 0 else math.inf)
+            if load > s["load"]:
+                s["load"], s["at"] = (
+                    load,
+                    {
+                        "value": g["value"],
+                        "threshold": g["threshold"],
+                        **{
+                            k: run.get(k)
+                            for k in ("model", "input", "dtype", "threads", "rounding", "compile", "max_tokens")
+                        },
+                    },
+                )
+    for s in summary.values():
+        s["headroom"] = 1 / s["load"] if s["load"] > 0 else math.inf
+    return summary
+
+
+def table(summary: dict) -> str:
+    """The study's Markdown table: per gate, runs, failures, the largest clean value beside its threshold."""
+    lines = [
+        "| gate | runs | not passed | largest clean value / threshold | head-room | where |",
+        "|---|---|---|---|---|---|",
+    ]
+    for gate, s in summary.items():
+        at = s["at"] or {}
+        where = ", ".join(
+            str(at.get(k)) for k in ("model", "dtype", "input", "threads", "rounding") if at.get(k) is not None
+        )
+        value = "n/a" if at.get("value") is None else f"{at['value']:.3g}"
+        threshold = "n/a" if at.get("threshold") is None else f"{at['threshold']:.3g}"
+        lines.append(
+            f"| {gate} | {s['runs']} | {s['failed']} | {value} / {threshold} | {s['headroom']:.3g} | {where} |"
+        )
+    return "\n".join(lines)
+
+
+def summarize(paths: list[str]) -> int:
+    """``python benchmarks/false_alarms.py --summarize A.json B.json ...``: one table over several studies."""
+    runs = [run for path in paths for run in json.loads(Path(path).read_text())["runs"]]
+    print(f"{len(runs)} clean runs, {sum(r['verdict'] != 'ACCEPT' for r in runs)} not ACCEPT")
+    print(table(gate_summary(runs)))
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--summarize":
+        sys.exit(summarize(sys.argv[2:]))
     sys.exit(main())
