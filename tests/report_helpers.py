@@ -25,6 +25,13 @@ def synthetic_trace(layers: int = 6, seed: int = 0) -> list[dict]:
     return out
 
 
+def _read(seq: dict, gate: str, value: float) -> None:
+    """What the gate reads for a degraded sequence where the report has per-sequence readings: the
+    new value, not excused (the reference did not run on the degraded numbers)."""
+    if "gates" in seq:
+        seq["gates"][gate] = {"value": value, "source": "packed vs padded", "excused": False}
+
+
 def degraded(report: dict, low_cosine=(), high_mad=(), flips=(), nonfinite=(), trace: bool = False) -> dict:
     """A copy of a real report with chosen sequences (by index) pushed past the gates, and its
     summary, reasons and verdict recomputed as the auditor would."""
@@ -32,13 +39,16 @@ def degraded(report: dict, low_cosine=(), high_mad=(), flips=(), nonfinite=(), t
     seqs = r["sequences"]
     for i in low_cosine:
         seqs[i]["cosine"] = 0.985 - 0.001 * i
+        _read(seqs[i], "min cosine", seqs[i]["cosine"])
     for i in high_mad:
         seqs[i]["mad"] = 0.012 + 0.001 * i
+        _read(seqs[i], "max MAD", seqs[i]["mad"])
     for i in flips:
         seqs[i]["label_v2"] = 1 - seqs[i]["label_v1"]
         seqs[i]["confidence_v2"] = 1 - seqs[i]["confidence_v1"]
     for i in nonfinite:
         seqs[i].update(cosine=None, mad=None, max_abs_diff=None, finite_v2=False)
+        seqs[i].pop("gates", None)
     if trace:
         r["trace"] = synthetic_trace(r["model"]["num_layers"])
     n = len(seqs)

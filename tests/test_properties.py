@@ -9,7 +9,7 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from esmdiv.errors import FastaError
@@ -235,6 +235,7 @@ def _zip_of(members: dict[str, bytes]) -> bytes:
     suffix=st.sampled_from([".pt", ".bin", ".safetensors"]),
     as_zip=st.sampled_from([None, "archive/data.pkl", "archive/byteorder", "x/data/0"]),
 )
+@example(data=b"X", suffix=".pt", as_zip="archive/data.pkl")  # torch's opcode scanner: struct.error
 def test_random_bytes_as_a_checkpoint_give_a_checkpoint_error(data, suffix, as_zip):
     """Garbage, or garbage inside torch's zip layout, is always CheckpointError (exit 2), never a crash."""
     from esmdiv.errors import CheckpointError

@@ -16,7 +16,8 @@ ends with a device synchronisation) and split out of it:
 - ``reference``: the high-precision run and the packed algorithm at its precision (evidence pass);
 - ``evidence``: the evidence pass's other forwards (both paths again, the position probe) and its
   measurements;
-- ``decision``, ``fingerprint``, ``report`` (terminal, JUnit, building the JSON).
+- ``decision``, ``fingerprint``, ``report`` (JUnit, building the JSON; the terminal shows the verdict
+  after the reports are written, so a report that cannot be written leaves no verdict on screen).
 """
 
 from __future__ import annotations

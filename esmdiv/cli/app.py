@@ -317,8 +317,8 @@ def check(
             options.update(fasta=path, fasta_name=name)
             result = _run_audit(_audit_config(options), partial, clock)
         partial.stage = "report"
+        _write_audit_reports(result, json_path, junit_path, clock)  # a failed write shows no verdict
         console.render_summary(result, human, worst=worst)
-        _write_audit_reports(result, json_path, junit_path, clock)
         for label, path in (("report", json_path), ("JUnit XML", junit_path)):
             if path is not None:
                 human.print(f"{label} written to {_written(path)}", highlight=False)
@@ -387,8 +387,9 @@ def _run_audit(config: AuditConfig, partial: PartialRun, clock: StageClock | Non
 def _write_audit_reports(
     result: AuditResult, json_path: Path | None, junit_path: Path | None, clock: StageClock
 ) -> None:
-    """JUnit first, then the JSON, whose ``timings`` end here: rendering and JUnit are its
-    ``report`` stage and the wall time stops as the JSON is serialised."""
+    """JUnit first, then the JSON, whose ``timings`` end here: JUnit is its ``report`` stage and
+    the wall time stops as the JSON is serialised. Called before the terminal shows a verdict, so
+    a report that cannot be written leaves no verdict on the screen."""
     from esmdiv.audit.clock import STAGES
     from esmdiv.report.files import finite_or_none
     from esmdiv.report.junit import write_junit

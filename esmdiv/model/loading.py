@@ -23,6 +23,7 @@ import argparse
 import json
 import pickle
 import re
+import struct
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -272,6 +273,20 @@ class _InertConfig:
         return _InertConfig(*args, **kwargs)
 
 
+#: What torch's readers raise on a truncated or garbled file (its opcode scanner unpacks raw bytes).
+_UNREADABLE = (
+    RuntimeError,
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    zipfile.BadZipFile,
+    struct.error,
+    IndexError,
+    KeyError,
+    OverflowError,
+)
+
+
 def load_weights_only(path: Path) -> Any:
     """``torch.load(path, weights_only=True)`` that also reads fair-esm's pickled configs.
 
@@ -282,7 +297,7 @@ def load_weights_only(path: Path) -> Any:
         return _load_legacy_weights_only(path)
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except (RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError) as err:
+    except _UNREADABLE as err:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({_first_line(err)})") from None
     allowed: list[Any] = [argparse.Namespace]
     refused = []
@@ -301,7 +316,7 @@ def load_weights_only(path: Path) -> Any:
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, zipfile.BadZipFile) as err:
+    except _UNREADABLE as err:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({_unpickler_reason(err)})") from None
 
 
