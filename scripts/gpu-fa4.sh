@@ -54,16 +54,17 @@ if env:
     for name, b in env["environment"]["attention_backends"]["backends"].items():
         p = b.get("provenance") or {}
         state = "available" if b["available"] else f"unavailable: {b['why_not']}"
-        print(f"backend {name:10} {state[:70]:70} {p.get('package')} {p.get('version')}")
+        what = f"{p['package']} {p['version']}" if p else "-"
+        print(f"backend {name:10} {what}: {state}")
 check = read("check-3b-torch-fa4.json")
 if check:
     print(f"\ncheck random:3B seed18 --evidence all: {check.get('verdict')} (backend {check.get('backend')})")
-    print(f"{'kernel':8} {'verdict':8} {'agree':>7} {'cos min':>11} {'MAD max':>9} {'max|d|':>9} {'ref ratio':>9} {'tok/s':>9}  built for")
+    print(f"{'kernel':10} {'verdict':8} {'agree':>7} {'cos min':>11} {'MAD max':>9} {'max|d|':>9} {'ref ratio':>9} {'tok/s':>9}  built for")
     for k in check.get("kernels") or []:
         s, p = k["summary"], k["provenance"]
         ratio = (s.get("reference") or {}).get("ratio")
         print(
-            f"{k['backend']:8} {k['verdict']:8} {s['prediction']['agreement']:7.2%} {s['cosine']['min']:11.8f} "
+            f"{k['backend']:10} {k['verdict']:8} {s['prediction']['agreement']:7.2%} {s['cosine']['min']:11.8f} "
             f"{s['mad']['max']:9.2e} {s['max_abs_diff']:9.2e} {'-' if ratio is None else format(ratio, '.3g'):>9} "
             f"{k['timings']['packed_tokens_per_s'] or 0:9,.0f}  {p.get('version')} {p.get('built_for')}"
         )
