@@ -16,6 +16,13 @@
   ``reset_peak_memory_stats``; it includes what was already resident (weights, the prepared
   batches), reported separately as ``resident``. ``null`` on CPU.
 - Speed-ups are ratios of medians: ``packed_over_padded = median(padded) / median(packed)``.
+- Several kernels (``--backend torch,fa4``, or ``all``): the packed path is timed once per kernel
+  on the same batches, each checked against fair-esm's padded output first; their rows are
+  ``packed[torch]``, ``packed[fa4]`` (one kernel keeps the row ``packed``), their speed-ups
+  ``packed[torch]_over_padded`` and so on.
+- The first call of each kernel shape compiles where a kernel compiles at run time
+  (FlashAttention-4's CuTe DSL, ``torch.compile``'s graphs): the check batch and the warm-up passes
+  run every batch before the timed passes, so compilation stays out of the timings.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import torch
 
 from esmdiv import __version__
 from esmdiv.errors import EnvironmentUnavailable, InputError, UsageError
+from esmdiv.forward.attention import kernel_provenance
 from esmdiv.forward.device import RunPlacement, resolve_run, synchronize
 from esmdiv.forward.packed import packed_forward
 from esmdiv.forward.packing import Packed, batches_by_tokens, encode, encoder_table, pack, pad, to_padded
@@ -49,12 +57,19 @@ WORKLOADS = ("lognormal", "fasta")
 PATH_DESCRIPTIONS = {
     "padded": "fair-esm ESM2.forward on right-padded batches (bmm attention, key padding mask)",
     "packed": "esmdiv packed_forward: no padding, varlen attention over cu_seqlens",
+    "packed[]": "esmdiv packed_forward: no padding, varlen attention over cu_seqlens with the {} kernel",
     "hf": "transformers EsmModel (sdpa attention) on the same right-padded batches with an attention mask",
 }
 # A path whose output on the check batch differs from fair-esm's padded one by more than this
 # (mean |diff| relative to mean |padded output|, over real tokens) is flagged: rounding in fp16/bf16
 # stays near 1e-3/1e-2, a wrong model or a broken weight map is of order 1.
 CHECK_TOLERANCE = {"fp32": 1e-4, "fp16": 0.05, "bf16": 0.05}
+#: What the JSON says of compilation on a kernel's first call.
+FIRST_CALL = (
+    "the first call of each kernel shape compiles (FlashAttention-4's CuTe DSL, torch.compile): the check "
+    "batch and the warm-up passes run every batch before the timed passes, so compilation stays out of the "
+    "timings (with --warmup 0 it is timed)"
+)
 
 Log = Callable[[str], None]
 
@@ -105,7 +120,7 @@ class Workload:
 class PathResult:
     """One path's timings. ``seconds``: one entry per timed pass over the whole workload."""
 
-    name: str
+    name: str  # "padded", "packed" (one kernel), "packed[torch]" (several), "hf"
     status: str  # "ok" | "not available" | "out of memory"
     note: str | None = None
     seconds: list[float] = field(default_factory=list)
@@ -115,6 +130,7 @@ class PathResult:
     peak_memory_bytes: int | None = None
     resident_memory_bytes: int | None = None
     check: dict | None = None
+    backend: str | None = None  # the attention kernel of a packed row
 
     @property
     def ok(self) -> bool:
@@ -134,10 +150,15 @@ class PathResult:
 
     def to_dict(self) -> dict:
         peak, resident = self.peak_memory_bytes, self.resident_memory_bytes
-        return {
+        description = (
+            PATH_DESCRIPTIONS["packed[]"].format(self.backend)
+            if self.name.startswith("packed[")
+            else PATH_DESCRIPTIONS[self.name]
+        )
+        out = {
             "status": self.status,
             "note": self.note,
-            "description": PATH_DESCRIPTIONS[self.name],
+            "description": description,
             "seconds": self.seconds,
             "median_s": self.median_s,
             "min_s": min(self.seconds) if self.ok else None,
@@ -153,6 +174,15 @@ class PathResult:
             "peak_above_resident_gib": _gib(None if peak is None or resident is None else peak - resident),
             "check": self.check,
         }
+        if self.backend is not None:
+            out["backend"] = self.backend
+        return out
+
+
+def packed_row(backend: str, backends: Sequence[str]) -> str:
+    """The row (and ``paths`` key) of the packed path with ``backend``: ``packed`` when it is the
+    only kernel timed, else ``packed[<backend>]``."""
+    return "packed" if len(backends) == 1 else f"packed[{backend}]"
 
 
 def _gib(size: int | None) -> float | None:
@@ -165,7 +195,7 @@ class BenchResult:
     environment: dict
     model: dict
     dtype: str
-    backend: str
+    backend: str  # the kernels timed, comma-separated
     max_tokens: int
     workload: Workload
     batches: int
@@ -173,6 +203,7 @@ class BenchResult:
     paths: dict[str, PathResult]
     date: str
     warnings: list[str] = field(default_factory=list)
+    kernels: dict[str, dict] = field(default_factory=dict)  # backend -> kernel_provenance
 
     @property
     def speedups(self) -> dict[str, float | None]:
@@ -182,11 +213,16 @@ class BenchResult:
             a, b = self.paths.get(fast), self.paths.get(slow)
             return b.median_s / a.median_s if a and b and a.ok and b.ok and a.median_s > 0 else None
 
-        return {
+        out = {
             "packed_over_padded": ratio("packed", "padded"),
             "packed_over_hf": ratio("packed", "hf"),
             "hf_over_padded": ratio("hf", "padded"),
         }
+        rows = [name for name in self.paths if name.startswith("packed[")]
+        for name in rows:
+            out[f"{name}_over_padded"] = ratio(name, "padded")
+            out[f"{name}_over_hf"] = ratio(name, "hf")
+        return out
 
     def to_dict(self) -> dict:
         w = self.workload
@@ -200,6 +236,7 @@ class BenchResult:
             "model": self.model,
             "dtype": self.dtype,
             "backend": self.backend,
+            "kernels": self.kernels,
             "packed_options": {k: repr(v) for k, v in self.config.packed_kwargs.items()},
             "workload": {
                 "kind": w.kind,
@@ -230,6 +267,7 @@ class BenchResult:
                 "synchronised": self.environment["device"].startswith("cuda"),
                 "peak_memory": "torch.cuda.max_memory_allocated over the timed passes "
                 "(resident weights and batches included)",
+                "first_call": FIRST_CALL,
             },
             "paths": {name: result.to_dict() for name, result in self.paths.items()},
             "speedups": self.speedups,
@@ -334,7 +372,11 @@ def run_bench(config: BenchConfig, loaded: LoadedModel | None = None, log: Log |
 
     timer = _PathTimer(config, loaded, placement, prepared, len(workload.sequences), say)
     for name in requested:
-        timer.time(name, hf_missing)
+        if name == "packed":
+            for backend in placement.backends:
+                timer.time(packed_row(backend, placement.backends), hf_missing, backend)
+        else:
+            timer.time(name, hf_missing)
     return BenchResult(
         config=config,
         environment=env,
@@ -348,6 +390,7 @@ def run_bench(config: BenchConfig, loaded: LoadedModel | None = None, log: Log |
         paths=timer.results,
         date=date,
         warnings=timer.warnings,
+        kernels={b: kernel_provenance(b, placement.device) for b in placement.backends},
     )
 
 
@@ -392,24 +435,24 @@ class _PathTimer:
         self.check_index = min(range(prepared.batches), key=lambda i: (prepared.padded[i].numel(), i))
         self.expected = _last_hidden(padded_forward(loaded.model, prepared.padded[self.check_index]), loaded.model)
 
-    def runner(self, name: str) -> Callable[[int], object]:
-        """Runs the path on batch ``i``."""
+    def runner(self, name: str, backend: str | None = None) -> Callable[[int], object]:
+        """Runs the path on batch ``i`` (a packed path with ``backend``)."""
         model, prepared = self.loaded.model, self.prepared
         if name == "padded":
             return lambda i: padded_forward(model, prepared.padded[i])
-        if name == "packed":
-            return lambda i: packed_forward(
-                model, prepared.packed[i], self.placement.backend, **self.config.packed_kwargs
-            )
+        if name.startswith("packed"):
+            return lambda i: packed_forward(model, prepared.packed[i], backend, **self.config.packed_kwargs)
         return lambda i: hf_forward(self.peer, prepared.padded[i], prepared.masks[i])
 
-    def time(self, name: str, hf_missing: str | None) -> None:
+    def time(self, name: str, hf_missing: str | None, backend: str | None = None) -> None:
         if name == "hf" and hf_missing:
             self.results[name] = PathResult(name, "not available", f"not available: {hf_missing}")
             return
         prepared = self.prepared
-        slots = prepared.tokens if name == "packed" else prepared.slots
-        result = PathResult(name, "ok", tokens=prepared.tokens, sequences=self.n_sequences, slots=slots)
+        slots = prepared.tokens if name.startswith("packed") else prepared.slots
+        result = PathResult(
+            name, "ok", tokens=prepared.tokens, sequences=self.n_sequences, slots=slots, backend=backend
+        )
         if name == "hf":
             try:
                 self.peer = build_hf_peer(self.loaded)
@@ -421,7 +464,7 @@ class _PathTimer:
             result.note = (
                 f"transformers {self.peer.transformers_version}, attn_implementation={self.peer.attn_implementation}"
             )
-        run_batch = self.runner(name)
+        run_batch = self.runner(name, backend)
         try:
             if name != "padded":
                 result.check = self._check(name, run_batch(self.check_index))
@@ -431,6 +474,7 @@ class _PathTimer:
             )
         except torch.cuda.OutOfMemoryError:
             result = self._out_of_memory(name, slots)
+            result.backend = backend
         self.results[name] = result
         if result.ok:
             self.say(f"  {name}: median {result.median_s:.3f} s, {result.tokens_per_s:,.0f} tokens/s")
@@ -502,7 +546,7 @@ def _check(name: str, output, expected: torch.Tensor, prepared: _Prepared, index
     """Compare a path's output on batch ``index`` with fair-esm's padded output ``expected``
     ``(B, L, C)`` over the real tokens, in fp32."""
     hidden = output if isinstance(output, torch.Tensor) else _last_hidden(output, model)
-    if name == "packed":
+    if name.startswith("packed"):
         hidden = to_padded(hidden, prepared.packed[index])  # (T, C) -> (B, L, C)
     real = prepared.masks[index].bool()
     want, out = expected.float()[real], hidden.float()[real]  # (tokens, C)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from esmdiv.audit.results import AuditResult
 from esmdiv.audit.run import AuditConfig, run_audit
+from esmdiv.errors import UsageError
+from esmdiv.forward.attention import parse_backends
 from esmdiv.forward.device import resolve_device, resolve_dtype
 from esmdiv.forward.faults import Fault
 from esmdiv.measure.decision import Reason, Thresholds, Verdict
@@ -83,7 +85,16 @@ def run_selftest(
     on_row: Callable[[SelftestRow], None] | None = None,
     configurations: tuple[str, ...] = tuple(CONFIGURATIONS),
 ) -> tuple[list[SelftestRow], dict]:
-    """Per configuration, the clean audit and one audit per fault; returns the rows and the settings."""
+    """Per configuration, the clean audit and one audit per fault; returns the rows and the settings.
+
+    ``backend``: one backend (or ``auto``): the faults are injected into that kernel's packed path.
+    """
+    names = parse_backends(backend)
+    if len(names) != 1 or names == ("all",):
+        raise UsageError(
+            f"selftest --backend '{backend}': give one backend (auto, flash-attn, fa4, torch, reference); "
+            "the bugs are injected into that kernel's packed path"
+        )
     fasta = fasta or seed18_path()
     resolved = resolve_device(device)
     _, torch_dtype = resolve_dtype(dtype, resolved)
@@ -110,6 +121,7 @@ def run_selftest(
                 "device": result.device,
                 "dtype": result.dtype,
                 "backend": result.backend,
+                "kernel": result.kernel,
                 "fasta": str(fasta),
                 "heads": result.heads,
                 "configurations": {n: CONFIGURATIONS[n] for n in configurations},

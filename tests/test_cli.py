@@ -112,7 +112,13 @@ def test_internal_error_is_exit_1_one_line_and_no_verdict(monkeypatch):
         ([SEED18, "--long", "chop"], 2, "'chop' is not one of 'truncate', 'skip', 'error', 'full'"),
         ([SEED18, "--head", "model"], 2, "has no classification head"),
         ([SEED18, "--dtype", "fp8"], 2, "'fp8' is not one of 'fp16', 'bf16', 'fp32'"),
-        ([SEED18, "--backend", "xformers"], 2, "'xformers' is not one of 'auto', 'flash-attn', 'torch', 'reference'"),
+        (
+            [SEED18, "--backend", "xformers"],
+            2,
+            "'xformers' is not one of 'auto', 'all', 'flash-attn', 'fa4', 'torch', 'reference'",
+        ),
+        ([SEED18, "--backend", "torch,xformers"], 2, "--backend 'torch,xformers': 'xformers' is not one of"),
+        ([SEED18, "--backend", "all,torch"], 2, "all stands alone"),
         ([str(FIXTURES / "long.fasta"), "--long", "error"], 2, "record 'long_1500', line 3"),
     ],
 )
@@ -126,7 +132,13 @@ def test_bad_input_is_one_line_with_exit_2(args, code, fragment):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA environment error")
 @pytest.mark.parametrize(
     "args",
-    [["--device", "cuda"], ["--device", "cpu", "--backend", "torch"], ["--device", "cpu", "--backend", "flash-attn"]],
+    [
+        ["--device", "cuda"],
+        ["--device", "cpu", "--backend", "torch"],
+        ["--device", "cpu", "--backend", "flash-attn"],
+        ["--device", "cpu", "--backend", "fa4"],
+        ["--device", "cpu", "--backend", "reference,torch"],
+    ],
 )
 def test_environment_errors_exit_3(args):
     code, _, stderr = run(SEED18, *args)

@@ -201,7 +201,7 @@ def test_help_names_the_variables():
 def test_each_enum_holds_exactly_the_values_the_library_takes():
     from esmdiv.audit.evidence import EVIDENCE_MODES
     from esmdiv.bench import WORKLOADS
-    from esmdiv.forward.attention import BACKENDS
+    from esmdiv.forward.attention import BACKENDS, SELECTORS
     from esmdiv.forward.device import DTYPES
     from esmdiv.forward.high_precision import HIGH_PRECISION_CHOICES
     from esmdiv.input.sequences import LONG_POLICIES
@@ -211,7 +211,7 @@ def test_each_enum_holds_exactly_the_values_the_library_takes():
     def values(enum):
         return [member.value for member in enum]
 
-    assert values(choices.Backend) == ["auto", *BACKENDS]
+    assert values(choices.Backend) == [*SELECTORS, *BACKENDS]  # --backend is a string of these words
     assert set(values(choices.Dtype)) == set(DTYPES)
     assert values(choices.LongPolicy) == list(LONG_POLICIES)
     assert values(choices.HeadActivation) == list(ACTIVATIONS)
@@ -224,7 +224,7 @@ def test_each_enum_holds_exactly_the_values_the_library_takes():
 def test_help_lists_the_choices():
     text = " ".join(invoke("check", "--help", env={"COLUMNS": "200"}).stdout.split())
     for listed in (
-        "auto|flash-attn|torch|reference",
+        "auto|all|flash-attn|fa4|torch|reference[,...]",
         "fp16|bf16|fp32",
         "truncate|skip|error|full",
         "relu|gelu|tanh|sigmoid|none",
@@ -238,7 +238,8 @@ def test_the_shell_completes_the_choices():
     """What bash's completion function asks: the values of --backend after '--backend '."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "_ESMDIV_COMPLETE": "complete_bash", "COMP_CWORD": "4"}
     for words, expected in (
-        ("esmdiv check x.fasta --backend ", ["auto", "flash-attn", "torch", "reference"]),
+        ("esmdiv check x.fasta --backend ", ["auto", "all", "flash-attn", "fa4", "torch", "reference"]),
+        ("esmdiv check x.fasta --backend torch,f", ["torch,flash-attn", "torch,fa4"]),
         ("esmdiv check x.fasta --long ", ["truncate", "skip", "error", "full"]),
     ):
         done = subprocess.run(

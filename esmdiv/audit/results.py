@@ -96,7 +96,46 @@ class SequenceResult:
 
 
 @dataclass
+class KernelResult:
+    """One attention kernel's audit in a run that audits several: the same padded reference, its
+    own packed outputs, metrics, predictions and decision."""
+
+    backend: str
+    provenance: dict  # esmdiv.forward.attention.kernel_provenance
+    decision: Decision
+    summary: dict
+    sequences: list[SequenceResult]
+    timings: dict  # its packed forwards: packed_s, packed_tokens_per_s
+    trace: dict | None = None
+    invariance: dict | None = None
+
+    def to_dict(self) -> dict:
+        out = {
+            "backend": self.backend,
+            "provenance": self.provenance,
+            "verdict": self.decision.verdict.value,
+            "exit_code": self.decision.verdict.exit_code,
+            "reasons": [r.to_dict() for r in self.decision.reasons],
+            "tolerances": self.decision.tolerances,
+            "notes": self.decision.notes,
+            "summary": self.summary,
+            "timings": self.timings,
+            "sequences": [s.to_dict() for s in self.sequences],
+        }
+        if self.trace is not None:
+            out["trace"] = self.trace
+        if self.invariance is not None:
+            out["invariance"] = self.invariance
+        return out
+
+
+@dataclass
 class AuditResult:
+    """A whole audit. With one kernel, the report as it has always been (plus ``kernel``, its
+    provenance). With several (``kernels``), the top level is the worst kernel's audit (its
+    verdict, reasons, summary and sequences: the run's verdict and exit code are the worst), the
+    backend names every kernel, and ``kernels`` holds each kernel's own."""
+
     model: dict
     device: str
     dtype: str
@@ -118,6 +157,8 @@ class AuditResult:
     compile_reason: str = ""  # why the packed path was or was not compiled
 
     environment: dict = field(default_factory=dict)  # esmdiv.report.fingerprint.environment(...)
+    kernel: dict | None = None  # provenance of the kernel the top level shows (the worst, with several)
+    kernels: list[KernelResult] = field(default_factory=list)  # several kernels: each one's audit
 
     @property
     def head(self) -> str:
@@ -132,7 +173,11 @@ class AuditResult:
             )
         if self.faults:
             out.insert(0, f"faults injected on purpose into the packed path: {', '.join(self.faults)}")
-        return out + self.decision.notes + self.notices
+        if self.kernels:
+            notes = [f"{k.backend}: {note}" for k in self.kernels for note in k.decision.notes]
+        else:
+            notes = self.decision.notes
+        return out + notes + self.notices
 
     def to_dict(self) -> dict:
         out = {
@@ -166,6 +211,11 @@ class AuditResult:
             out["invariance"] = self.invariance
         if self.evidence is not None:
             out["evidence"] = self.evidence
+        if self.kernel is not None:
+            out["kernel"] = self.kernel
+        if self.kernels:
+            out["worst_kernel"] = self.kernel["backend"] if self.kernel else None
+            out["kernels"] = [k.to_dict() for k in self.kernels]
         return out
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from esmdiv.audit.batch import AuditRun, Progress, compare_batch, warm_up
+from esmdiv.audit.batch import AuditRun, KernelRun, Progress, compare_batch, warm_up
 from esmdiv.audit.clock import STAGES, StageClock
 from esmdiv.audit.evidence import (
     DEFAULT_EVIDENCE_TOKENS,
@@ -32,8 +32,8 @@ from esmdiv.audit.evidence import (
     probe_model,
     sample_summary,
 )
-from esmdiv.audit.results import AuditResult, FollowerResult, SequenceResult
-from esmdiv.audit.summary import bound_summary, mlm_summary, summarise, timings
+from esmdiv.audit.results import AuditResult, FollowerResult, KernelResult, SequenceResult
+from esmdiv.audit.summary import bound_summary, kernel_timings, mlm_summary, summarise, timings
 from esmdiv.distributed import (
     RankFailed,
     World,
@@ -45,6 +45,7 @@ from esmdiv.distributed import (
 )
 from esmdiv.distributed import init as init_distributed
 from esmdiv.errors import EnvironmentUnavailable, InputError, UsageError
+from esmdiv.forward.attention import kernel_provenance
 from esmdiv.forward.device import RunPlacement, compile_key, decide_compile, note_compiled, resolve_run
 from esmdiv.forward.faults import Fault
 from esmdiv.forward.high_precision import build_high_precision, check_high_precision_choice, high_precision_dtype
@@ -52,7 +53,7 @@ from esmdiv.forward.packing import batches_by_tokens, encode, encoder_table
 from esmdiv.input.fasta import iter_fasta
 from esmdiv.input.sequences import AuditSequence, InputReport, iter_sequences
 from esmdiv.measure.decision import Decision, Thresholds, decide
-from esmdiv.measure.trace import DEFAULT_TRACE_THRESHOLD, TraceAccumulator
+from esmdiv.measure.trace import DEFAULT_TRACE_THRESHOLD
 from esmdiv.model.heads import build_heads, load_extra_features
 from esmdiv.model.loading import LoadedModel, load_model
 from esmdiv.report.fingerprint import environment
@@ -69,7 +70,7 @@ class AuditConfig:
     model: str = "random:8M"
     device: str = "auto"
     dtype: str | None = None  # None: fp16 on CUDA, fp32 on CPU
-    backend: str = "auto"
+    backend: str = "auto"  # auto, all, or one or more backends, comma-separated ("torch,fa4")
     head: str = "auto"  # auto | proxy | model | a head file
     long_policy: str = "truncate"
     max_tokens: int | None = None  # None: by device
@@ -123,11 +124,11 @@ class _Input:
 
 @dataclass
 class _Compared:
-    """What the audit stage leaves: every sequence's result (all ranks', in file order), the
-    notices (OOM retries), the token budget it ended with, how many sequences the main pass flagged
-    for the evidence pass."""
+    """What the audit stage leaves: every sequence's result per kernel (all ranks', in file order),
+    the notices (OOM retries), the token budget it ended with, how many sequences the main pass
+    flagged for the evidence pass."""
 
-    results: list[SequenceResult]
+    results: list[list[SequenceResult]]  # one list per kernel, in run.kernels order
     notices: list[str]
     budget: int
     flagged: int
@@ -168,7 +169,7 @@ def run_audit(
     loaded, load_seconds = _load_model(config, loaded, placement)
     partial.model = loaded.info.to_dict()
     run = _new_run(config, loaded, placement, inputs, progress if world is None or world.is_root else None)
-    partial.finished = run.finished
+    partial.finished = run.kernels[0].finished
     clock.lap("model_load")
 
     partial.stage = "audit"
@@ -256,12 +257,12 @@ def _new_run(
     return AuditRun(
         loaded,
         device,
-        placement.backend,
+        placement.backends,
         heads,
         config.faults,
         progress,
         high_precision=_cached_high_precision(loaded, device) if mode != "off" else None,
-        trace=TraceAccumulator(loaded.info.num_layers) if config.trace else None,
+        trace=config.trace,
         mlm=mlm,
         mlm_sample=config.mlm_sample if mlm else 0,
         compile=compiled,
@@ -296,8 +297,7 @@ def _compare(
             "notices": notices,
             "budget": budget,
             "seconds": run.seconds,
-            "trace": run.trace,
-            "perplexity": run.perplexity,
+            "kernels": [(k.trace, k.perplexity, k.seconds) for k in run.kernels],
             "flagged": len(run.flagged),
         }
         gathered = gather_to_root(payload, world)
@@ -308,17 +308,19 @@ def _compare(
         flagged = sum(p["flagged"] for p in gathered)
     else:
         flagged = len(run.flagged)
-    results.sort(key=lambda r: r.index)
+    for rows in results:
+        rows.sort(key=lambda r: r.index)
     return _Compared(results, notices, budget, flagged)
 
 
 def _compare_here(
     config: AuditConfig, run: AuditRun, inputs: _Input, max_tokens: int, world: World | None, clock: StageClock
-) -> tuple[list[SequenceResult], list[str], int]:
+) -> tuple[list[list[SequenceResult]], list[str], int]:
     """Warm up, then every (of this rank's) sequences through both paths, then the evidence pass.
 
-    Returns the results, the notices (OOM retries) and the token budget the pass ended with. A rank
-    whose pass fails tells rank 0 before raising, so the others do not wait for it forever.
+    Returns the results (one list per kernel), the notices (OOM retries) and the token budget the
+    pass ended with. A rank whose pass fails tells rank 0 before raising, so the others do not wait
+    for it forever.
     """
     warm_up(run)
     clock.lap("compile")
@@ -342,10 +344,10 @@ def _compare_here(
     return results, notices, budget
 
 
-def _evidence(config: AuditConfig, run: AuditRun, inputs: _Input, results: list[SequenceResult]) -> None:
+def _evidence(config: AuditConfig, run: AuditRun, inputs: _Input, results: list[list[SequenceResult]]) -> None:
     """The evidence pass over this rank's evidence set, then the position probe over its share of
-    the sample (:mod:`esmdiv.audit.evidence`)."""
-    mine = {r.index for r in results}
+    the sample (:mod:`esmdiv.audit.evidence`); ``results``: one list per kernel."""
+    mine = {r.index for r in results[0]}
     rerun = mine if config.evidence_mode == "all" else (inputs.sample & mine) | set(run.flagged)
     evidence_pass(run, list(_sequences(config, rerun)), results)
     probed = inputs.sample & mine
@@ -355,14 +357,16 @@ def _evidence(config: AuditConfig, run: AuditRun, inputs: _Input, results: list[
 
 def _audit_stream(
     run: AuditRun, sequences: Iterable[AuditSequence], max_tokens: int
-) -> tuple[list[SequenceResult], list[str], int]:
-    """Sort and batch window by window (memory: one window of sequences plus the results).
+) -> tuple[list[list[SequenceResult]], list[str], int]:
+    """Sort and batch window by window (memory: one window of sequences plus the results); one
+    list of results per kernel.
 
     CUDA out of memory halves the token budget and retries the batch, saying so; a single
     sequence that cannot fit is an environment error naming it.
     """
     table = encoder_table(run.loaded.alphabet)
-    results: list[SequenceResult] = run.finished  # shared: a run that fails still reports what finished
+    # shared: a run that fails still reports what finished
+    results: list[list[SequenceResult]] = [kernel.finished for kernel in run.kernels]
     notices: list[str] = []
     budget = max_tokens
     for window in _windows(sequences, WINDOW_BATCHES * max_tokens):
@@ -372,7 +376,9 @@ def _audit_stream(
         while pending:
             batch = pending.pop(0)
             try:
-                results.extend(compare_batch(run, [window[i] for i in batch], [tokens[i] for i in batch]))
+                done = compare_batch(run, [window[i] for i in batch], [tokens[i] for i in batch])
+                for rows, kernel_rows in zip(results, done):
+                    rows.extend(kernel_rows)
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 if len(batch) == 1:
@@ -403,19 +409,23 @@ def _windows(sequences: Iterable[AuditSequence], window_tokens: int) -> Iterator
         yield window
 
 
-def _merge_ranks(run: AuditRun, gathered: list[dict]) -> tuple[list[SequenceResult], list[str], int]:
-    """Rank 0: every rank's results and accumulators into one run; a failed rank fails it all."""
+def _merge_ranks(run: AuditRun, gathered: list[dict]) -> tuple[list[list[SequenceResult]], list[str], int]:
+    """Rank 0: every rank's results and accumulators into one run, kernel by kernel; a failed rank
+    fails it all."""
     for rank, payload in enumerate(gathered):
         if "error" in payload:
             raise RankFailed(rank, payload["error"], payload["exit_code"])
-    results = [r for payload in gathered for r in payload["results"]]
+    results = [[r for payload in gathered for r in payload["results"][k]] for k in range(len(run.kernels))]
     notices = [f"rank {rank}: {n}" for rank, payload in enumerate(gathered) for n in payload["notices"]]
     for path in run.seconds:  # the job takes as long as its slowest rank
         run.seconds[path] = max(payload["seconds"][path] for payload in gathered)
-    for payload in gathered[1:]:
-        if run.trace is not None:
-            run.trace.merge(payload["trace"])
-        run.perplexity.merge(payload["perplexity"])
+    for k, kernel in enumerate(run.kernels):
+        kernel.seconds = max(payload["kernels"][k][2] for payload in gathered)
+        for payload in gathered[1:]:
+            trace, perplexity, _ = payload["kernels"][k]
+            if kernel.trace is not None:
+                kernel.trace.merge(trace)
+            kernel.perplexity.merge(perplexity)
     return results, notices, min(payload["budget"] for payload in gathered)
 
 
@@ -432,11 +442,18 @@ def _conclude(
     world: World | None,
     clock: StageClock,
 ) -> AuditResult:
-    """Decide, time, fingerprint, and assemble the result (rank 0 tells the others the exit code)."""
-    summary, decision, trace = _decide(config, run, compared.results, placement)
-    invariance = summary.pop("invariance", None)  # a block of its own in the report
-    evidence = _evidence_block(config, inputs, compared, summary.pop("position", None))
-    run_timings = timings(run.seconds, inputs.total_tokens, load_seconds)
+    """Decide (per kernel), time, fingerprint, and assemble the result (rank 0 tells the others the
+    exit code). With several kernels the top level is the worst kernel's audit."""
+    kernels = [
+        _kernel_result(config, run, kernel, rows, placement, inputs)
+        for kernel, rows in zip(run.kernels, compared.results)
+    ]
+    worst = max(kernels, key=lambda k: k.decision.verdict.exit_code)  # the first of the worst on a tie
+    position = worst.summary.pop("position", None)
+    for k in kernels:
+        k.summary.pop("position", None)  # the same for every kernel: the report's evidence block has it
+    evidence = _evidence_block(config, inputs, compared, position)
+    run_timings = timings(run.seconds, inputs.total_tokens, load_seconds, len(kernels))
     clock.lap("decision")
     t1 = time.perf_counter()
     loaded = run.loaded
@@ -455,7 +472,7 @@ def _conclude(
         note_compiled(compile_key(placement.device, placement.dtype, loaded.model))
     if world is not None:
         run_timings["ranks"] = world.size
-        broadcast_code(decision.verdict.exit_code, world)
+        broadcast_code(worst.decision.verdict.exit_code, world)
     run_timings.update(clock.report(STAGES))
     return AuditResult(
         model=loaded.info.to_dict(),
@@ -467,27 +484,53 @@ def _conclude(
         heads=[h.name for h in run.heads],
         max_tokens=compared.budget,
         inputs=inputs.report,
-        sequences=compared.results,
-        summary=summary,
+        sequences=worst.sequences,
+        summary=worst.summary,
         thresholds=config.thresholds,
-        decision=decision,
+        decision=worst.decision,
         timings=run_timings,
         faults=sorted(f.value for f in config.faults),
         notices=compared.notices,
-        trace=trace,
-        invariance=invariance,
+        trace=worst.trace,
+        invariance=worst.invariance,
         evidence=evidence,
         environment=fingerprint,
+        kernel=worst.provenance,
+        kernels=kernels if len(kernels) > 1 else [],
+    )
+
+
+def _kernel_result(
+    config: AuditConfig,
+    run: AuditRun,
+    kernel: KernelRun,
+    results: list[SequenceResult],
+    placement: RunPlacement,
+    inputs: _Input,
+) -> KernelResult:
+    """One kernel's summary, decision, trace and invariance blocks, provenance and timing."""
+    summary, decision, trace = _decide(config, run, kernel, results, placement)
+    invariance = summary.pop("invariance", None)  # a block of its own in the report
+    return KernelResult(
+        backend=kernel.backend,
+        provenance=kernel_provenance(kernel.backend, placement.device),
+        decision=decision,
+        summary=summary,
+        sequences=results,
+        timings=kernel_timings(kernel.seconds, inputs.total_tokens),
+        trace=trace,
+        invariance=invariance,
     )
 
 
 def _decide(
     config: AuditConfig,
     run: AuditRun,
+    kernel: KernelRun,
     results: list[SequenceResult],
     placement: RunPlacement,
 ) -> tuple[dict, Decision, dict | None]:
-    """The summary, the decision and the trace block, from every sequence's result."""
+    """The summary, the decision and the trace block of one kernel, from every sequence's result."""
     summary, evidence = summarise(
         results,
         [h.name for h in run.heads],
@@ -496,8 +539,8 @@ def _decide(
         config.thresholds,
         PROBE_OFFSET if config.evidence_mode != "off" else 0,
     )
-    summary["mlm"] = mlm_summary(run, results)
-    trace = run.trace.result(config.trace_threshold) if run.trace else None
+    summary["mlm"] = mlm_summary(run, results, kernel)
+    trace = kernel.trace.result(config.trace_threshold) if kernel.trace else None
     decision = decide(evidence, config.thresholds)
     summary["bound"] = bound_summary(evidence, config.thresholds)
     return summary, decision, trace
@@ -518,6 +561,6 @@ def _evidence_block(config: AuditConfig, inputs: _Input, compared: _Compared, po
         "tokens": config.evidence_tokens,
         "sample": sample_summary(inputs.lengths, inputs.sample),
         "flagged": compared.flagged,
-        "rerun": sum(r.high_precision is not None for r in compared.results),
+        "rerun": sum(r.high_precision is not None for r in compared.results[0]),
         "position": position,
     }

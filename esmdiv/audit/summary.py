@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from esmdiv.audit.batch import AuditRun
+from esmdiv.audit.batch import AuditRun, KernelRun
 from esmdiv.audit.results import SequenceResult, nearer
 from esmdiv.forward.device import dtype_name
 from esmdiv.forward.high_precision import algorithm_tolerance
@@ -30,14 +30,32 @@ from esmdiv.measure.stats import agreement_lower_bound
 TIMED_PATHS = {"padded": "padded", "packed": "packed", "high_precision": "reference"}
 
 
-def timings(seconds: dict[str, float], total_tokens: int, load_seconds: float) -> dict:
-    """The report's ``timings``: model load, then seconds and tokens/s of each path."""
+#: How the report says the first call of each kernel stays out of the timings.
+WARM_UP = (
+    "one small batch through the padded path and every kernel before the timed passes: kernel "
+    "loading and FlashAttention-4's first compile stay out of them (a kernel shape first met later "
+    "is timed with its compile)"
+)
+
+
+def timings(seconds: dict[str, float], total_tokens: int, load_seconds: float, kernels: int = 1) -> dict:
+    """The report's ``timings``: model load, then seconds and tokens/s of each path. With several
+    ``kernels``, ``packed_s`` is their total and ``packed_tokens_per_s`` is null (each kernel's
+    own are in its ``kernels`` entry: :func:`kernel_timings`)."""
     out = {"model_load_s": load_seconds, "tokens": total_tokens}
     for path, name in TIMED_PATHS.items():
         spent = seconds[path]
         out[f"{name}_s"] = spent
         out[f"{name}_tokens_per_s"] = total_tokens / spent if spent > 0 else None
+    if kernels > 1:
+        out["packed_tokens_per_s"] = None
+    out["warm_up"] = WARM_UP
     return out
+
+
+def kernel_timings(seconds: float, total_tokens: int) -> dict:
+    """One kernel's packed forwards in the main pass: seconds and tokens/s."""
+    return {"packed_s": seconds, "packed_tokens_per_s": total_tokens / seconds if seconds > 0 else None}
 
 
 def _nonfinite_outside_residues(results: list[SequenceResult]) -> list[str]:
@@ -285,8 +303,10 @@ def _distance_spread(distances: list[HighPrecisionDistance]) -> dict:
     }
 
 
-def mlm_summary(run: AuditRun, results: list[SequenceResult]) -> dict:
-    """The report's ``summary.mlm``: token agreement, JS divergence and perplexity, or why skipped."""
+def mlm_summary(run: AuditRun, results: list[SequenceResult], kernel: KernelRun | None = None) -> dict:
+    """The report's ``summary.mlm`` for ``kernel`` (default: the run's first): token agreement, JS
+    divergence and perplexity, or why skipped."""
+    kernel = kernel or run.kernels[0]
     if not run.mlm:
         why = (
             "the checkpoint has no language-model head" if not run.loaded.info.has_lm_head else "turned off (--no-mlm)"
@@ -294,7 +314,7 @@ def mlm_summary(run: AuditRun, results: list[SequenceResult]) -> dict:
         return {"skipped": why}
     top1 = [r.mlm["top1_agreement"] for r in results if r.mlm]
     js = [r.mlm["js"] for r in results if r.mlm]
-    return {"top1_agreement": spread(top1), "js": spread(js), "perplexity": run.perplexity.to_dict()}
+    return {"top1_agreement": spread(top1), "js": spread(js), "perplexity": kernel.perplexity.to_dict()}
 
 
 def bound_summary(evidence: Evidence, thresholds: Thresholds) -> dict:

@@ -27,7 +27,18 @@ from typer.core import TyperGroup
 from esmdiv import IMPORTED_AT, __version__
 from esmdiv.audit.clock import StageClock
 from esmdiv.cli import console
-from esmdiv.cli.choices import Backend, Dtype, Evidence, Gate, HeadActivation, LongPolicy, Reference, Workload, plain
+from esmdiv.cli.choices import (
+    Dtype,
+    Evidence,
+    Gate,
+    HeadActivation,
+    LongPolicy,
+    Reference,
+    Workload,
+    backend_metavar,
+    complete_backends,
+    plain,
+)
 from esmdiv.cli.console import stderr, stdout
 from esmdiv.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EsmdivError, OutputError, UsageError
 from esmdiv.input.stdin import STDIN_NAME, is_stdin, spooled_stdin
@@ -69,7 +80,27 @@ DeviceOption = Annotated[
     str, typer.Option(envvar="ESMDIV_DEVICE", help="auto (CUDA when present), cpu, cuda or cuda:N.")
 ]
 DtypeOption = Annotated[Dtype | None, typer.Option(help="Default: fp16 on CUDA, fp32 on CPU.")]
-BackendOption = Annotated[Backend, typer.Option(help="Packed attention kernel.")]
+BackendOption = Annotated[
+    str,
+    typer.Option(
+        metavar=backend_metavar(),
+        autocompletion=complete_backends,
+        help="Packed attention kernel(s): auto (the first that runs here of flash-attn, fa4, torch; reference on "
+        "CPU), all (every one that runs here), or one or more of flash-attn (FlashAttention 2/3), fa4 "
+        "(FlashAttention-4), torch (varlen_attn), reference (exact attention), comma-separated (torch,fa4): "
+        "each runs on the same batches against the same padded path (check: one verdict per kernel, the exit "
+        "code the worst; bench: one row per kernel).",
+    ),
+]
+SelftestBackendOption = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        metavar=backend_metavar(several=False),
+        autocompletion=complete_backends,
+        help="The packed attention kernel the bugs are injected into (one): auto, flash-attn, fa4, torch, reference.",
+    ),
+]
 CompileOption = Annotated[
     bool | None,
     typer.Option(
@@ -413,7 +444,7 @@ def selftest(
     model: ModelOption = "random:8M",
     device: DeviceOption = "auto",
     dtype: DtypeOption = None,
-    backend: BackendOption = "auto",
+    backend: SelftestBackendOption = "auto",
     fasta: Path | None = typer.Option(None, help="Sequences to audit (default: the shipped seed18 fixture)."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the table as JSON here ('-': stdout)."),
     debug: DebugOption = False,
@@ -423,7 +454,7 @@ def selftest(
 
     with guard(debug):
         table = console.SelftestTable(model, stderr)
-        rows, settings = run_selftest(model, device, plain(dtype), plain(backend), fasta, on_row=table.add)
+        rows, settings = run_selftest(model, device, plain(dtype), backend, fasta, on_row=table.add)
         ok = passed(rows)
         console.render_selftest(table, settings, ok, _human(json_path))
         if json_path is not None:
@@ -564,7 +595,7 @@ def bench(
             model=model,
             device=device,
             dtype=plain(dtype),
-            backend=plain(backend),
+            backend=backend,
             max_tokens=max_tokens,
             fasta=fasta,
             workload=plain(workload),

@@ -20,12 +20,32 @@ class Choice(str, Enum):
 
 
 class Backend(Choice):
-    """``--backend``: ``auto`` then :data:`esmdiv.forward.attention.BACKENDS`."""
+    """``--backend``'s words: :data:`esmdiv.forward.attention.SELECTORS` (``auto``, ``all``) then
+    :data:`esmdiv.forward.attention.BACKENDS`. The option itself is a string (a comma-separated
+    list audits several kernels: ``torch,fa4``), parsed by the library
+    (:func:`esmdiv.forward.attention.parse_backends`); the enum lists the words for ``--help``
+    (:func:`backend_metavar`) and the shell (:func:`complete_backends`)."""
 
     auto = "auto"
+    all = "all"
     flash_attn = "flash-attn"
+    fa4 = "fa4"
     torch = "torch"
     reference = "reference"
+
+
+def backend_metavar(several: bool = True) -> str:
+    """``--backend``'s values as ``--help`` shows them."""
+    words = [member.value for member in Backend if several or member is not Backend.all]
+    return "|".join(words) + ("[,...]" if several else "")
+
+
+def complete_backends(incomplete: str) -> list[str]:
+    """Shell completion of ``--backend``: a word, or the next backend of a comma-separated list."""
+    head, _, last = incomplete.rpartition(",")
+    given = set(head.split(",")) if head else set()
+    words = [m.value for m in Backend if not head or m.value not in ("auto", "all", *given)]
+    return [f"{head},{w}" if head else w for w in words if w.startswith(last)]
 
 
 class Dtype(Choice):

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from esmdiv.report.text import describe, environment_table_rows
+from esmdiv.report.text import describe, environment_table_rows, provenance_line
 
 if TYPE_CHECKING:  # the renderers take results; importing them here would load torch
     from esmdiv.audit.results import AuditResult
@@ -39,6 +39,13 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
     if result.compile_reason:
         compiled = "compiled" if result.compiled else "not compiled"
         console.print(f"[bold]compile[/] packed path {compiled}: {escape(result.compile_reason)}", highlight=False)
+    for kernel in [k.provenance for k in result.kernels] or ([result.kernel] if result.kernel else []):
+        console.print(f"[bold]kernel[/]  {escape(provenance_line(kernel))}", highlight=False)
+    if result.kernels:
+        console.print(
+            f"[bold]kernels[/] {len(result.kernels)} audited against the same padded path; the tables below are "
+            f"[bold]{result.kernel['backend']}[/]'s (the worst verdict), one verdict per kernel at the end"
+        )
     for name in result.heads:
         console.print(f"[bold]head[/]    {name}")
     if result.environment:
@@ -94,7 +101,10 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
     details = _details(result)
     if details.row_count:
         console.print(details)
-    render_verdict(result.decision, console)
+    if result.kernels:
+        render_kernel_verdicts(result, console)
+    else:
+        render_verdict(result.decision, console)
 
 
 class PathProgress:
@@ -175,14 +185,41 @@ class PathProgress:
         )
 
 
-def render_verdict(decision, console: Console) -> None:
+def render_verdict(decision, console: Console, title: str = "verdict") -> None:
     verdict = decision.verdict.value
     lines = [Text(verdict, style=VERDICT_STYLE[verdict])]
     for reason in decision.reasons:
         lines.append(
             Text(("✓ " if reason.passed else "✗ ") + reason.message, style="green" if reason.passed else "red")
         )
-    console.print(Panel(Group(*lines), title="verdict", expand=False, border_style=VERDICT_STYLE[verdict].split()[-1]))
+    console.print(Panel(Group(*lines), title=title, expand=False, border_style=VERDICT_STYLE[verdict].split()[-1]))
+
+
+def render_kernel_verdicts(result: AuditResult, console: Console) -> None:
+    """Several kernels: one verdict panel per kernel (with its headline numbers), then the overall."""
+    for kernel in result.kernels:
+        s, p = kernel.summary, kernel.summary["prediction"]
+        speed = kernel.timings.get("packed_tokens_per_s")
+        console.print(
+            f"[bold]{escape(kernel.backend)}[/]: agreement {p['agreement']:.2%}, cosine min {s['cosine']['min']:.7f}, "
+            f"MAD max {s['mad']['max']:.2e}, max |Δ| {s['max_abs_diff']:.2e}"
+            + (f", {speed:,.0f} tokens/s (audit timing)" if speed else ""),
+            highlight=False,
+        )
+        render_verdict(kernel.decision, console, title=f"verdict: {escape(kernel.backend)}")
+    verdict, code = result.decision.verdict.value, result.decision.verdict.exit_code
+    each = ", ".join(f"{k.backend} {k.decision.verdict.value}" for k in result.kernels)
+    console.print(
+        Panel(
+            Group(
+                Text(verdict, style=VERDICT_STYLE[verdict]),
+                Text(f"the worst of {len(result.kernels)} kernels ({each}); exit code {code}"),
+            ),
+            title="overall verdict",
+            expand=False,
+            border_style=VERDICT_STYLE[verdict].split()[-1],
+        )
+    )
 
 
 def _details(result: AuditResult) -> Table:
@@ -298,8 +335,14 @@ def _nan_high(x: float) -> float:
 _LABELS = {"padded": "padded (fair-esm)", "packed": "packed (esmdiv)", "hf": "HF EsmModel sdpa"}
 
 
+def _bench_label(name: str) -> str:
+    if name.startswith("packed["):
+        return f"packed {name[len('packed[') : -1]} (esmdiv)"
+    return _LABELS[name]
+
+
 def render_bench(result: BenchResult, console: Console) -> None:
-    """Header (model, device, workload), one row per path, then the speed-ups."""
+    """Header (model, device, workload), one row per path (per kernel of the packed path), then the speed-ups."""
     env, data = result.environment, result.to_dict()
     w = data["workload"]
     model = result.model
@@ -312,6 +355,8 @@ def render_bench(result: BenchResult, console: Console) -> None:
         f"[bold]device[/]    {env['device']} ({env['device_name']}{memory}), dtype {result.dtype}, "
         f"packed attention [bold]{result.backend}[/], torch {env['torch']}"
     )
+    for kernel in data.get("kernels", {}).values():
+        console.print(f"[bold]kernel[/]    {escape(provenance_line(kernel))}", highlight=False)
     console.print(
         f"[bold]workload[/]  {w['description']}: {w['sequences']:,} sequences, {w['tokens']:,} tokens, "
         f"{w['batches']} batches of ≤ {w['max_tokens']:,} tokens ({w['padding_fraction']:.1%} padding when padded)"
@@ -328,7 +373,7 @@ def render_bench(result: BenchResult, console: Console) -> None:
         table.add_column(column, justify="left" if column == "path" else "right")
     for name, path in data["paths"].items():
         if path["status"] != "ok":
-            table.add_row(_LABELS[name], Text(path["note"] or path["status"], style="yellow"), "", "", "", "", "")
+            table.add_row(_bench_label(name), Text(path["note"] or path["status"], style="yellow"), "", "", "", "", "")
             continue
         peak = (
             "—"
@@ -344,7 +389,7 @@ def render_bench(result: BenchResult, console: Console) -> None:
             )
         )
         table.add_row(
-            _LABELS[name],
+            _bench_label(name),
             f"{path['median_s']:.3f}",
             f"{path['min_s']:.3f}–{path['max_s']:.3f}",
             f"{path['tokens_per_s']:,.0f}",
@@ -356,10 +401,12 @@ def render_bench(result: BenchResult, console: Console) -> None:
     if data["timing"]["synchronised"]:
         console.print("peak GPU GiB: max allocated during the timed passes (+ above the resident weights and batches)")
     speedups = data["speedups"]
+    rows = [name for name in data["paths"] if name.startswith("packed")]
     parts = [
-        f"packed is {value:.2f}× {label}"
-        for key, label in (("packed_over_padded", "fair-esm padded"), ("packed_over_hf", "HF EsmModel sdpa"))
-        if (value := speedups[key]) is not None
+        f"{_bench_label(row).removesuffix(' (esmdiv)')} is {value:.2f}× {label}"
+        for row in rows
+        for key, label in ((f"{row}_over_padded", "fair-esm padded"), (f"{row}_over_hf", "HF EsmModel sdpa"))
+        if (value := speedups.get(key)) is not None
     ]
     if parts:
         console.print("[bold]speed-up[/]  " + "; ".join(parts) + " (ratio of medians)")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from esmdiv.errors import EnvironmentUnavailable, UsageError
-from esmdiv.forward.attention import resolve_backend
+from esmdiv.forward.attention import resolve_backends
 
 #: The dtypes a run may ask for (``--dtype``), by name.
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -25,19 +25,24 @@ MIN_TOKENS = 3  # BOS, one residue, EOS
 
 @dataclass(frozen=True)
 class RunPlacement:
-    """The device, precision, attention backend and token budget one run uses."""
+    """The device, precision, attention backends and token budget one run uses."""
 
     device: torch.device
     dtype_name: str  # "fp16" | "bf16" | "fp32"
     dtype: torch.dtype
-    backend: str  # the backend that will run (never "auto")
+    backends: tuple[str, ...]  # the backends that will run, each audited (never "auto" or "all")
     max_tokens: int
+
+    @property
+    def backend(self) -> str:
+        """The backends as reports name them: one name, or several joined by commas."""
+        return ",".join(self.backends)
 
 
 def resolve_run(
     device: str, dtype: str | None, backend: str, max_tokens: int | None, local_rank: int | None = None
 ) -> RunPlacement:
-    """Resolve the options in order (device, dtype, backend, budget); the first bad one raises.
+    """Resolve the options in order (device, dtype, backends, budget); the first bad one raises.
 
     ``local_rank``: a torchrun rank's local index; a bare ``cuda`` device becomes ``cuda:local_rank``
     (one GPU per local rank). ``max_tokens`` ``None``: :data:`DEFAULT_MAX_TOKENS` of the device.
@@ -46,7 +51,7 @@ def resolve_run(
     if local_rank is not None and resolved.type == "cuda" and resolved.index is None:
         resolved = torch.device("cuda", local_rank)
     dtype_name, torch_dtype = resolve_dtype(dtype, resolved)
-    chosen = resolve_backend(backend, resolved, torch_dtype)
+    chosen = resolve_backends(backend, resolved, torch_dtype)
     budget = DEFAULT_MAX_TOKENS[resolved.type] if max_tokens is None else max_tokens
     if budget < MIN_TOKENS:
         raise UsageError(f"--max-tokens {budget} is too small (a sequence needs at least {MIN_TOKENS} tokens)")

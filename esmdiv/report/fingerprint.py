@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from esmdiv import __version__
-from esmdiv.forward.attention import BACKENDS, backend_availability, resolve_backend
+from esmdiv.forward.attention import BACKENDS, backend_problems, import_kernel, kernel_provenance, resolve_backend
 from esmdiv.forward.device import dtype_name
 
 SAMPLE_ELEMENTS = 1 << 16
@@ -55,6 +55,8 @@ PACKAGES = (
     "torch",
     "fair-esm",
     "flash-attn",
+    "flash-attn-4",  # FlashAttention-4 (flash_attn.cute) and the CUTLASS DSL it compiles with
+    "nvidia-cutlass-dsl",
     "triton",  # torch.compile's kernels for the packed path on CUDA
     "numpy",
     "scipy",
@@ -376,19 +378,19 @@ def cpu_name() -> str:
 
 
 def backend_table(device: torch.device, dtype: torch.dtype) -> dict:
-    """Each attention backend on ``device`` in ``dtype``: available or every reason it is not,
-    plus the one ``--backend auto`` would pick."""
-    availability = backend_availability(device, dtype)
-    extra = {
-        "flash-attn": None if importlib.util.find_spec("flash_attn") else "the flash-attn package is not installed",
-        "torch": None
-        if importlib.util.find_spec("torch.nn.attention.varlen")
-        else f"torch {torch.__version__} has no torch.nn.attention.varlen",
-    }
+    """Each attention backend on ``device`` in ``dtype``: available or every reason it is not (the
+    device, the dtype, the GPU, whether its function imports), its provenance where its function
+    imports (package, version, function, what it was built for), plus the one ``--backend auto``
+    would pick."""
     table = {}
     for name in BACKENDS:
-        reasons = [r for r in (availability[name], extra.get(name)) if r]
-        table[name] = {"available": availability[name] is None, "why_not": "; ".join(dict.fromkeys(reasons)) or None}
+        reasons = backend_problems(name, device, dtype)
+        importable = name == "reference" or import_kernel(name)[0] is not None
+        table[name] = {
+            "available": not reasons,
+            "why_not": "; ".join(dict.fromkeys(reasons)) or None,
+            "provenance": kernel_provenance(name, device) if importable else None,
+        }
     return {
         "device": str(device),
         "dtype": dtype_name(dtype),

@@ -13,7 +13,17 @@ import html
 
 from esmdiv.report.gates import incomplete_reason
 from esmdiv.report.plots import Plot, make_plots
-from esmdiv.report.text import VERDICT_MEANING, finite_number, fmt, run_rows, summary_rows, worst_sequences
+from esmdiv.report.text import (
+    KERNEL_COLUMNS,
+    VERDICT_MEANING,
+    finite_number,
+    fmt,
+    kernel_rows,
+    provenance_line,
+    run_rows,
+    summary_rows,
+    worst_sequences,
+)
 
 VERDICT_COLOUR = {"ACCEPT": "#1a7f37", "VALIDATE": "#9a6700", "FALLBACK": "#cf222e", None: "#57606a"}
 
@@ -40,6 +50,44 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows) + "</table>"
 
 
+def _reasons_table(reasons: list[dict], heading: str) -> str:
+    if not reasons:
+        return ""
+    out = [heading, "<table><tr><th>gate</th><th>result</th><th>value</th><th>threshold</th><th>why</th></tr>"]
+    for r in reasons:
+        cls, word = ("pass", "✓ pass") if r.get("passed") else ("fail", "✗ fail")
+        out.append(
+            f'<tr><td>{_e(r.get("gate"))}</td><td class="{cls}">{word}</td><td class="num">{_e(fmt(r.get("value"), ".6g"))}</td>'
+            f'<td class="num">{_e(fmt(r.get("threshold"), ".6g"))}</td><td>{_e(r.get("message"))}</td></tr>'
+        )
+    out.append("</table>")
+    return "".join(out)
+
+
+def _kernels_section(report: dict) -> str:
+    """Several kernels: a table of their verdicts and headline numbers, then a verdict section per
+    kernel (its provenance and reasons). The plots and tables after it are the worst kernel's."""
+    out = [
+        "<h2>Kernels</h2>",
+        f'<p class="note">{len(report["kernels"])} kernels audited against the same padded path; the overall '
+        f"verdict is the worst. The plots and tables below are {_e(report.get('worst_kernel'))}'s.</p>",
+        "<table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in KERNEL_COLUMNS) + "</tr>",
+    ]
+    for row in kernel_rows(report):
+        out.append("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>")
+    out.append("</table>")
+    for kernel in report["kernels"]:
+        verdict = kernel.get("verdict")
+        out.append(
+            f'<h2 id="kernel-{_e(kernel.get("backend"))}">Verdict: {_e(kernel.get("backend"))}</h2>'
+            f'<div class="verdict" style="background:{VERDICT_COLOUR.get(verdict, VERDICT_COLOUR[None])}">{_e(verdict)}'
+            f"<small>{_e(VERDICT_MEANING.get(verdict, ''))} (exit code {_e(kernel.get('exit_code'))})</small></div>"
+            f"<p><code>{_e(provenance_line(kernel.get('provenance') or {}))}</code></p>"
+        )
+        out.append(_reasons_table(kernel.get("reasons") or [], ""))
+    return "\n".join(out)
+
+
 def render_html(report: dict, plots: list[Plot] | None = None, source: str | None = None) -> str:
     """The whole page as a string; ``plots`` from :func:`make_plots` (drawn here when omitted)."""
     plots = make_plots(report) if plots is None else plots
@@ -61,18 +109,11 @@ def render_html(report: dict, plots: list[Plot] | None = None, source: str | Non
             f'<div class="verdict" style="background:{VERDICT_COLOUR[None]}">NO VERDICT'
             f"<small>the run did not finish: {_e(incomplete_reason(report))}</small></div>"
         )
-    reasons = report.get("reasons") or []
-    if reasons:
-        out.append(
-            "<h2>Reasons</h2><table><tr><th>gate</th><th>result</th><th>value</th><th>threshold</th><th>why</th></tr>"
-        )
-        for r in reasons:
-            cls, word = ("pass", "✓ pass") if r.get("passed") else ("fail", "✗ fail")
-            out.append(
-                f'<tr><td>{_e(r.get("gate"))}</td><td class="{cls}">{word}</td><td class="num">{_e(fmt(r.get("value"), ".6g"))}</td>'
-                f'<td class="num">{_e(fmt(r.get("threshold"), ".6g"))}</td><td>{_e(r.get("message"))}</td></tr>'
-            )
-        out.append("</table>")
+    kernels = report.get("kernels") or []
+    if kernels:
+        out.append(_kernels_section(report))
+    else:
+        out.append(_reasons_table(report.get("reasons") or [], "<h2>Reasons</h2>"))
     for warning in report.get("warnings") or []:
         out.append(f'<div class="warn">warning: {_e(warning)}</div>')
 

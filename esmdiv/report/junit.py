@@ -9,8 +9,12 @@ One ``<testsuites>`` with two suites:
   ``max_mad``, or a label flip while a label-agreement gate failed (a flip under a passing
   agreement gate is noted in the case's output, not failed: the gate allows it).
 
-So the file has failures exactly when the verdict is not ACCEPT. A report with
-``complete: false`` becomes one suite with one errored case saying why there is no verdict.
+So the file has failures exactly when the verdict is not ACCEPT. A report that audited several
+kernels (``kernels``) has the two suites per kernel instead, ``esmdiv.gates.<backend>`` and
+``esmdiv.sequences.<backend>`` (the overall verdict is the worst kernel's, so the file still has
+failures exactly when it is not ACCEPT). Each kernel's provenance is a property (``kernel`` or
+``kernel.<backend>``). A report with ``complete: false`` becomes one suite with one errored case
+saying why there is no verdict.
 
 What is tested of the file (and so what may be relied on):
 
@@ -36,7 +40,7 @@ from pathlib import Path
 from esmdiv.measure.decision import FALLBACK_GATES
 from esmdiv.report.files import write_text
 from esmdiv.report.gates import agreement_gate_failed, incomplete_reason, sequence_problems
-from esmdiv.report.text import finite_number
+from esmdiv.report.text import finite_number, kernel_provenances, provenance_line
 
 _XML_ILLEGAL = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -61,50 +65,74 @@ def junit_tree(report: dict) -> ET.Element:
         )
         _close(suite, "", "")
     else:
-        verdict = report["verdict"]
-        gates = _suite(root, "esmdiv.gates", 1, timestamp, hostname, properties)
-        for reason in report["reasons"]:
-            case = _case(gates, reason["gate"], "esmdiv.gates")
-            if not reason["passed"]:
-                consequence = "FALLBACK" if reason["gate"] in FALLBACK_GATES else "VALIDATE"
-                _sub(
-                    case,
-                    "failure",
-                    f"gate: {reason['gate']}\nvalue: {reason['value']}\nthreshold: {reason['threshold']}\n"
-                    f"a failure here alone means {consequence}; the verdict is {verdict}",
-                    message=f"{reason['message']} (verdict {verdict})",
-                    type="esmdiv.gate",
-                )
-        lines = [f"verdict: {verdict}"] + [
-            ("PASS " if r["passed"] else "FAIL ") + r["message"] for r in report["reasons"]
-        ]
-        _close(gates, "\n".join(lines), "")
-
         timings = report.get("timings") or {}
-        seconds = sum(timings.get(k) or 0.0 for k in ("padded_s", "packed_s"))
-        sequences = _suite(root, "esmdiv.sequences", 2, timestamp, hostname, properties, time=seconds)
-        agreement_failed = agreement_gate_failed(report)
-        for seq in report["sequences"]:
-            case = _case(sequences, seq["id"], "esmdiv.sequences")
-            problems = sequence_problems(seq, report["thresholds"], agreement_failed)
-            if problems:
-                _sub(
-                    case,
-                    "failure",
-                    _numbers(seq),
-                    message=f"{seq['id']}: " + "; ".join(problems),
-                    type="esmdiv.sequence",
-                )
-            else:
-                flip = seq.get("label_v1") != seq.get("label_v2")
-                _sub(
-                    case,
-                    "system-out",
-                    _numbers(seq) + ("\nlabel flipped (allowed: the agreement gates pass)" if flip else ""),
-                )
-        _close(sequences, "", "")
+        kernels = report.get("kernels") or []
+        if not kernels:
+            seconds = sum(timings.get(k) or 0.0 for k in ("padded_s", "packed_s"))
+            _audit_suites(root, report, report, "", 1, timestamp, hostname, properties, seconds)
+        for i, kernel in enumerate(kernels):
+            seconds = (timings.get("padded_s") or 0.0) + ((kernel.get("timings") or {}).get("packed_s") or 0.0)
+            verdict = f"{kernel['verdict']}; overall {report['verdict']}"
+            suffix = f".{kernel['backend']}"
+            _audit_suites(root, kernel, report, suffix, 1 + 2 * i, timestamp, hostname, properties, seconds, verdict)
     _count(root)
     return root
+
+
+def _audit_suites(
+    root: ET.Element,
+    audit: dict,
+    report: dict,
+    suffix: str,
+    index: int,
+    timestamp: str,
+    hostname: str,
+    properties: list[tuple[str, str]],
+    seconds: float,
+    verdict: str | None = None,
+) -> None:
+    """The gates suite and the sequences suite of one audit: the report's own, or one kernel's
+    (``audit`` a ``kernels`` entry, ``suffix`` ``.<backend>``)."""
+    verdict = verdict or audit["verdict"]
+    gates_name = "esmdiv.gates" + suffix
+    gates = _suite(root, gates_name, index, timestamp, hostname, properties)
+    for reason in audit["reasons"]:
+        case = _case(gates, reason["gate"], gates_name)
+        if not reason["passed"]:
+            consequence = "FALLBACK" if reason["gate"] in FALLBACK_GATES else "VALIDATE"
+            _sub(
+                case,
+                "failure",
+                f"gate: {reason['gate']}\nvalue: {reason['value']}\nthreshold: {reason['threshold']}\n"
+                f"a failure here alone means {consequence}; the verdict is {verdict}",
+                message=f"{reason['message']} (verdict {verdict})",
+                type="esmdiv.gate",
+            )
+    lines = [f"verdict: {verdict}"] + [("PASS " if r["passed"] else "FAIL ") + r["message"] for r in audit["reasons"]]
+    _close(gates, "\n".join(lines), "")
+
+    sequences_name = "esmdiv.sequences" + suffix
+    sequences = _suite(root, sequences_name, index + 1, timestamp, hostname, properties, time=seconds)
+    agreement_failed = agreement_gate_failed(audit)
+    for seq in audit["sequences"]:
+        case = _case(sequences, seq["id"], sequences_name)
+        problems = sequence_problems(seq, report["thresholds"], agreement_failed)
+        if problems:
+            _sub(
+                case,
+                "failure",
+                _numbers(seq),
+                message=f"{seq['id']}: " + "; ".join(problems),
+                type="esmdiv.sequence",
+            )
+        else:
+            flip = seq.get("label_v1") != seq.get("label_v2")
+            _sub(
+                case,
+                "system-out",
+                _numbers(seq) + ("\nlabel flipped (allowed: the agreement gates pass)" if flip else ""),
+            )
+    _close(sequences, "", "")
 
 
 def junit_xml(report: dict) -> str:
@@ -190,6 +218,10 @@ def _properties(report: dict) -> list[tuple[str, str]]:
         ("device", report.get("device")),
         ("dtype", report.get("dtype")),
         ("backend", report.get("backend")),
+        *(
+            (f"kernel.{p.get('backend')}" if report.get("kernels") else "kernel", provenance_line(p))
+            for p in kernel_provenances(report)
+        ),
         ("head", report.get("head")),
         ("fasta", (report.get("input") or {}).get("path")),
     ]

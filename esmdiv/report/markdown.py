@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from esmdiv.report.gates import incomplete_reason
 from esmdiv.report.plots import Plot
-from esmdiv.report.text import VERDICT_MEANING, finite_number, fmt, run_rows, summary_rows, worst_sequences
+from esmdiv.report.text import (
+    KERNEL_COLUMNS,
+    VERDICT_MEANING,
+    finite_number,
+    fmt,
+    kernel_rows,
+    provenance_line,
+    run_rows,
+    summary_rows,
+    worst_sequences,
+)
 
 
 def _md(value) -> str:
@@ -15,6 +25,46 @@ def _md(value) -> str:
 def _md_table(rows: list[tuple[str, str]], header=("", "")) -> str:
     lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
     return "\n".join(lines + [f"| {_md(k)} | {_md(v)} |" for k, v in rows])
+
+
+def _reasons_table(reasons: list[dict]) -> list[str]:
+    if not reasons:
+        return []
+    out = ["| gate | result | value | threshold | why |", "|---|---|---:|---:|---|"]
+    for r in reasons:
+        out.append(
+            f"| {_md(r.get('gate'))} | {'✓ pass' if r.get('passed') else '✗ **fail**'} "
+            f"| {fmt(r.get('value'), '.6g')} "
+            f"| {fmt(r.get('threshold'), '.6g')} | {_md(r.get('message'))} |"
+        )
+    return out + [""]
+
+
+def _kernels_section(report: dict) -> list[str]:
+    """Several kernels: their verdicts side by side, then a verdict section per kernel."""
+    out = [
+        "## Kernels",
+        "",
+        f"{len(report['kernels'])} kernels audited against the same padded path; the overall verdict is the "
+        f"worst. The plots and tables below are {_md(report.get('worst_kernel'))}'s.",
+        "",
+        "| " + " | ".join(_md(c) for c in KERNEL_COLUMNS) + " |",
+        "|---|---|" + "---:|" * (len(KERNEL_COLUMNS) - 2),
+    ]
+    out += ["| " + " | ".join(_md(v) for v in row) + " |" for row in kernel_rows(report)]
+    out.append("")
+    for kernel in report["kernels"]:
+        verdict = kernel.get("verdict")
+        out += [
+            f"## Verdict: {_md(kernel.get('backend'))}",
+            "",
+            f"**{verdict}** (exit code {kernel.get('exit_code')}): {VERDICT_MEANING.get(verdict, '')}.",
+            "",
+            f"`{provenance_line(kernel.get('provenance') or {})}`",
+            "",
+        ]
+        out += _reasons_table(kernel.get("reasons") or [])
+    return out
 
 
 def render_markdown(
@@ -32,16 +82,11 @@ def render_markdown(
     else:
         out.append(f"**No verdict**: the run did not finish ({_md(incomplete_reason(report))}).")
     out.append("")
-    reasons = report.get("reasons") or []
-    if reasons:
-        out += ["| gate | result | value | threshold | why |", "|---|---|---:|---:|---|"]
-        for r in reasons:
-            out.append(
-                f"| {_md(r.get('gate'))} | {'✓ pass' if r.get('passed') else '✗ **fail**'} "
-                f"| {fmt(r.get('value'), '.6g')} "
-                f"| {fmt(r.get('threshold'), '.6g')} | {_md(r.get('message'))} |"
-            )
-        out.append("")
+    kernels = report.get("kernels") or []
+    if kernels:
+        out += _kernels_section(report)
+    else:
+        out += _reasons_table(report.get("reasons") or [])
     for warning in report.get("warnings") or []:
         out.append(f"> **warning:** {_md(warning)}")
     if report.get("warnings"):

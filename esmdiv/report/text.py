@@ -36,6 +36,50 @@ def fmt(value, spec: str, missing: str = "n/a") -> str:
     return missing if v is None else format(v, spec)
 
 
+def provenance_line(provenance: dict) -> str:
+    """A kernel's provenance in one line: backend, package and version, the function, what it was
+    built or is compiled for, and the GPU's compute capability."""
+    p = provenance or {}
+    line = f"{p.get('backend')}: {p.get('package')} {p.get('version') or '(version unknown)'}, {p.get('function')}"
+    if p.get("built_for"):
+        line += f"; {p['built_for']}"
+    if p.get("device_capability"):
+        line += f"; GPU compute capability {p['device_capability']}"
+    return line
+
+
+def kernel_provenances(report: dict) -> list[dict]:
+    """The provenance of every kernel a report audited (several, or the one)."""
+    kernels = report.get("kernels") or []
+    if kernels:
+        return [k.get("provenance") or {"backend": k.get("backend")} for k in kernels]
+    return [report["kernel"]] if report.get("kernel") else []
+
+
+KERNEL_COLUMNS = ("kernel", "verdict", "agreement", "cosine min", "MAD max", "max |diff|", "packed tokens/s")
+
+
+def kernel_rows(report: dict) -> list[tuple[str, ...]]:
+    """One row per kernel of a multi-kernel report (:data:`KERNEL_COLUMNS`): its verdict and headline
+    numbers, so a team picks the kernel it ships from one table."""
+    rows = []
+    for k in report.get("kernels") or []:
+        s = k.get("summary") or {}
+        agreement = (s.get("prediction") or {}).get("agreement")
+        rows.append(
+            (
+                str(k.get("backend")),
+                f"{k.get('verdict')} (exit {k.get('exit_code')})",
+                fmt(agreement, ".2%"),
+                fmt((s.get("cosine") or {}).get("min"), ".9f"),
+                fmt((s.get("mad") or {}).get("max"), ".2e"),
+                fmt(s.get("max_abs_diff"), ".2e"),
+                fmt((k.get("timings") or {}).get("packed_tokens_per_s"), ",.0f"),
+            )
+        )
+    return rows
+
+
 def worst_sequences(report: dict, n: int = WORST_ROWS) -> list[dict]:
     """The ``n`` sequences of a report with the lowest pooled cosine (then the largest MAD)."""
 
@@ -118,6 +162,8 @@ def run_rows(report: dict) -> list[tuple[str, str]]:
                 f"{len(inp.get('truncated') or [])} truncated, {len(inp.get('skipped') or [])} skipped",
             )
         )
+    for provenance in kernel_provenances(report):
+        rows.append((f"kernel {provenance.get('backend')}", provenance_line(provenance)))
     if env.get("input"):
         rows.append(("input sha256", f"{env['input']['sha256']} ({env['input']['bytes']:,} bytes)"))
     if env:
@@ -148,8 +194,9 @@ def environment_rows(env: dict, include_run: bool = True) -> list[tuple[str, str
         ),
         ("Python", f"{py.get('version')} ({py.get('implementation')})"),
         (
-            "torch / fair-esm / flash-attn",
-            f"{pk.get('torch')} / {pk.get('fair-esm') or 'absent'} / {pk.get('flash-attn') or 'absent'}",
+            "torch / fair-esm / flash-attn / flash-attn-4",
+            f"{pk.get('torch')} / {pk.get('fair-esm') or 'absent'} / {pk.get('flash-attn') or 'absent'} / "
+            f"{pk.get('flash-attn-4') or 'absent'}",
         ),
         ("platform", f"{plat.get('system')} {plat.get('release')} {plat.get('machine')}"),
     ]
@@ -185,14 +232,16 @@ def environment_rows(env: dict, include_run: bool = True) -> list[tuple[str, str
         rows.append(("GPU that ran", f"{run['gpu']['name']} ({run['gpu']['memory_gib']} GiB)"))
     backends = env.get("attention_backends") or {}
     for name, b in (backends.get("backends") or {}).items():
-        rows.append(
-            (
-                f"backend {name}",
-                "available" + (" (auto picks it)" if backends.get("auto") == name else "")
-                if b.get("available")
-                else f"unavailable: {b.get('why_not')}",
+        what = provenance_line(b["provenance"]).split(": ", 1)[1] if b.get("provenance") else None
+        if b.get("available"):
+            value = (
+                "available"
+                + (" (auto picks it)" if backends.get("auto") == name else "")
+                + (f": {what}" if what else "")
             )
-        )
+        else:
+            value = f"unavailable: {b.get('why_not')}" + (f" — installed: {what}" if what else "")
+        rows.append((f"backend {name}", value))
     rows.append(("captured", str(env.get("captured_at"))))
     return rows
 
@@ -247,6 +296,7 @@ def describe(env: dict) -> str:
         f"torch {p['torch']}",
         f"fair-esm {p['fair-esm'] or 'absent'}",
         f"flash-attn {p['flash-attn'] or 'absent'}",
+        *([f"flash-attn-4 {p['flash-attn-4']}"] if p.get("flash-attn-4") else []),
         f"Python {env['python']['version']}",
     ]
     gpu = env["run"].get("gpu")
