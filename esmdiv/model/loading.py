@@ -456,6 +456,9 @@ _HF_TOP_MAP = {
     "lm_head.layer_norm.bias": "lm_head.layer_norm.bias",
     "lm_head.bias": "lm_head.bias",
 }
+# transformers' legacy LayerNorm names, which transformers 5 also writes on save_pretrained
+# ("LayerNorm.gamma"/"LayerNorm.beta") and renames back on load.
+_HF_LEGACY_NORM = {"gamma": "weight", "beta": "bias"}
 # Keys with no fair-esm counterpart that a rotary ESM-2 never uses.
 _HF_IGNORED = re.compile(
     r"^(embeddings\.position_ids|embeddings\.position_embeddings\.weight|.*rotary_embeddings\.inv_freq"
@@ -538,11 +541,14 @@ def _from_hf_state(spec: str, path: Path, state: dict, config: dict, source: str
             continue
         elif bare in _HF_TOP_MAP:
             mapped[_HF_TOP_MAP[bare]] = value
-        elif m := re.match(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", bare):
+        elif m := re.match(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias|gamma|beta)$", bare):
             index, module, kind = m.groups()
-            if module not in _HF_LAYER_MAP:
+            if module not in _HF_LAYER_MAP or (kind in _HF_LEGACY_NORM and not module.endswith("LayerNorm")):
                 raise CheckpointError(f"{path}: key '{key}' has no fair-esm counterpart")
-            mapped[f"layers.{index}.{_HF_LAYER_MAP[module]}.{kind}"] = value
+            target = f"layers.{index}.{_HF_LAYER_MAP[module]}.{_HF_LEGACY_NORM.get(kind, kind)}"
+            if target in mapped:
+                raise CheckpointError(f"{path}: key '{key}' and another key both hold '{target}'")
+            mapped[target] = value
         else:
             raise CheckpointError(f"{path}: key '{key}' has no fair-esm counterpart")
     model = _new_esm2(layers, dim, heads, bool(config.get("token_dropout", True)), build, where=path)
