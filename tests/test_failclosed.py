@@ -96,10 +96,78 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "Traceback" in result.stderr and "kernel exploded" in result.stderr
 
 
+STALE = json.dumps({"complete": True, "verdict": "ACCEPT"})
+
+
 def test_a_failed_write_of_the_report_is_not_a_verdict(tmp_path, monkeypatch):
+    """The full report cannot be written: exit 1, no verdict, and the partial report (stage
+    "report") replaces the ACCEPT an earlier run left at the path."""
     monkeypatch.setattr(esmdiv.report.json_report, "write_json", raising(RuntimeError("disk on fire")))
-    result = check(tmp_path, "--json", str(tmp_path / "r.json"))
+    out = tmp_path / "r.json"
+    out.write_text(STALE)
+    result = check(tmp_path, "--json", str(out))
     assert result.exit_code == 1 and not any(v in result.stdout for v in VERDICTS)
+    assert result.stderr.strip().splitlines() == [
+        "internal error: RuntimeError: disk on fire (no verdict; rerun with --debug for the traceback)"
+    ]
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and report["error"]["stage"] == "report"
+    assert report["sequences_done"] == 6
+
+
+@pytest.mark.parametrize(
+    "fasta, code, why",
+    [(">a\nMK-T\n", 2, "illegal character"), (SMALL, 130, "interrupted")],
+    ids=["bad-input", "interrupted"],
+)
+def test_a_failed_partial_write_is_an_error_and_leaves_no_stale_report(fasta, code, why, tmp_path, monkeypatch):
+    import esmdiv.cli.app
+
+    if code == 130:
+        monkeypatch.setattr(esmdiv.audit.run, "compare_batch", fail_on_call(2, KeyboardInterrupt()))
+    monkeypatch.setattr(esmdiv.cli.app, "write_partial", raising(OSError(28, "No space left on device")))
+    out = tmp_path / "r.json"
+    out.write_text(STALE)
+    result = check(tmp_path, "--json", str(out), fasta=fasta)
+    assert result.exit_code == code  # the run's own code: the report's failure does not hide it
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and why in lines[0], result.stderr
+    assert "the partial report could not be written either (OSError: [Errno 28] No space left on device)" in lines[0]
+    assert lines[0].endswith(f"nothing is left at {out}")
+    assert not out.exists() and "partial report written" not in result.stdout
+
+
+def test_a_stale_report_that_cannot_be_removed_is_named_untrustworthy(tmp_path, monkeypatch):
+    import esmdiv.cli.app
+
+    monkeypatch.setattr(esmdiv.cli.app, "write_partial", raising(OSError(30, "Read-only file system")))
+    monkeypatch.setattr(Path, "unlink", raising(PermissionError(13, "Permission denied")))
+    out = tmp_path / "r.json"
+    out.write_text(STALE)
+    result = check(tmp_path, "--json", str(out), fasta=">a\nMK-T\n")
+    assert result.exit_code == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.endswith(f"{out} could not be removed (Permission denied): do not trust it")
+
+
+def test_a_report_path_that_is_a_folder_is_left_alone(tmp_path):
+    out = tmp_path / "r.json"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    result = check(tmp_path, "--json", str(out))
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: {out}: is a directory; --json needs a file path"]
+    assert (out / "keep").read_text() == "x"
+
+
+def test_a_report_that_cannot_be_moved_into_place_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from esmdiv.errors import OutputError
+    from esmdiv.report.files import write_text
+
+    monkeypatch.setattr(os, "replace", raising(OSError(28, "No space left on device")))
+    with pytest.raises(OutputError, match=r"r.json: cannot write the report \(No space left on device\)"):
+        write_text("{}", tmp_path / "r.json", "--json")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ctrl_c_is_exit_130_with_a_partial_report(tmp_path, monkeypatch):

@@ -21,12 +21,11 @@ from esmdiv.audit.batch import AuditRun, Progress, compare_batch, invariance_pas
 from esmdiv.audit.results import AuditResult, FollowerResult, SequenceResult
 from esmdiv.audit.summary import bound_summary, mlm_summary, summarise, timings
 from esmdiv.distributed import (
-    RankFailed,
     World,
-    broadcast_code,
     current_world,
-    error_payload,
+    failures_reach_root,
     gather_to_root,
+    raise_for_failed_ranks,
     shard_by_tokens,
 )
 from esmdiv.distributed import init as init_distributed
@@ -113,7 +112,8 @@ def run_audit(
 
     ``partial``, when given, is filled as the run goes, so a run that fails still leaves evidence
     (see :mod:`esmdiv.report.partial`). Under torchrun, ranks other than 0 return a
-    :class:`~esmdiv.audit.results.FollowerResult`.
+    :class:`~esmdiv.audit.results.FollowerResult`; a rank that fails between joining the process
+    group and sending its results tells rank 0 (:func:`~esmdiv.distributed.failures_reach_root`).
     """
     partial = PartialRun({}) if partial is None else partial
     world = current_world()
@@ -124,21 +124,26 @@ def run_audit(
         "backend": placement.backend,
         "max_tokens": placement.max_tokens,
     }
-    # A first pass validates the whole file before any model loads: bad input fails in seconds.
     partial.stage = "input"
-    report = partial.inputs = InputReport(str(config.fasta))
-    inputs = _read_input(config, report, world, placement.device)
+    if world is not None:  # first: from here on, a rank that fails alone can tell rank 0
+        init_distributed(world, placement.device)
+    with failures_reach_root(world, partial):
+        # A first pass validates the whole file before any model loads: bad input fails in seconds.
+        report = partial.inputs = InputReport(str(config.fasta))
+        inputs = _read_input(config, report, world)
 
-    partial.stage = "model"
-    loaded, load_seconds = _load_model(config, loaded, placement)
-    partial.model = loaded.info.to_dict()
-    run = _new_run(config, loaded, placement, inputs.extra, progress if world is None or world.is_root else None)
-    partial.finished = run.finished
+        partial.stage = "model"
+        loaded, load_seconds = _load_model(config, loaded, placement)
+        partial.model = loaded.info.to_dict()
+        run = _new_run(config, loaded, placement, inputs.extra, progress if world is None or world.is_root else None)
+        partial.finished = run.finished
 
-    partial.stage = "audit"
-    compared = _compare(config, run, inputs, placement.max_tokens, world)
+        partial.stage = "audit"
+        mine = _compare_here(config, run, inputs, placement.max_tokens)
+    compared = _gather(config, run, mine, world)
     if compared is None:  # a torchrun rank other than 0: rank 0 decides and reports
-        return FollowerResult(broadcast_code(0, world))
+        return FollowerResult()
+    partial.finished = compared.results  # every rank's, should the decision fail
 
     partial.stage = "decision"
     return _conclude(config, run, placement, inputs, compared, load_seconds, world)
@@ -159,7 +164,7 @@ def _resolve_options(config: AuditConfig, world: World | None) -> RunPlacement:
 # --- stage "input" ---------------------------------------------------------------------------------
 
 
-def _read_input(config: AuditConfig, report: InputReport, world: World | None, device: torch.device) -> _Input:
+def _read_input(config: AuditConfig, report: InputReport, world: World | None) -> _Input:
     """Validate the whole FASTA into ``report``; the extra features; under torchrun, this rank's shard."""
     lengths = {
         s.index: len(s.sequence) + 2 for s in iter_sequences(iter_fasta(config.fasta), report, config.long_policy)
@@ -167,10 +172,7 @@ def _read_input(config: AuditConfig, report: InputReport, world: World | None, d
     if report.records == len(report.skipped):
         raise InputError(f"{config.fasta}: no sequence left to audit ({len(report.skipped)} skipped as too long)")
     extra = load_extra_features(config.extra_features, report.records) if config.extra_features else None
-    mine = None
-    if world is not None:
-        init_distributed(world, device)
-        mine = shard_by_tokens(lengths, world.size)[world.rank]
+    mine = None if world is None else shard_by_tokens(lengths, world.size)[world.rank]
     return _Input(report, lengths, extra, mine)
 
 
@@ -231,12 +233,12 @@ def _cached_high_precision(loaded: LoadedModel, device: torch.device) -> torch.n
 # --- stage "audit" ---------------------------------------------------------------------------------
 
 
-def _compare(
-    config: AuditConfig, run: AuditRun, inputs: _Input, max_tokens: int, world: World | None
+def _gather(
+    config: AuditConfig, run: AuditRun, mine: tuple[list[SequenceResult], list[str], int], world: World | None
 ) -> _Compared | None:
-    """This process's sequences through both paths; under torchrun, every rank's results gathered
-    on rank 0 (``None`` on the other ranks)."""
-    results, notices, budget = _compare_here(config, run, inputs, max_tokens, world)
+    """This process's results; under torchrun, every rank's results gathered on rank 0 (``None`` on
+    the other ranks), where a failed rank fails the run."""
+    results, notices, budget = mine
     if world is not None:
         payload = {
             "results": results,
@@ -256,26 +258,20 @@ def _compare(
 
 
 def _compare_here(
-    config: AuditConfig, run: AuditRun, inputs: _Input, max_tokens: int, world: World | None
+    config: AuditConfig, run: AuditRun, inputs: _Input, max_tokens: int
 ) -> tuple[list[SequenceResult], list[str], int]:
     """Warm up, then every (of this rank's) sequences through both paths, then the invariance pass.
 
-    Returns the results, the notices (OOM retries) and the token budget the pass ended with. A rank
-    whose pass fails tells rank 0 before raising, so the others do not wait for it forever.
+    Returns the results, the notices (OOM retries) and the token budget the pass ended with.
     """
     warm_up(run)
     if run.progress:
         run.progress.start(inputs.my_tokens)
-    try:
-        results, notices, budget = _audit_stream(run, _sequences(config, inputs.mine), max_tokens)
-        run.max_tokens = budget
-        if config.invariance:
-            mine = {r.index for r in results}
-            invariance_pass(run, list(_sequences(config, mine)), results)
-    except Exception as err:
-        if world is not None:
-            gather_to_root(error_payload(err), world)
-        raise
+    results, notices, budget = _audit_stream(run, _sequences(config, inputs.mine), max_tokens)
+    run.max_tokens = budget
+    if config.invariance:
+        mine = {r.index for r in results}
+        invariance_pass(run, list(_sequences(config, mine)), results)
     return results, notices, budget
 
 
@@ -331,9 +327,7 @@ def _windows(sequences: Iterable[AuditSequence], window_tokens: int) -> Iterator
 
 def _merge_ranks(run: AuditRun, gathered: list[dict]) -> tuple[list[SequenceResult], list[str], int]:
     """Rank 0: every rank's results and accumulators into one run; a failed rank fails it all."""
-    for rank, payload in enumerate(gathered):
-        if "error" in payload:
-            raise RankFailed(rank, payload["error"], payload["exit_code"])
+    raise_for_failed_ranks(gathered)
     results = [r for payload in gathered for r in payload["results"]]
     notices = [f"rank {rank}: {n}" for rank, payload in enumerate(gathered) for n in payload["notices"]]
     for path in run.seconds:  # the job takes as long as its slowest rank
@@ -357,7 +351,7 @@ def _conclude(
     load_seconds: float,
     world: World | None,
 ) -> AuditResult:
-    """Decide, time, fingerprint, and assemble the result (rank 0 tells the others the exit code)."""
+    """Decide, time, fingerprint, and assemble the result."""
     summary, decision, trace = _decide(config, run, compared.results, compared.invariance, placement)
     run_timings = timings(run.seconds, inputs.total_tokens, load_seconds)
     t1 = time.perf_counter()
@@ -368,7 +362,6 @@ def _conclude(
     run_timings["fingerprint_s"] = time.perf_counter() - t1
     if world is not None:
         run_timings["ranks"] = world.size
-        broadcast_code(decision.verdict.exit_code, world)
     return AuditResult(
         model=loaded.info.to_dict(),
         device=str(placement.device),
