@@ -246,7 +246,7 @@ def test_prediction_summary_skips_nan_confidence_differences_and_refuses_nothing
     s = prediction_summary([0, 0, 1], [0, 0, 1], [0.1, math.nan, 0.3], [0.1, 0.2, 0.4])
     assert s.mean_conf_diff == pytest.approx(0.05) and s.max_conf_diff == pytest.approx(0.1)
     assert math.isnan(prediction_summary([0], [0], [math.nan], [0.1]).max_conf_diff)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^no predictions to summarise$"):
         prediction_summary([], [], [], [])
 
 
