@@ -93,6 +93,7 @@ def test_the_tiny_hf_folder_behind_the_checkpoint_cases_loads(tmp_path):
 REAL_PROCESS = ["markup-in-record-id", "malicious-pickle"]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("case", [c for c in CASES if c.id in REAL_PROCESS], ids=lambda c: c.id)
 def test_bad_input_in_a_real_process(case: Case, tmp_path):
     """``python -m esmdiv``: what a pipeline sees, Python's own last-resort traceback included."""

@@ -191,6 +191,7 @@ def _torch_loaded(pid: int) -> bool:
         return False
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches /proc/<pid>/maps (Linux)")
 def test_a_real_sigint_mid_run_is_exit_130(tmp_path):
     out = tmp_path / "r.json"
