@@ -59,7 +59,7 @@ def _dist():
     return importlib.import_module("torch.distributed")
 
 
-def init(world: World, device: torch.device) -> None:
+def init(device: torch.device) -> None:
     """Join the process group (once): NCCL for CUDA devices, gloo for CPU."""
     dist = _dist()
     if dist.is_initialized():

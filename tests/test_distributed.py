@@ -281,8 +281,9 @@ class FakeDist:
     """torch.distributed's calls that esmdiv makes, recorded; ``others`` are the other ranks'
     payloads a gather on rank 0 returns, ``root_code`` what rank 0 broadcasts."""
 
-    def __init__(self, initialized=True, others=(), root_code=None, broken=False):
+    def __init__(self, initialized=True, others=(), root_code=None, broken=False, destroy_fails=False):
         self.initialized, self.others, self.root_code, self.broken = initialized, list(others), root_code, broken
+        self.destroy_fails = destroy_fails
         self.calls = []
 
     def is_available(self):
@@ -313,6 +314,8 @@ class FakeDist:
 
     def destroy_process_group(self):
         self.calls.append(("destroy",))
+        if self.destroy_fails:
+            raise RuntimeError("gloo: connection reset")
         self.initialized = False
 
 
@@ -328,6 +331,14 @@ def fake_dist(monkeypatch):
     return install
 
 
+def test_torch_distributed_is_imported_on_first_use():
+    import torch.distributed
+
+    from esmdiv.distributed import _dist
+
+    assert _dist() is torch.distributed
+
+
 def test_the_world_comes_from_torchruns_environment(monkeypatch):
     from esmdiv.distributed import World, current_world
 
@@ -335,6 +346,8 @@ def test_the_world_comes_from_torchruns_environment(monkeypatch):
     assert current_world() is None
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert current_world() is None
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert current_world() == World(0, 2, 0)
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -349,16 +362,16 @@ def test_init_joins_once_gloo_on_cpu_nccl_on_cuda(fake_dist, monkeypatch):
 
     import torch
 
-    from esmdiv.distributed import World, init
+    from esmdiv.distributed import init
 
     fake = fake_dist(initialized=False)
-    init(World(0, 2, 0), torch.device("cpu"))
-    init(World(0, 2, 0), torch.device("cpu"))  # already joined: nothing more
+    init(torch.device("cpu"))
+    init(torch.device("cpu"))  # already joined: nothing more
     assert fake.calls == [("init", "gloo", datetime.timedelta(minutes=30))]
     chosen = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     fake = fake_dist(initialized=False)
-    init(World(1, 2, 1), torch.device("cuda:1"))
+    init(torch.device("cuda:1"))
     assert fake.calls == [("init", "nccl", datetime.timedelta(minutes=30))] and chosen == [torch.device("cuda:1")]
 
 
@@ -461,6 +474,8 @@ def test_finish_keeps_the_own_code_when_rank_0_is_gone_or_there_is_no_group(fake
 
     fake = fake_dist(broken=True, root_code=0)
     assert finish(3) == 3 and fake.calls[-1] == ("destroy",)
+    fake = fake_dist(root_code=10, destroy_fails=True)  # leaving a broken group is no new failure
+    assert finish(0) == 10 and fake.calls[-1] == ("destroy",)
     fake = fake_dist(initialized=False)
     assert finish(2) == 2 and fake.calls == []
     monkeypatch.delitem(sys.modules, "torch.distributed")  # a command that never loaded torch
@@ -477,11 +492,12 @@ def test_two_ranks_in_one_process_give_the_single_process_result(random_8m, smal
 
     config = AuditConfig(small, device="cpu", max_tokens=64, trace=True, mlm=True)
     single = run_audit(config, loaded=random_8m)
-    fake = fake_dist()
+    fake = fake_dist(initialized=False)
     monkeypatch.setattr(esmdiv.audit.run, "current_world", lambda: World(1, 2, 1))
     assert isinstance(run_audit(config, loaded=random_8m), FollowerResult)
-    [(_, payload, _, _)] = fake.calls
-    fake = fake_dist(others=[payload])
+    [init, (_, payload, _, _)] = fake.calls
+    assert init[:2] == ("init", "gloo")  # joined before anything else
+    fake = fake_dist(initialized=False, others=[payload])
     monkeypatch.setattr(esmdiv.audit.run, "current_world", lambda: World(0, 2, 0))
     merged = run_audit(config, loaded=random_8m)
     assert [s.id for s in merged.sequences] == [s.id for s in single.sequences]  # file order again
@@ -571,3 +587,24 @@ def test_rank_0_folds_every_ranks_trace_and_perplexity_into_its_own():
         assert s.nonfinite is True
     assert run.perplexity.nll_v1 == [10.0, 20.0, 30.0] and run.perplexity.nll_v2 == [11.0, 21.0, 31.0]
     assert run.perplexity.counts == [3, 5, 7]
+
+
+@pytest.mark.parametrize("where, stage", [("iter_fasta", "input"), ("load_model", "model"), ("warm_up", "audit")])
+def test_a_rank_that_fails_before_sending_its_results_sends_its_error(where, stage, small, fake_dist, monkeypatch):
+    """In one process: rank 1 fails at each stage before the gather; the gather rank 0 waits on
+    still gets a payload from it, with the exit code and stage, and the error is raised as it was."""
+    import esmdiv.audit.run
+    from esmdiv.audit.run import AuditConfig, run_audit
+    from esmdiv.distributed import World
+    from esmdiv.errors import EnvironmentUnavailable
+
+    def broken(*args, **kwargs):
+        raise EnvironmentUnavailable(f"broken {where}")
+
+    monkeypatch.setattr(esmdiv.audit.run, where, broken)
+    monkeypatch.setattr(esmdiv.audit.run, "current_world", lambda: World(1, 2, 1))
+    fake = fake_dist(initialized=False)
+    with pytest.raises(EnvironmentUnavailable, match=f"^broken {where}$"):
+        run_audit(AuditConfig(small, device="cpu", max_tokens=64))
+    assert fake.calls[0][:2] == ("init", "gloo")
+    assert fake.calls[1:] == [("gather", {"error": f"broken {where}", "exit_code": 3, "stage": stage}, True, 0)]

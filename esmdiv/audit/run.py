@@ -126,7 +126,7 @@ def run_audit(
     }
     partial.stage = "input"
     if world is not None:  # first: from here on, a rank that fails alone can tell rank 0
-        init_distributed(world, placement.device)
+        init_distributed(placement.device)
     with failures_reach_root(world, partial):
         # A first pass validates the whole file before any model loads: bad input fails in seconds.
         report = partial.inputs = InputReport(str(config.fasta))
