@@ -43,6 +43,13 @@ def test_shards_cover_everything_once_and_balance_tokens():
     assert shard_by_tokens(lengths, 3) == shards  # every rank computes the same split
 
 
+def test_shards_take_the_longest_first():
+    # in file order the two short ones would split and the long one land on a loaded rank (3 vs 1)
+    assert shard_by_tokens({0: 1, 1: 1, 2: 2}, 2) == [{2}, {0, 1}]
+    # equal lengths: the lower index first, to the lower rank
+    assert shard_by_tokens({0: 5, 1: 5, 2: 5, 3: 5}, 2) == [{0, 2}, {1, 3}]
+
+
 def _env(extra_env=None, hook=None):
     path = ([str(hook)] if hook else []) + [str(ROOT), os.environ.get("PYTHONPATH", "")]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1", **(extra_env or {})}

@@ -422,3 +422,48 @@ def test_cuda_oom_halves_down_to_single_sequences_and_the_report_says_so(tmp_pat
     halvings = [w for w in report["warnings"] if "token budget halved" in w]
     assert halvings and report["max_tokens"] < 4096
     assert halvings[-1].endswith(f"halved to {report['max_tokens']}")
+
+
+# --- main(): the process's exit code ---------------------------------------------------------------
+
+
+def _main_exit(monkeypatch, argv, app=None):
+    import esmdiv.cli.app
+
+    if app is not None:
+        monkeypatch.setattr(esmdiv.cli.app, "app", app)
+    monkeypatch.setattr(sys, "argv", ["esmdiv", *argv])
+    with pytest.raises(SystemExit) as done:
+        esmdiv.cli.app.main()
+    return done.value.code
+
+
+def test_main_exits_with_the_commands_code(monkeypatch, capsys):
+    import esmdiv
+
+    assert _main_exit(monkeypatch, ["--version"]) == 0
+    assert capsys.readouterr().out == f"esmdiv {esmdiv.__version__}\n"
+    assert _main_exit(monkeypatch, ["check", "--min-cosine", "abc", "x.fasta"]) == 2
+
+
+@pytest.mark.parametrize(
+    "raised, code, stderr",
+    [
+        (KeyboardInterrupt(), 130, "interrupted: no verdict\n"),
+        (SystemExit("a message instead of a code"), 1, "a message instead of a code\n"),
+        (SystemExit(None), 0, ""),
+        (SystemExit(20), 20, ""),
+    ],
+    ids=["interrupt", "message", "none", "code"],
+)
+def test_main_turns_what_escapes_the_command_into_an_exit_code(raised, code, stderr, monkeypatch, capsys):
+    assert _main_exit(monkeypatch, [], app=raising(raised)) == code
+    assert capsys.readouterr().err == stderr
+
+
+def test_main_ends_a_torchrun_rank_with_rank_0s_code(monkeypatch):
+    import esmdiv.cli.app
+
+    seen = []
+    monkeypatch.setattr(esmdiv.cli.app, "finish", lambda code: seen.append(code) or 10)
+    assert _main_exit(monkeypatch, [], app=lambda **kwargs: None) == 10 and seen == [0]

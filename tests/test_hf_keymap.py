@@ -104,6 +104,8 @@ def test_an_hf_esm_model_loads_as_the_same_network(tmp_path):
     model, folder = hf_model("EsmModel", tmp_path)
     loaded = load_model(str(folder))
     assert loaded.info.source == "hf-folder" and not loaded.info.has_lm_head and loaded.classifier is None
+    assert (loaded.info.spec, loaded.info.path) == (str(folder), str(folder / "model.safetensors"))
+    assert not loaded.info.random_weights and loaded.info.token_dropout
     assert (loaded.info.num_layers, loaded.info.embed_dim, loaded.info.attention_heads) == (LAYERS, DIM, HEADS)
     tokens, lengths = batch(loaded.alphabet)
     ours = padded_forward(loaded.model, tokens).representations[LAYERS]

@@ -120,6 +120,7 @@ def test_fair_esm_checkpoint_with_namespace_config(random_8m, tmp_path):
     _fair_esm_checkpoint(path, random_8m.model, cfg)
     loaded = load_model(str(path))
     assert loaded.info.source == "fair-esm-checkpoint" and loaded.info.has_lm_head
+    assert (loaded.info.spec, loaded.info.path) == (str(path), str(path))
     # Bit for bit: the same weights through the same code, in this process, on the same batch with
     # the same thread count; only a weight that did not load the same could change a bit.
     a, _ = both_paths(random_8m, SEQS)
@@ -176,6 +177,27 @@ def test_corrupt_checkpoint(tmp_path):
 def test_bad_specs_are_input_errors(spec):
     with pytest.raises(InputError, match=f"^{re.escape(spec)}: "):
         load_model(spec)
+
+
+@pytest.mark.parametrize("spec", ["missing.pt", "missing.pth", "missing.bin", "missing.safetensors", "some/folder"])
+def test_a_model_path_that_does_not_exist_is_named_as_such(spec, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=f"^{re.escape(spec)}: no such model file or folder$"):
+        load_model(spec)
+
+
+def test_a_spec_that_is_no_model_lists_what_would_be():
+    names = r"\(esm2_t6_8M_UR50D, .*, esm2_t48_15B_UR50D\)$"
+    with pytest.raises(InputError, match=r"^esm3: not a model file, .* ESM-2 name " + names):
+        load_model("esm3")
+
+
+def test_loader_messages_say_exactly_what_is_wrong(tmp_path):
+    with pytest.raises(InputError, match=r"^--model is empty: name a model \(see --help\)$"):
+        load_model("  ")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match=r"list.pt: expected a dict of weights, found list$"):
+        load_model(str(tmp_path / "list.pt"))
 
 
 def test_fair_esm_name_offline_is_an_environment_error(tmp_path, monkeypatch):
