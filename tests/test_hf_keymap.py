@@ -359,3 +359,57 @@ def test_a_bare_hf_state_dict_file_loads_by_its_key_names(tmp_path):
     ours = padded_forward(loaded.model, tokens).representations[LAYERS]
     theirs = hf_hidden(model, tokens, loaded.alphabet.padding_idx).last_hidden_state
     assert_same_rows(ours, theirs, lengths)
+
+
+def test_a_bare_classifier_state_dict_loads_with_its_head(tmp_path):
+    """EsmForSequenceClassification's weights in one file: 'esm.'-prefixed keys, sizes from them."""
+    from safetensors.torch import save_file
+
+    config = tiny_config(hidden_size=320, num_attention_heads=20, intermediate_size=1280)
+    model = randomise(transformers.EsmForSequenceClassification(config), 4)
+    path = tmp_path / "classifier.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    loaded = load_model(str(path))
+    assert (loaded.info.num_layers, loaded.info.embed_dim) == (LAYERS, 320) and loaded.classifier is not None
+    tokens, lengths = batch(loaded.alphabet)
+    ours = padded_forward(loaded.model, tokens).representations[LAYERS]
+    theirs = hf_hidden(model.esm, tokens, loaded.alphabet.padding_idx).last_hidden_state
+    assert_same_rows(ours, theirs, lengths)
+
+
+@pytest.mark.parametrize(
+    "embedding, key",
+    [(None, "esm.embeddings.word_embeddings.weight"), (torch.zeros(33), "esm.embeddings.word_embeddings.weight")],
+    ids=["missing", "1-d"],
+)
+def test_a_bare_state_dict_without_a_2d_embedding_is_refused(embedding, key, tmp_path):
+    from safetensors.torch import save_file
+
+    state = {"esm.encoder.layer.0.output.dense.bias": torch.zeros(4)}
+    if embedding is not None:
+        state[key] = embedding
+    save_file(state, tmp_path / "bare.safetensors")
+    with pytest.raises(CheckpointError, match=rf"no 2-D '{re.escape(key)}': not an ESM checkpoint$"):
+        load_model(str(tmp_path / "bare.safetensors"))
+
+
+def test_a_folder_that_is_not_a_checkpoint_is_refused_saying_why(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    with pytest.raises(CheckpointError, match=r"empty: a folder without config.json is not a Hugging Face checkpoint$"):
+        load_model(str(folder))
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"config.json: not readable JSON \(Expecting property name"):
+        load_model(str(folder))
+
+
+def test_a_bare_state_dict_of_an_unknown_width_names_the_file(tmp_path):
+    """Without a config, the heads come from ESM-2's table of widths: 32 is in none."""
+    from safetensors.torch import save_file
+
+    model = randomise(transformers.EsmModel(tiny_config()), 5)
+    path = tmp_path / "narrow.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    message = f"^{re.escape(str(path))}: embed_dim 32 matches no ESM-2 architecture and the checkpoint does not say"
+    with pytest.raises(CheckpointError, match=message):
+        load_model(str(path))
