@@ -497,8 +497,9 @@ def test_two_ranks_in_one_process_give_the_single_process_result(random_8m, smal
     from esmdiv.audit.run import AuditConfig, run_audit
     from esmdiv.distributed import World
 
-    config = AuditConfig(small, device="cpu", max_tokens=64, trace=True, mlm=True)
+    config = AuditConfig(small, device="cpu", max_tokens=64, trace=True, mlm=True, invariance=True)
     single = run_audit(config, loaded=random_8m)
+    assert single.timings["tokens"] == sum(n + 2 for n in (8, 12, 16, 20, 24, 28))
     fake = fake_dist(initialized=False)
     monkeypatch.setattr(esmdiv.audit.run, "current_world", lambda: World(1, 2, 1))
     assert isinstance(run_audit(config, loaded=random_8m), FollowerResult)
@@ -518,7 +519,9 @@ def test_two_ranks_in_one_process_give_the_single_process_result(random_8m, smal
     for key in ("perplexity_v1", "perplexity_v2"):  # random weights: ~1e15, the sums rounded in another order
         assert a["perplexity"][key] == pytest.approx(b["perplexity"][key], rel=REL)
     _assert_same_trace(merged.trace, single.trace)
-    assert merged.decision.verdict == single.decision.verdict and merged.invariance is None
+    assert merged.decision.verdict == single.decision.verdict
+    assert merged.timings["tokens"] == single.timings["tokens"]
+    assert merged.invariance["n"] == single.invariance["n"] == 6 and _nested_close(merged.invariance, single.invariance)
     for a, b in zip(merged.sequences, single.sequences):
         assert a.metrics.cosine == pytest.approx(b.metrics.cosine, rel=REL, abs=ABS)
 
