@@ -429,3 +429,11 @@ def test_a_folder_with_pytorch_model_bin_loads_the_same(folder):
     assert loaded.info.path == str(folder / "pytorch_model.bin") and loaded.classifier is not None
     after = loaded.model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_sizes_of_an_unprefixed_folder_are_checked_too(tmp_path):
+    """EsmModel's keys have no 'esm.' prefix: its embedding width is read all the same."""
+    _, folder = hf_model("EsmModel", tmp_path)
+    edit_config(folder, hidden_size=64, num_attention_heads=4)
+    with pytest.raises(CheckpointError, match=r"config says hidden_size 64, the weights have 32" + ANOTHER):
+        load_model(str(folder))
