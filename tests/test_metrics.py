@@ -314,6 +314,9 @@ def test_distances_to_high_precision_by_hand():
     for got, (cos, mad, rel) in zip(out, expected):
         assert (got.cosine, got.mad, got.rel_l2) == pytest.approx((cos, mad, rel), rel=1e-12, abs=1e-15)
         assert got.to_dict() == {"cosine": got.cosine, "mad": got.mad, "rel_l2": got.rel_l2}
+    # rel-L2 is a ratio: the same for representations a thousand times smaller (norms below 1)
+    small = distances_to_high_precision(path * 1e-3, ref * 1e-3, lengths)
+    assert [d.rel_l2 for d in small] == pytest.approx([rel for _, _, rel in expected], rel=1e-9)
     # the buggy pooling averages the path's EOS row in (never the reference's); rel-L2 is unchanged
     eos = distances_to_high_precision(path, ref, lengths, include_eos=True)[0]
     rows, ref_rows = [[1.5, 2.0], [3.0, 1.0]], [[1.0, 2.0], [3.0, 1.0]]
