@@ -47,3 +47,13 @@ def test_a_packed_batch_moves_every_tensor_and_keeps_its_shape():
     assert all(t.device.type == "meta" for t in tensors)
     assert [t.dtype for t in tensors] == [torch.int64, torch.int32, torch.int64, torch.int64]
     assert [t.shape[0] for t in tensors] == [7, 3, 7, 7] and moved.max_seqlen == 4
+
+
+def test_to_padded_scatters_each_sequence_into_its_own_row():
+    from esmdiv.forward.packing import to_padded
+
+    packed = pack([torch.arange(3), torch.arange(1)])
+    flat = torch.arange(4.0)[:, None] + 1  # (T, 1): 1, 2, 3 | 4
+    out = to_padded(flat, packed)
+    assert out.shape == (2, 3, 1)
+    assert out[..., 0].tolist() == [[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]]
