@@ -105,7 +105,7 @@ def test_an_hf_esm_model_loads_as_the_same_network(tmp_path):
     loaded = load_model(str(folder))
     assert loaded.info.source == "hf-folder" and not loaded.info.has_lm_head and loaded.classifier is None
     assert (loaded.info.spec, loaded.info.path) == (str(folder), str(folder / "model.safetensors"))
-    assert not loaded.info.random_weights and loaded.info.token_dropout
+    assert loaded.info.random_weights is False and loaded.info.token_dropout is True
     assert (loaded.info.num_layers, loaded.info.embed_dim, loaded.info.attention_heads) == (LAYERS, DIM, HEADS)
     tokens, lengths = batch(loaded.alphabet)
     ours = padded_forward(loaded.model, tokens).representations[LAYERS]
@@ -450,3 +450,11 @@ def test_token_dropout_comes_from_the_config(tmp_path):
     ours = padded_forward(loaded.model, tokens).representations[LAYERS]
     theirs = hf_hidden(model, tokens, loaded.alphabet.padding_idx).last_hidden_state
     assert_same_rows(ours, theirs, lengths)
+
+
+def test_a_config_that_does_not_say_takes_esm2s_token_dropout(folder):
+    config = json.loads((folder / "config.json").read_text())
+    del config["token_dropout"]
+    (folder / "config.json").write_text(json.dumps(config))
+    loaded = load_model(str(folder))
+    assert loaded.info.token_dropout is True and loaded.model.token_dropout is True
