@@ -458,3 +458,16 @@ def test_a_config_that_does_not_say_takes_esm2s_token_dropout(folder):
     (folder / "config.json").write_text(json.dumps(config))
     loaded = load_model(str(folder))
     assert loaded.info.token_dropout is True and loaded.model.token_dropout is True
+
+
+def test_missing_weights_are_named_five_at_most_in_order(folder):
+    def drop(state):
+        for key in ("attention.LayerNorm", "LayerNorm", "output.dense"):
+            for kind in ("weight", "bias"):
+                del state[f"esm.encoder.layer.1.{key}.{kind}"]
+
+    edit_state(folder, drop)
+    first_five = "layers.1.fc2.bias, layers.1.fc2.weight, layers.1.final_layer_norm.bias, "
+    first_five += "layers.1.final_layer_norm.weight, layers.1.self_attn_layer_norm.bias"
+    with pytest.raises(CheckpointError, match=f": missing weights: {re.escape(first_five)}$"):
+        load_model(str(folder))

@@ -128,6 +128,17 @@ def test_fair_esm_checkpoint_with_namespace_config(random_8m, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
+def test_keys_esm2_does_not_have_are_named_five_at_most_in_order(random_8m, tmp_path):
+    path = tmp_path / "extra.pt"
+    cfg = argparse.Namespace(encoder_attention_heads=20, token_dropout=True)
+    state = {k: v for k, v in random_8m.model.state_dict().items() if "inv_freq" not in k}
+    state.update({f"layers.0.adapter{i}.weight": torch.zeros(1) for i in range(6)})
+    torch.save({"model": state, "args": cfg}, path)
+    names = ", ".join(f"layers.0.adapter{i}.weight" for i in range(5))
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))}: keys that ESM-2 does not have: {names}$"):
+        load_model(str(path))
+
+
 def test_fair_esm_checkpoint_with_an_unknown_config_class_loads_inert(random_8m, tmp_path, monkeypatch):
     """omegaconf-style config objects load as inert stand-ins; sizes come from the weights."""
     module = types.ModuleType("omegaconf")
