@@ -43,6 +43,7 @@ class Case:
     names: tuple[str, ...] = ()
     patch: Callable | None = None  # (monkeypatch, tmp) -> None, for environments a test must fake
     needs: set[str] = field(default_factory=set)  # "no-cuda", "not-root", "proc"
+    stage: str = "input"  # the partial report's error.stage: where the run stopped
 
 
 def write(tmp: Path, name: str, content: bytes | str) -> str:
@@ -478,24 +479,33 @@ CASES: list[Case] = [
     Case("fifo", fifo, 2, "not a regular file", ("pipe.fasta",)),
     Case("dev-null", lambda tmp: ["/dev/null", "--device", "cpu"], 2, "not a regular file", ("/dev/null",)),
     # --- models and checkpoints ---------------------------------------------------------------------
-    Case("missing-model-file", model(lambda tmp: str(tmp / "nope.pt")), 2, "no such model file", ("nope.pt",)),
-    Case("unknown-model-name", model(lambda tmp: "esm3_huge"), 2, "not a model file", ("esm3_huge",)),
-    Case("random-unknown-arch", model(lambda tmp: "random:99M"), 2, "random:<arch>", ("random:99M",)),
-    Case("random-bad-seed", model(lambda tmp: "random:8M:x"), 2, "seed", ("random:8M:x",)),
+    Case(
+        "missing-model-file",
+        model(lambda tmp: str(tmp / "nope.pt")),
+        2,
+        "no such model file",
+        ("nope.pt",),
+        stage="model",
+    ),
+    Case("unknown-model-name", model(lambda tmp: "esm3_huge"), 2, "not a model file", ("esm3_huge",), stage="model"),
+    Case("random-unknown-arch", model(lambda tmp: "random:99M"), 2, "random:<arch>", ("random:99M",), stage="model"),
+    Case("random-bad-seed", model(lambda tmp: "random:8M:x"), 2, "seed", ("random:8M:x",), stage="model"),
     Case(
         "random-seed-overflow",
         model(lambda tmp: "random:8M:" + "9" * 30),
         2,
         "the seed must fit in 64 bits",
         ("random:8M:999",),
+        stage="model",
     ),
-    Case("model-empty", model(lambda tmp: ""), 2, "--model is empty", ("--model",)),
+    Case("model-empty", model(lambda tmp: ""), 2, "--model is empty", ("--model",), stage="model"),
     Case(
         "model-is-a-text-file",
         model(lambda tmp: write(tmp, "notes.pt", "a text file, not weights\n" * 20)),
         2,
         "not a readable torch checkpoint",
         ("notes.pt",),
+        stage="model",
     ),
     Case(
         "corrupt-checkpoint",
@@ -503,6 +513,7 @@ CASES: list[Case] = [
         2,
         "not a readable torch checkpoint",
         ("broken.pt",),
+        stage="model",
     ),
     Case(
         "empty-checkpoint",
@@ -510,6 +521,7 @@ CASES: list[Case] = [
         2,
         "not a readable torch checkpoint",
         ("zero.pt",),
+        stage="model",
     ),
     Case(
         "truncated-checkpoint",
@@ -517,6 +529,7 @@ CASES: list[Case] = [
         2,
         "not a readable torch checkpoint",
         ("cut.pt",),
+        stage="model",
     ),
     Case(
         "corrupt-safetensors",
@@ -524,6 +537,7 @@ CASES: list[Case] = [
         2,
         "not a readable safetensors file",
         ("broken.safetensors",),
+        stage="model",
     ),
     Case(
         "checkpoint-not-a-dict",
@@ -531,6 +545,7 @@ CASES: list[Case] = [
         2,
         "expected a dict of weights",
         ("tensor.pt",),
+        stage="model",
     ),
     Case(
         "checkpoint-of-another-model",
@@ -538,6 +553,7 @@ CASES: list[Case] = [
         2,
         "not an ESM-2 checkpoint",
         ("linear.pt",),
+        stage="model",
     ),
     Case(
         "checkpoint-esm1-like",
@@ -545,6 +561,7 @@ CASES: list[Case] = [
         2,
         "keys that ESM-2 does not have: embed_positions.weight",
         ("esm1.pt",),
+        stage="model",
     ),
     Case(
         "checkpoint-unknown-width",
@@ -552,6 +569,7 @@ CASES: list[Case] = [
         2,
         "embed_dim 64 matches no ESM-2 architecture",
         ("narrow.pt",),
+        stage="model",
     ),
     Case(
         "checkpoint-heads-do-not-divide",
@@ -563,6 +581,7 @@ CASES: list[Case] = [
         2,
         "not divisible by 5 attention heads",
         ("heads5.pt",),
+        stage="model",
     ),
     Case(
         "checkpoint-hf-keys-without-embeddings",
@@ -570,6 +589,7 @@ CASES: list[Case] = [
         2,
         "no 2-D 'embeddings.word_embeddings.weight'",
         ("no_emb.pt",),
+        stage="model",
     ),
     Case(
         "checkpoint-1d-embedding",
@@ -581,6 +601,7 @@ CASES: list[Case] = [
         2,
         "'embed_tokens.weight' has shape (33,)",
         ("flat.pt",),
+        stage="model",
     ),
     Case(
         "checkpoint-non-string-keys",
@@ -588,6 +609,7 @@ CASES: list[Case] = [
         2,
         "keyed by something other than names",
         ("intkeys.pt",),
+        stage="model",
     ),
     Case(
         "checkpoint-zero-heads",
@@ -599,6 +621,7 @@ CASES: list[Case] = [
         2,
         "sizes must be positive",
         ("heads0.pt",),
+        stage="model",
     ),
     Case(
         "checkpoint-heads-not-a-number",
@@ -610,6 +633,7 @@ CASES: list[Case] = [
         2,
         "encoder_attention_heads 'many' is not a number",
         ("headsx.pt",),
+        stage="model",
     ),
     Case(
         "hf-config-with-a-million-layers",
@@ -617,6 +641,7 @@ CASES: list[Case] = [
         2,
         "config says 1000000 layers, the weights hold 2",
         ("hf_deep",),
+        stage="model",
     ),
     Case(
         "hf-config-with-a-huge-width",
@@ -624,6 +649,7 @@ CASES: list[Case] = [
         2,
         "config says hidden_size 10000000, the weights have 64",
         ("hf_wide",),
+        stage="model",
     ),
     Case(
         "hf-config-zero-heads",
@@ -631,6 +657,7 @@ CASES: list[Case] = [
         2,
         "sizes must be positive",
         ("hf_heads0",),
+        stage="model",
     ),
     Case(
         "hf-config-not-an-object",
@@ -638,6 +665,7 @@ CASES: list[Case] = [
         2,
         "config.json holds a list",
         ("hf_list",),
+        stage="model",
     ),
     Case(
         "hf-config-of-another-architecture",
@@ -645,6 +673,7 @@ CASES: list[Case] = [
         2,
         "a checkpoint of another architecture",
         ("hf_480",),
+        stage="model",
     ),
     Case(
         "hf-esm1b-config",
@@ -652,6 +681,7 @@ CASES: list[Case] = [
         2,
         "not an ESM-2 checkpoint",
         ("hf_esm1b",),
+        stage="model",
     ),
     Case(
         "hf-no-config",
@@ -659,6 +689,7 @@ CASES: list[Case] = [
         2,
         "without config.json",
         ("hf_noconfig",),
+        stage="model",
     ),
     Case(
         "hf-no-weights",
@@ -666,6 +697,7 @@ CASES: list[Case] = [
         2,
         "neither model.safetensors nor pytorch_model.bin",
         ("hf_noweights",),
+        stage="model",
     ),
     Case(
         "hf-bad-json",
@@ -673,6 +705,7 @@ CASES: list[Case] = [
         2,
         "not readable JSON",
         ("hf_badjson",),
+        stage="model",
     ),
     Case(
         "hf-config-without-sizes",
@@ -680,6 +713,7 @@ CASES: list[Case] = [
         2,
         "config lacks the ESM sizes",
         ("hf_nosizes",),
+        stage="model",
     ),
     Case(
         "hf-truncated-weights",
@@ -687,6 +721,7 @@ CASES: list[Case] = [
         2,
         "not a readable torch checkpoint",
         ("hf_cut",),
+        stage="model",
     ),
     Case(
         "malicious-pickle",
@@ -694,6 +729,7 @@ CASES: list[Case] = [
         2,
         "refused: the file would run or build Python objects",
         ("evil.pt", "posix.system"),
+        stage="model",
     ),
     Case(
         "malicious-legacy-pickle",
@@ -701,8 +737,9 @@ CASES: list[Case] = [
         2,
         "refused",
         ("evil_legacy.pt", "posix.system"),
+        stage="model",
     ),
-    Case("malicious-hf-weights", model(evil_hf_folder), 2, "refused", ("evil_hf", "posix.system")),
+    Case("malicious-hf-weights", model(evil_hf_folder), 2, "refused", ("evil_hf", "posix.system"), stage="model"),
     Case(
         "fair-esm-name-offline",
         model(lambda tmp: "esm2_t6_8M_UR50D"),
@@ -710,14 +747,23 @@ CASES: list[Case] = [
         "could not be downloaded",
         ("esm2_t6_8M_UR50D",),
         patch=offline_hub,
+        stage="model",
     ),
-    Case("head-model-without-head", seed("--head", "model"), 2, "has no classification head", ("--head model",)),
+    Case(
+        "head-model-without-head",
+        seed("--head", "model"),
+        2,
+        "has no classification head",
+        ("--head model",),
+        stage="model",
+    ),
     Case(
         "head-unknown",
         seed("--head", "oracle"),
         2,
         "--head 'oracle': not auto, proxy, model or an existing head file",
         ("--head",),
+        stage="model",
     ),
     # --- environment ------------------------------------------------------------------------------------
     Case(
@@ -727,31 +773,61 @@ CASES: list[Case] = [
         "CUDA is not available",
         ("--device cuda",),
         needs={"no-cuda"},
+        stage="options",
     ),
-    Case("device-cuda-index-absent", seed("--device", "cuda:7"), 3, "cuda:7", ("--device cuda:7",), needs={"no-cuda"}),
+    Case(
+        "device-cuda-index-absent",
+        seed("--device", "cuda:7"),
+        3,
+        "cuda:7",
+        ("--device cuda:7",),
+        needs={"no-cuda"},
+        stage="options",
+    ),
     Case(
         "backend-flash-attn-absent",
         seed("--backend", "flash-attn"),
         3,
         "attention backend 'flash-attn' is not available",
         ("flash-attn",),
+        stage="options",
     ),
     Case(
-        "backend-torch-on-cpu", seed("--backend", "torch"), 3, "attention backend 'torch' is not available", ("torch",)
+        "backend-torch-on-cpu",
+        seed("--backend", "torch"),
+        3,
+        "attention backend 'torch' is not available",
+        ("torch",),
+        stage="options",
     ),
     # A value outside an option's fixed set stops at the parser (which lists the set), still one line
     # and still a partial report.
-    Case("backend-unknown", seed("--backend", "xformers"), 2, "'xformers' is not one of", ("--backend", "flash-attn")),
-    Case("device-unknown", seed("--device", "tpu"), 2, "--device 'tpu'", ("tpu",)),
-    Case("dtype-unknown", seed("--dtype", "fp8"), 2, "'fp8' is not one of", ("--dtype", "bf16")),
+    Case(
+        "backend-unknown",
+        seed("--backend", "xformers"),
+        2,
+        "'xformers' is not one of",
+        ("--backend", "flash-attn"),
+        stage="options",
+    ),
+    Case("device-unknown", seed("--device", "tpu"), 2, "--device 'tpu'", ("tpu",), stage="options"),
+    Case("dtype-unknown", seed("--dtype", "fp8"), 2, "'fp8' is not one of", ("--dtype", "bf16"), stage="options"),
     # --- options: contradictory or out of range --------------------------------------------------------
-    Case("accept-agreement-above-1", seed("--accept-agreement", "1.5"), 2, "out of range", ("--accept-agreement 1.5",)),
+    Case(
+        "accept-agreement-above-1",
+        seed("--accept-agreement", "1.5"),
+        2,
+        "out of range",
+        ("--accept-agreement 1.5",),
+        stage="options",
+    ),
     Case(
         "validate-agreement-negative",
         seed("--validate-agreement", "-0.1"),
         2,
         "out of range",
         ("--validate-agreement -0.1",),
+        stage="options",
     ),
     Case(
         "agreements-contradict",
@@ -759,14 +835,29 @@ CASES: list[Case] = [
         2,
         "is above --accept-agreement 0.9",
         ("--validate-agreement 0.99",),
+        stage="options",
     ),
-    Case("min-cosine-above-1", seed("--min-cosine", "2"), 2, "out of range", ("--min-cosine 2.0",)),
-    Case("min-cosine-nan", seed("--min-cosine", "nan"), 2, "out of range", ("--min-cosine nan",)),
-    Case("max-mad-zero", seed("--max-mad", "0"), 2, "must be a positive number", ("--max-mad 0.0",)),
-    Case("max-mad-infinite", seed("--max-mad", "inf"), 2, "must be a positive number", ("--max-mad inf",)),
-    Case("max-tokens-too-small", seed("--max-tokens", "2"), 2, "too small", ("--max-tokens 2",)),
-    Case("max-tokens-zero", seed("--max-tokens", "0"), 2, "too small", ("--max-tokens 0",)),
-    Case("long-policy-unknown", seed("--long", "chop"), 2, "'chop' is not one of", ("--long", "truncate")),
+    Case("min-cosine-above-1", seed("--min-cosine", "2"), 2, "out of range", ("--min-cosine 2.0",), stage="options"),
+    Case("min-cosine-nan", seed("--min-cosine", "nan"), 2, "out of range", ("--min-cosine nan",), stage="options"),
+    Case("max-mad-zero", seed("--max-mad", "0"), 2, "must be a positive number", ("--max-mad 0.0",), stage="options"),
+    Case(
+        "max-mad-infinite",
+        seed("--max-mad", "inf"),
+        2,
+        "must be a positive number",
+        ("--max-mad inf",),
+        stage="options",
+    ),
+    Case("max-tokens-too-small", seed("--max-tokens", "2"), 2, "too small", ("--max-tokens 2",), stage="options"),
+    Case("max-tokens-zero", seed("--max-tokens", "0"), 2, "too small", ("--max-tokens 0",), stage="options"),
+    Case(
+        "long-policy-unknown",
+        seed("--long", "chop"),
+        2,
+        "'chop' is not one of",
+        ("--long", "truncate"),
+        stage="options",
+    ),
     Case(
         "json-is-a-directory",
         lambda tmp: [SEED, "--device", "cpu", "--json", folder(tmp, "out.json")],

@@ -26,6 +26,8 @@ from helpers import random_sequences
 SEED18 = FIXTURES / "seed18.fasta"
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 runner = CliRunner()
+# What small_result's paths must say: all three run where transformers is installed (the test extra).
+EXPECTED_STATUS = {"padded": "ok", "packed": "ok", "hf": "ok" if HAS_TRANSFORMERS else "not available"}
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +155,7 @@ def test_bench_counts_exactly_the_workloads_tokens_and_batches(small_result, sma
     assert data["workload"]["tokens"] == tokens and data["workload"]["sequences"] == len(records) == 8
     lengths = [len(encode(r.sequence, random_8m.alphabet)) for r in records]
     assert data["workload"]["batches"] == len(batches_by_tokens(lengths, 150)) > 1
+    assert {name: path["status"] for name, path in data["paths"].items()} == EXPECTED_STATUS
     for name, path in data["paths"].items():
         if path["status"] == "ok":
             assert path["tokens"] == tokens and path["sequences"] == 8, name
@@ -162,6 +165,7 @@ def test_bench_counts_exactly_the_workloads_tokens_and_batches(small_result, sma
 
 def test_bench_statistics_are_consistent(small_result):
     data = small_result.to_dict()
+    assert {name: path["status"] for name, path in data["paths"].items()} == EXPECTED_STATUS
     for path in data["paths"].values():
         if path["status"] != "ok":
             continue
@@ -186,11 +190,15 @@ def test_bench_checks_each_path_against_fair_esm(small_result):
     paths = small_result.to_dict()["paths"]
     assert paths["padded"]["check"] is None  # the reference
     checked = [name for name in ("packed", "hf") if paths[name]["status"] == "ok"]
+    assert checked == [name for name in ("packed", "hf") if EXPECTED_STATUS[name] == "ok"]
     for name in checked:
         check = paths[name]["check"]
         assert check["ok"] and check["finite"] and check["max_abs_diff"] < 1e-4, name
         assert check["batch_tokens"] > 0
-    assert small_result.warnings == [w for w in small_result.warnings if "RANDOM" in w]
+    # The one warning is that the weights are random: no check said a path is another model.
+    assert small_result.warnings == [
+        "model random:8M has RANDOM weights: timings hold for its architecture, not a trained model"
+    ]
 
 
 def test_bench_flags_a_path_that_is_not_the_same_model(random_8m, small_fasta, monkeypatch):
@@ -302,7 +310,7 @@ def test_cli_bench_hf_asked_without_transformers_exits_3(monkeypatch):
 
 def test_parse_paths_keeps_a_fixed_order():
     assert parse_paths("hf, packed") == ("packed", "hf")
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match=r"^--paths ',': choose one or more of padded,packed,hf$"):
         parse_paths(",")
 
 
@@ -377,7 +385,9 @@ def test_an_hf_version_the_mapping_does_not_know_is_not_available(random_8m, sma
     monkeypatch.setattr(esmdiv.bench, "hf_unavailable", lambda: None)  # installed, but a version we cannot map
     monkeypatch.setattr(esmdiv.bench, "build_hf_peer", unknown_key)
     data = run_bench(BenchConfig(fasta=small_fasta, device="cpu", repeats=1, warmup=0), loaded=random_8m).to_dict()
-    assert data["paths"]["hf"]["status"] == "not available" and "'x.y'" in data["paths"]["hf"]["note"]
-    assert data["paths"]["packed"]["status"] == "ok"
-    with pytest.raises(EnvironmentUnavailable, match="x.y"):
+    hf = data["paths"]["hf"]
+    assert hf == {**hf, "status": "not available", "median_s": None}
+    assert hf["note"] == "not available: transformers 9.0: EsmModel key 'x.y' has no fair-esm counterpart"
+    assert data["paths"]["packed"]["status"] == "ok" and data["speedups"]["packed_over_hf"] is None
+    with pytest.raises(EnvironmentUnavailable, match=r"^transformers 9.0: EsmModel key 'x\.y' has no fair-esm"):
         run_bench(BenchConfig(fasta=small_fasta, device="cpu", paths=("packed", "hf")), loaded=random_8m)

@@ -1,6 +1,7 @@
 """The CLI end to end through typer.testing: verdicts, exit codes, one-line errors, the JSON."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import esmdiv.audit.run
 from esmdiv.cli.app import app
 from esmdiv.forward.packed import packed_forward
 
-from conftest import FIXTURES
+from conftest import FIXTURES, ROOT
 
 SEED18 = str(FIXTURES / "seed18.fasta")
 runner = CliRunner()
@@ -155,7 +156,12 @@ def test_long_records_are_counted_in_the_output(tmp_path):
 
 
 def test_version_and_help_list_exit_codes():
-    assert runner.invoke(app, ["--version"]).exit_code == 0
+    import esmdiv
+
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.stdout == f"esmdiv {esmdiv.__version__}\n"
+    assert re.fullmatch(r"\d+\.\d+\.\d+(\S*)", esmdiv.__version__)
+    assert f"## [{esmdiv.__version__}]" in (ROOT / "CHANGELOG.md").read_text()  # a released version
     help_text = runner.invoke(app, ["check", "--help"]).stdout
     assert "10 VALIDATE" in help_text and "20 FALLBACK" in help_text
 

@@ -24,6 +24,8 @@ from corpus import CASES, HF_CONFIG, MARKER, Case, hf_folder
 
 runner = CliRunner()
 VERDICTS = ("ACCEPT", "VALIDATE", "FALLBACK")
+# The cases whose model loaded before the options that concern it failed (a head it does not have).
+LOADED_BEFORE_FAILING = {"head-model-without-head", "head-unknown"}
 
 
 def _skip_unless_possible(case: Case) -> None:
@@ -72,6 +74,14 @@ def test_bad_input_fails_with_one_line(case: Case, tmp_path, monkeypatch):
         assert partial["error"]["exit_code"] == case.code
         assert case.fragment in partial["error"]["message"]
         assert schema_problems(partial) == []  # a partial report is a valid report: esmdiv report reads it
+        # Where it stopped, and what it had found by then: bad input never reaches a model or an audit.
+        assert partial["error"]["stage"] == case.stage
+        assert (partial.get("device") == "cpu") == (case.stage != "options")  # resolved once options pass
+        assert (partial["input"] is not None) == (case.stage != "options")
+        if case.stage == "model":  # the whole file was read before any model loads
+            assert partial["input"]["records"] == 18 and partial["input"]["path"].endswith("seed18.fasta")
+        assert (partial["model"] is not None) == (case.id in LOADED_BEFORE_FAILING)
+        assert partial["sequences_done"] == 0 and partial["sequences"] == []
 
 
 def test_the_tiny_hf_folder_behind_the_checkpoint_cases_loads(tmp_path):
@@ -85,6 +95,7 @@ def test_the_tiny_hf_folder_behind_the_checkpoint_cases_loads(tmp_path):
 REAL_PROCESS = ["markup-in-record-id", "malicious-pickle"]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("case", [c for c in CASES if c.id in REAL_PROCESS], ids=lambda c: c.id)
 def test_bad_input_in_a_real_process(case: Case, tmp_path):
     """``python -m esmdiv``: what a pipeline sees, Python's own last-resort traceback included."""

@@ -95,6 +95,10 @@ def test_global_positions_only_move_by_angle_rounding_in_fp32(random_8m):
     sequences = random_sequences([400] * 12, seed=7)
     v1, v2 = both_paths(random_8m, sequences)
     f1, f2 = both_paths(random_8m, sequences, faults={Fault.GLOBAL_POSITIONS})
-    clean, shifted = max_residue_diff(v1, v2), max_residue_diff(f1, f2)
-    assert shifted > clean  # the later sequences sit at offsets up to ~4.4k: rounding grows
-    assert shifted < 1e-3  # ... but stays far below any embedding gate
+    # The fault did change the packed output: compared bit for bit with the clean packed run of the
+    # same process, batch and thread count (the later sequences sit at offsets up to ~4.4k, where
+    # the angles round differently) ...
+    assert any(not torch.equal(a, b) for a, b in zip(f2, v2))
+    # ... but it moves the comparison with the padded path by rounding only, far below any gate.
+    # (Not "more than the clean run": both are rounding-level, measured 6e-6 vs 2e-6 here.)
+    assert max_residue_diff(f1, f2) < 1e-3 and max_residue_diff(v1, v2) < 1e-4

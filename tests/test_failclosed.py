@@ -97,10 +97,78 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "Traceback" in result.stderr and "kernel exploded" in result.stderr
 
 
+STALE = json.dumps({"complete": True, "verdict": "ACCEPT"})
+
+
 def test_a_failed_write_of_the_report_is_not_a_verdict(tmp_path, monkeypatch):
+    """The full report cannot be written: exit 1, no verdict, and the partial report (stage
+    "report") replaces the ACCEPT an earlier run left at the path."""
     monkeypatch.setattr(esmdiv.report.json_report, "write_json", raising(RuntimeError("disk on fire")))
-    result = check(tmp_path, "--json", str(tmp_path / "r.json"))
+    out = tmp_path / "r.json"
+    out.write_text(STALE)
+    result = check(tmp_path, "--json", str(out))
     assert result.exit_code == 1 and not any(v in result.stdout for v in VERDICTS)
+    assert result.stderr.strip().splitlines() == [
+        "internal error: RuntimeError: disk on fire (no verdict; rerun with --debug for the traceback)"
+    ]
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and report["error"]["stage"] == "report"
+    assert report["sequences_done"] == 6
+
+
+@pytest.mark.parametrize(
+    "fasta, code, why",
+    [(">a\nMK-T\n", 2, "illegal character"), (SMALL, 130, "interrupted")],
+    ids=["bad-input", "interrupted"],
+)
+def test_a_failed_partial_write_is_an_error_and_leaves_no_stale_report(fasta, code, why, tmp_path, monkeypatch):
+    import esmdiv.cli.app
+
+    if code == 130:
+        monkeypatch.setattr(esmdiv.audit.run, "compare_batch", fail_on_call(2, KeyboardInterrupt()))
+    monkeypatch.setattr(esmdiv.cli.app, "write_partial", raising(OSError(28, "No space left on device")))
+    out = tmp_path / "r.json"
+    out.write_text(STALE)
+    result = check(tmp_path, "--json", str(out), fasta=fasta)
+    assert result.exit_code == code  # the run's own code: the report's failure does not hide it
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and why in lines[0], result.stderr
+    assert "the partial report could not be written either (OSError: [Errno 28] No space left on device)" in lines[0]
+    assert lines[0].endswith(f"nothing is left at {out}")
+    assert not out.exists() and "partial report written" not in result.stdout
+
+
+def test_a_stale_report_that_cannot_be_removed_is_named_untrustworthy(tmp_path, monkeypatch):
+    import esmdiv.cli.app
+
+    monkeypatch.setattr(esmdiv.cli.app, "write_partial", raising(OSError(30, "Read-only file system")))
+    monkeypatch.setattr(Path, "unlink", raising(PermissionError(13, "Permission denied")))
+    out = tmp_path / "r.json"
+    out.write_text(STALE)
+    result = check(tmp_path, "--json", str(out), fasta=">a\nMK-T\n")
+    assert result.exit_code == 2
+    [line] = result.stderr.strip().splitlines()
+    assert line.endswith(f"{out} could not be removed (Permission denied): do not trust it")
+
+
+def test_a_report_path_that_is_a_folder_is_left_alone(tmp_path):
+    out = tmp_path / "r.json"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    result = check(tmp_path, "--json", str(out))
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [f"error: {out}: is a directory; --json needs a file path"]
+    assert (out / "keep").read_text() == "x"
+
+
+def test_a_report_that_cannot_be_moved_into_place_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from esmdiv.errors import OutputError
+    from esmdiv.report.files import write_text
+
+    monkeypatch.setattr(os, "replace", raising(OSError(28, "No space left on device")))
+    with pytest.raises(OutputError, match=r"r.json: cannot write the report \(No space left on device\)"):
+        write_text("{}", tmp_path / "r.json", "--json")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ctrl_c_is_exit_130_with_a_partial_report(tmp_path, monkeypatch):
@@ -124,6 +192,7 @@ def _torch_loaded(pid: int) -> bool:
         return False
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches /proc/<pid>/maps (Linux)")
 def test_a_real_sigint_mid_run_is_exit_130(tmp_path):
     out = tmp_path / "r.json"
@@ -354,3 +423,48 @@ def test_cuda_oom_halves_down_to_single_sequences_and_the_report_says_so(tmp_pat
     halvings = [w for w in report["warnings"] if "token budget halved" in w]
     assert halvings and report["max_tokens"] < 4096
     assert halvings[-1].endswith(f"halved to {report['max_tokens']}")
+
+
+# --- main(): the process's exit code ---------------------------------------------------------------
+
+
+def _main_exit(monkeypatch, argv, app=None):
+    import esmdiv.cli.app
+
+    if app is not None:
+        monkeypatch.setattr(esmdiv.cli.app, "app", app)
+    monkeypatch.setattr(sys, "argv", ["esmdiv", *argv])
+    with pytest.raises(SystemExit) as done:
+        esmdiv.cli.app.main()
+    return done.value.code
+
+
+def test_main_exits_with_the_commands_code(monkeypatch, capsys):
+    import esmdiv
+
+    assert _main_exit(monkeypatch, ["--version"]) == 0
+    assert capsys.readouterr().out == f"esmdiv {esmdiv.__version__}\n"
+    assert _main_exit(monkeypatch, ["check", "--min-cosine", "abc", "x.fasta"]) == 2
+
+
+@pytest.mark.parametrize(
+    "raised, code, stderr",
+    [
+        (KeyboardInterrupt(), 130, "interrupted: no verdict\n"),
+        (SystemExit("a message instead of a code"), 1, "a message instead of a code\n"),
+        (SystemExit(None), 0, ""),
+        (SystemExit(20), 20, ""),
+    ],
+    ids=["interrupt", "message", "none", "code"],
+)
+def test_main_turns_what_escapes_the_command_into_an_exit_code(raised, code, stderr, monkeypatch, capsys):
+    assert _main_exit(monkeypatch, [], app=raising(raised)) == code
+    assert capsys.readouterr().err == stderr
+
+
+def test_main_ends_a_torchrun_rank_with_rank_0s_code(monkeypatch):
+    import esmdiv.cli.app
+
+    seen = []
+    monkeypatch.setattr(esmdiv.cli.app, "finish", lambda code: seen.append(code) or 10)
+    assert _main_exit(monkeypatch, [], app=lambda **kwargs: None) == 10 and seen == [0]

@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 PACKAGE = ROOT / "esmdiv"
@@ -84,12 +86,14 @@ def _fresh_python(script, *args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.subprocess
 def test_importing_every_library_module_loads_neither_typer_nor_rich():
     """In a fresh interpreter, so nothing else has imported them first; names the first culprit."""
     modules = [_module_name(p) for p in _library_files()]
     assert _fresh_python(_IMPORT_ALL, *modules) is None
 
 
+@pytest.mark.subprocess
 def test_the_cli_starts_without_torch():
     script = "import json, sys, esmdiv.cli.app; print(json.dumps('torch' in sys.modules))"
     assert _fresh_python(script) is False

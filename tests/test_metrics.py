@@ -5,16 +5,19 @@ padding. Padding rows hold huge (or non-finite) values that must never reach a n
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from esmdiv.measure.metrics import (
+    SequenceMetrics,
     _quantile,
     compare_embeddings,
     cosine,
     cosine_rows,
+    distances_to_high_precision,
     mean_pool,
     mean_pool_batch,
     prediction_summary,
@@ -196,6 +199,7 @@ def test_quantile_works_past_torch_quantile_limit():
     # the ceil(q n)-th smallest of 1..n is ceil(q n) itself
     assert float(_quantile(values, 0.999)) == math.ceil(0.999 * n)
     assert float(_quantile(torch.tensor([]), 0.999)) == 0.0
+    assert float(_quantile(torch.tensor([5.0]), 0.999)) == 5.0  # one value: the first smallest
 
 
 def test_cosine_rows_zero_vectors_and_signs():
@@ -231,22 +235,26 @@ def test_prediction_summary_by_hand():
 @pytest.mark.parametrize(
     "conf_v1, conf_v2, note",
     [
-        ([0.3], [0.3], "fewer than 2"),
-        ([0.5, 0.5, 0.5], [0.1, 0.2, 0.3], "same confidence"),
-        ([0.1, math.nan, 0.3], [0.1, 0.2, 0.4], "non-finite"),
+        ([0.3], [0.3], "undefined for fewer than 2 sequences"),
+        ([0.5, 0.5, 0.5], [0.1, 0.2, 0.3], "undefined: a path gave every sequence the same confidence"),
+        ([0.1, 0.2, 0.3], [0.4, 0.4, 0.4], "undefined: a path gave every sequence the same confidence"),
+        ([0.1, math.nan, 0.3], [0.1, 0.2, 0.4], "undefined: non-finite confidences"),
     ],
 )
 def test_pearson_undefined_cases_say_why(conf_v1, conf_v2, note):
     labels = [0] * len(conf_v1)
     s = prediction_summary(labels, labels, conf_v1, conf_v2)
-    assert s.pearson is None and note in s.pearson_note
+    assert s.pearson is None and s.pearson_note == note
 
 
 def test_prediction_summary_skips_nan_confidence_differences_and_refuses_nothing():
     s = prediction_summary([0, 0, 1], [0, 0, 1], [0.1, math.nan, 0.3], [0.1, 0.2, 0.4])
     assert s.mean_conf_diff == pytest.approx(0.05) and s.max_conf_diff == pytest.approx(0.1)
-    assert math.isnan(prediction_summary([0], [0], [math.nan], [0.1]).max_conf_diff)
-    with pytest.raises(ValueError):
+    with warnings.catch_warnings():  # every difference NaN: NaN, and no "mean of empty slice" warning
+        warnings.simplefilter("error")
+        nothing = prediction_summary([0], [0], [math.nan], [0.1])
+    assert math.isnan(nothing.max_conf_diff) and math.isnan(nothing.mean_conf_diff)
+    with pytest.raises(ValueError, match="^no predictions to summarise$"):
         prediction_summary([], [], [], [])
 
 
@@ -266,3 +274,135 @@ def test_residue_cosines_of_equal_rows_never_pass_one():
     m = compare_embeddings(v, v.clone(), torch.tensor([n + 2])).metrics[0]
     assert m.residue_cosine_min <= 1.0 and m.residue_cosine_mean <= 1.0
     assert m.residue_cosine_mean == pytest.approx(1.0, abs=1e-6)
+
+
+def _by_hand_distance(path_rows, ref_rows, pooled_path_rows=None):
+    """cosine, MAD and rel-L2 of one sequence's residue rows, written out independently."""
+    pooled_path_rows = path_rows if pooled_path_rows is None else pooled_path_rows
+    p = [sum(col) / len(pooled_path_rows) for col in zip(*pooled_path_rows)]
+    r = [sum(col) / len(ref_rows) for col in zip(*ref_rows)]
+    dot = sum(x * y for x, y in zip(p, r))
+    cos = dot / (math.sqrt(sum(x * x for x in p)) * math.sqrt(sum(y * y for y in r)))
+    mad = sum(abs(x - y) for x, y in zip(p, r)) / len(p)
+    diff = math.sqrt(sum((x - y) ** 2 for a, b in zip(path_rows, ref_rows) for x, y in zip(a, b)))
+    norm = math.sqrt(sum(y * y for b in ref_rows for y in b))
+    return cos, mad, diff / norm
+
+
+def test_distances_to_high_precision_by_hand():
+    # two sequences: 4 tokens (residue rows 1, 2) and 3 tokens (residue row 1, then padding)
+    ref = torch.tensor(
+        [
+            [[9.0, 9.0], [1.0, 2.0], [3.0, 1.0], [7.0, 7.0]],
+            [[9.0, 9.0], [2.0, -1.0], [5.0, 5.0], [0.0, 0.0]],
+        ],
+        dtype=torch.float64,
+    )
+    path = ref.clone()
+    path[0, 1] = torch.tensor([1.5, 2.0])
+    path[1, 1] = torch.tensor([2.0, -0.5])
+    path[:, 0] = -4.0  # BOS rows and the EOS / padding rows differ wildly: never read
+    path[0, 3] = 100.0
+    path[1, 2:] = 50.0
+    lengths = torch.tensor([4, 3])
+    out = distances_to_high_precision(path, ref, lengths)
+    assert len(out) == 2
+    expected = [
+        _by_hand_distance([[1.5, 2.0], [3.0, 1.0]], [[1.0, 2.0], [3.0, 1.0]]),
+        _by_hand_distance([[2.0, -0.5]], [[2.0, -1.0]]),
+    ]
+    for got, (cos, mad, rel) in zip(out, expected):
+        assert (got.cosine, got.mad, got.rel_l2) == pytest.approx((cos, mad, rel), rel=1e-12, abs=1e-15)
+        assert got.to_dict() == {"cosine": got.cosine, "mad": got.mad, "rel_l2": got.rel_l2}
+    # rel-L2 is a ratio: the same for representations a thousand times smaller (norms below 1)
+    small = distances_to_high_precision(path * 1e-3, ref * 1e-3, lengths)
+    assert [d.rel_l2 for d in small] == pytest.approx([rel for _, _, rel in expected], rel=1e-9)
+    # the buggy pooling averages the path's EOS row in (never the reference's); rel-L2 is unchanged
+    eos = distances_to_high_precision(path, ref, lengths, include_eos=True)[0]
+    rows, ref_rows = [[1.5, 2.0], [3.0, 1.0]], [[1.0, 2.0], [3.0, 1.0]]
+    cos, mad, _ = _by_hand_distance(rows, ref_rows, rows + [[100.0, 100.0]])
+    assert (eos.cosine, eos.mad, eos.rel_l2) == pytest.approx((cos, mad, expected[0][2]), rel=1e-12)
+
+
+def test_a_non_finite_distance_is_nan_in_every_field():
+    ref = torch.ones(2, 4, 3, dtype=torch.float64)
+    path = ref.clone()
+    path[1, 1, 0] = math.inf
+    out = distances_to_high_precision(path, ref, torch.tensor([4, 4]))
+    assert (out[0].cosine, out[0].mad, out[0].rel_l2) == (1.0, 0.0, 0.0)
+    assert all(math.isnan(v) for v in (out[1].cosine, out[1].mad, out[1].rel_l2))
+
+
+def test_report_dicts_hold_every_field():
+    metrics = SequenceMetrics(0.5, 0.25, 0.125, True, False, 0.1, 0.2, 0.3, 0.4, 0.6, 0.7)
+    assert metrics.to_dict() == {
+        "cosine": 0.5,
+        "mad": 0.25,
+        "max_abs_diff": 0.125,
+        "finite_v1": True,
+        "finite_v2": False,
+        "residue_cosine_min": 0.1,
+        "residue_cosine_mean": 0.2,
+        "rel_l2": 0.3,
+        "p999_abs_diff": 0.4,
+        "allclose_1e3": 0.6,
+        "allclose_1e2": 0.7,
+    }
+    summary = prediction_summary([0, 1], [0, 0], [0.2, 0.9], [0.1, 0.4])
+    assert summary.to_dict() == {
+        "n": 2,
+        "agreement": 0.5,
+        "disagreements": 1,
+        "pearson": pytest.approx(1.0),
+        "pearson_note": None,
+        "mean_conf_diff": pytest.approx(0.3),
+        "max_conf_diff": pytest.approx(0.5),
+    }
+
+
+def test_summaries_reduce_in_fp64_whatever_the_input_dtype():
+    # fp32 inputs, fp64 arithmetic: in fp32 the large values would swallow the small one
+    assert spread(np.array([1e8, 1.0, -1e8], dtype=np.float32))["mean"] == pytest.approx(1 / 3)
+    a, b = np.float32([0.1, 0.2, 0.3]), np.float32([0.7, 0.9, 0.35])
+    s = prediction_summary([0, 0, 0], [0, 0, 0], a, b)
+    # exactly the fp64 arithmetic on the fp32 values (one process, one formula: no rounding freedom)
+    assert s.mean_conf_diff == float(np.mean(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+    assert s.max_conf_diff == float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+
+
+def test_spread_and_pearson_of_too_little_say_so():
+    assert set(spread([math.nan])) == {"min", "mean", "max"} and all(math.isnan(v) for v in spread([]).values())
+    one = prediction_summary([0], [0], [0.1], [0.2])
+    assert one.pearson is None and one.pearson_note == "undefined for fewer than 2 sequences"
+
+
+def test_mean_pool_keeps_the_lengths_on_the_tensors_device():
+    pooled = mean_pool(torch.zeros(5, 3, device="meta"))
+    assert pooled.device.type == "meta" and pooled.shape == (3,)
+
+
+def test_residue_cosines_of_opposite_rows_never_pass_minus_one():
+    v = rows_whose_self_cosine_exceeds_one()[None]
+    m = compare_embeddings(v, -v, torch.tensor([v.shape[1]])).metrics[0]
+    assert m.residue_cosine_min == -1.0 and m.residue_cosine_mean >= -1.0
+
+
+def test_tiny_representations_are_compared_by_their_direction_not_clamped_away():
+    # norms of 1e-12: a cosine eps of 1e-8 or a rel-L2 floor of 1 would swamp them
+    v1 = torch.tensor([[[0.0, 0.0], [3e-12, 4e-12], [4e-12, 3e-12], [0.0, 0.0]]])
+    v2 = v1.clone()
+    v2[0, 1] = torch.tensor([3e-12, 4.5e-12])
+    m = compare_embeddings(v1, v2, torch.tensor([4])).metrics[0]
+    cos_row1 = (9 + 18) / (5 * math.sqrt(9 + 20.25))
+    assert m.residue_cosine_min == pytest.approx(cos_row1, rel=1e-6)
+    assert m.residue_cosine_mean == pytest.approx((cos_row1 + 1) / 2, rel=1e-6)
+    assert m.rel_l2 == pytest.approx(0.5e-12 / math.sqrt(50e-24), rel=1e-5)
+
+
+def test_a_difference_exactly_at_the_tolerance_counts_as_close():
+    atol = torch.tensor(1e-3, dtype=torch.float32)  # the tolerance as the fp32 comparison sees it
+    v1 = torch.zeros(1, 4, 1)
+    v2 = v1.clone()
+    v2[0, 1:3, 0] = atol
+    m = compare_embeddings(v1, v2, torch.tensor([4])).metrics[0]
+    assert m.allclose_1e3 == 1.0 and m.allclose_1e2 == 1.0

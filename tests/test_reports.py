@@ -190,7 +190,12 @@ def test_every_report_carries_the_environment(report):
         "records": 18,
     }
     backends = env["attention_backends"]["backends"]
-    assert backends["reference"] == {"available": True, "why_not": None}
+    reference = backends["reference"]
+    assert (reference["available"], reference["why_not"], reference["provenance"]["backend"]) == (
+        True,
+        None,
+        "reference",
+    )
     if not torch.cuda.is_available():
         assert "needs a CUDA device" in backends["torch"]["why_not"]
 
@@ -280,6 +285,7 @@ def test_schema_ships_as_package_data():
     assert "*.json" in config["tool"]["setuptools"]["package-data"]["esmdiv.report.schemas"]
 
 
+@pytest.mark.subprocess
 def test_schema_ships_in_a_built_wheel(tmp_path):
     """A non-editable install has the schema: build a wheel (from a copy, leaving the tree clean)."""
     pytest.importorskip("setuptools")
@@ -470,6 +476,7 @@ def test_junit_path_that_is_a_directory_is_exit_2(tmp_path, run):
     assert code == 2 and "--junit needs a file path" in stderr
 
 
+@pytest.mark.subprocess
 def test_plots_need_no_display_and_no_pyplot(run):
     script = (
         "import json, sys; from esmdiv.report.plots import make_plots; make_plots(json.load(open(sys.argv[1]))); "

@@ -63,13 +63,15 @@ def test_299_sequences_are_the_fewest_that_can_show_99_percent():
     "args", [(-1, 10, 0.95), (11, 10, 0.95), (0, 0, 0.95), (5, 10, 0.0), (5, 10, 1.0), (5, 10, 1.5)]
 )
 def test_bound_rejects_bad_arguments(args):
-    with pytest.raises(ValueError):
+    agreeing, n, confidence = args
+    why = "need 0 <= agreeing <= n and n > 0" if not 0 <= agreeing <= n or n == 0 else "confidence must be between"
+    with pytest.raises(ValueError, match=why):
         agreement_lower_bound(*args)
 
 
 @pytest.mark.parametrize("target", [0.0, 1.0, -0.5, 2.0])
 def test_sequences_needed_rejects_bad_targets(target):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"target must be between 0 and 1, got {target}"):
         sequences_needed(target)
 
 

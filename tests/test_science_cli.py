@@ -15,6 +15,9 @@ from conftest import FIXTURES
 
 SEED18 = FIXTURES / "seed18.fasta"
 runner = CliRunner()
+# Exact equalities below compare a value with the same value reported in another place of the same
+# report (a copy, or the min or max of those values, which never rounds): exact by construction.
+# Values computed twice (two paths, other precisions) are compared with tolerances.
 
 
 def check(*args):

@@ -221,9 +221,8 @@ class AuditResult:
 
 @dataclass
 class FollowerResult:
-    """What a non-root rank of a distributed audit returns: rank 0 reports, all exit alike."""
-
-    exit_code: int
+    """What a non-root rank of a distributed audit returns once its results are on rank 0: rank 0
+    decides and reports, and every rank ends with rank 0's code (:func:`esmdiv.distributed.finish`)."""
 
 
 def nearer(d1: float, d2: float) -> str:

@@ -35,12 +35,11 @@ from esmdiv.audit.evidence import (
 from esmdiv.audit.results import AuditResult, FollowerResult, KernelResult, SequenceResult
 from esmdiv.audit.summary import bound_summary, kernel_timings, mlm_summary, summarise, timings
 from esmdiv.distributed import (
-    RankFailed,
     World,
-    broadcast_code,
     current_world,
-    error_payload,
+    failures_reach_root,
     gather_to_root,
+    raise_for_failed_ranks,
     shard_by_tokens,
 )
 from esmdiv.distributed import init as init_distributed
@@ -146,7 +145,8 @@ def run_audit(
     ``partial``, when given, is filled as the run goes, so a run that fails still leaves evidence
     (see :mod:`esmdiv.report.partial`). ``clock``: where the stages' seconds go (the CLI's starts at
     esmdiv's import; :mod:`esmdiv.audit.clock`). Under torchrun, ranks other than 0 return a
-    :class:`~esmdiv.audit.results.FollowerResult`.
+    :class:`~esmdiv.audit.results.FollowerResult`; a rank that fails between joining the process
+    group and sending its results tells rank 0 (:func:`~esmdiv.distributed.failures_reach_root`).
     """
     partial = PartialRun({}) if partial is None else partial
     clock = StageClock() if clock is None else clock
@@ -159,23 +159,27 @@ def run_audit(
         "backend": placement.backend,
         "max_tokens": placement.max_tokens,
     }
-    # A first pass validates the whole file before any model loads: bad input fails in seconds.
     partial.stage = "input"
-    report = partial.inputs = InputReport(config.input_name)
-    inputs = _read_input(config, report, world, placement.device)
-    clock.lap("input")
+    if world is not None:  # first: from here on, a rank that fails alone can tell rank 0
+        init_distributed(placement.device)
+    with failures_reach_root(world, partial):
+        report = partial.inputs = InputReport(config.input_name)
+        inputs = _read_input(config, report, world)
+        clock.lap("input")
 
-    partial.stage = "model"
-    loaded, load_seconds = _load_model(config, loaded, placement)
-    partial.model = loaded.info.to_dict()
-    run = _new_run(config, loaded, placement, inputs, progress if world is None or world.is_root else None)
-    partial.finished = run.kernels[0].finished
-    clock.lap("model_load")
+        partial.stage = "model"
+        loaded, load_seconds = _load_model(config, loaded, placement)
+        partial.model = loaded.info.to_dict()
+        run = _new_run(config, loaded, placement, inputs, progress if world is None or world.is_root else None)
+        partial.finished = run.kernels[0].finished
+        clock.lap("model_load")
 
-    partial.stage = "audit"
-    compared = _compare(config, run, inputs, placement.max_tokens, world, clock)
+        partial.stage = "audit"
+        mine = _compare_here(config, run, inputs, placement.max_tokens, clock)
+    compared = _gather(config, run, mine, world, clock)
     if compared is None:  # a torchrun rank other than 0: rank 0 decides and reports
-        return FollowerResult(broadcast_code(0, world))
+        return FollowerResult()
+    partial.finished = compared.results[0]  # every rank's (first kernel), should the decision fail
 
     partial.stage = "decision"
     return _conclude(config, run, placement, inputs, compared, load_seconds, world, clock)
@@ -200,7 +204,7 @@ def _resolve_options(config: AuditConfig, world: World | None) -> RunPlacement:
 # --- stage "input" ---------------------------------------------------------------------------------
 
 
-def _read_input(config: AuditConfig, report: InputReport, world: World | None, device: torch.device) -> _Input:
+def _read_input(config: AuditConfig, report: InputReport, world: World | None) -> _Input:
     """Validate the whole FASTA into ``report``; the extra features; under torchrun, this rank's shard."""
     lengths = {
         s.index: len(s.sequence) + 2
@@ -209,10 +213,7 @@ def _read_input(config: AuditConfig, report: InputReport, world: World | None, d
     if report.records == len(report.skipped):
         raise InputError(f"{config.input_name}: no sequence left to audit ({len(report.skipped)} skipped as too long)")
     extra = load_extra_features(config.extra_features, report.records) if config.extra_features else None
-    mine = None
-    if world is not None:
-        init_distributed(world, device)
-        mine = shard_by_tokens(lengths, world.size)[world.rank]
+    mine = None if world is None else shard_by_tokens(lengths, world.size)[world.rank]
     sample = choose_sample(lengths, config.evidence_tokens) if config.evidence_mode != "off" else set()
     return _Input(report, lengths, extra, mine, sample)
 
@@ -285,12 +286,16 @@ def _cached_high_precision(loaded: LoadedModel, device: torch.device) -> torch.n
 # --- stage "audit" ---------------------------------------------------------------------------------
 
 
-def _compare(
-    config: AuditConfig, run: AuditRun, inputs: _Input, max_tokens: int, world: World | None, clock: StageClock
+def _gather(
+    config: AuditConfig,
+    run: AuditRun,
+    mine: tuple[list[list[SequenceResult]], list[str], int],
+    world: World | None,
+    clock: StageClock,
 ) -> _Compared | None:
-    """This process's sequences through both paths; under torchrun, every rank's results gathered
-    on rank 0 (``None`` on the other ranks)."""
-    results, notices, budget = _compare_here(config, run, inputs, max_tokens, world, clock)
+    """This process's results; under torchrun, every rank's results gathered on rank 0 (``None`` on
+    the other ranks), where a failed rank fails the run."""
+    results, notices, budget = mine
     if world is not None:
         payload = {
             "results": results,
@@ -314,33 +319,27 @@ def _compare(
 
 
 def _compare_here(
-    config: AuditConfig, run: AuditRun, inputs: _Input, max_tokens: int, world: World | None, clock: StageClock
+    config: AuditConfig, run: AuditRun, inputs: _Input, max_tokens: int, clock: StageClock
 ) -> tuple[list[list[SequenceResult]], list[str], int]:
     """Warm up, then every (of this rank's) sequences through both paths, then the evidence pass.
 
     Returns the results (one list per kernel), the notices (OOM retries) and the token budget the
-    pass ended with. A rank whose pass fails tells rank 0 before raising, so the others do not wait
-    for it forever.
+    pass ended with.
     """
     warm_up(run)
     clock.lap("compile")
     if run.progress:
         run.progress.start(inputs.my_tokens)
-    try:
-        results, notices, budget = _audit_stream(run, _sequences(config, inputs.mine), max_tokens)
-        run.max_tokens = budget
-        clock.lap("metrics")
-        clock.split("metrics", {path: run.seconds[path] for path in ("padded", "packed", "mlm")})
-        if config.evidence_mode != "off":
-            if run.progress and hasattr(run.progress, "stage"):
-                run.progress.stage("evidence pass")
-            _evidence(config, run, inputs, results)
-            clock.lap("evidence")
-            clock.split("evidence", {"reference": run.seconds["high_precision"]})
-    except Exception as err:
-        if world is not None:
-            gather_to_root(error_payload(err), world)
-        raise
+    results, notices, budget = _audit_stream(run, _sequences(config, inputs.mine), max_tokens)
+    run.max_tokens = budget
+    clock.lap("metrics")
+    clock.split("metrics", {path: run.seconds[path] for path in ("padded", "packed", "mlm")})
+    if config.evidence_mode != "off":
+        if run.progress and hasattr(run.progress, "stage"):
+            run.progress.stage("evidence pass")
+        _evidence(config, run, inputs, results)
+        clock.lap("evidence")
+        clock.split("evidence", {"reference": run.seconds["high_precision"]})
     return results, notices, budget
 
 
@@ -412,9 +411,7 @@ def _windows(sequences: Iterable[AuditSequence], window_tokens: int) -> Iterator
 def _merge_ranks(run: AuditRun, gathered: list[dict]) -> tuple[list[list[SequenceResult]], list[str], int]:
     """Rank 0: every rank's results and accumulators into one run, kernel by kernel; a failed rank
     fails it all."""
-    for rank, payload in enumerate(gathered):
-        if "error" in payload:
-            raise RankFailed(rank, payload["error"], payload["exit_code"])
+    raise_for_failed_ranks(gathered)
     results = [[r for payload in gathered for r in payload["results"][k]] for k in range(len(run.kernels))]
     notices = [f"rank {rank}: {n}" for rank, payload in enumerate(gathered) for n in payload["notices"]]
     for path in run.seconds:  # the job takes as long as its slowest rank
@@ -442,8 +439,8 @@ def _conclude(
     world: World | None,
     clock: StageClock,
 ) -> AuditResult:
-    """Decide (per kernel), time, fingerprint, and assemble the result (rank 0 tells the others the
-    exit code). With several kernels the top level is the worst kernel's audit."""
+    """Decide (per kernel), time, fingerprint, and assemble the result. With several kernels the
+    top level is the worst kernel's audit."""
     kernels = [
         _kernel_result(config, run, kernel, rows, placement, inputs)
         for kernel, rows in zip(run.kernels, compared.results)
@@ -472,7 +469,6 @@ def _conclude(
         note_compiled(compile_key(placement.device, placement.dtype, loaded.model))
     if world is not None:
         run_timings["ranks"] = world.size
-        broadcast_code(worst.decision.verdict.exit_code, world)
     run_timings.update(clock.report(STAGES))
     return AuditResult(
         model=loaded.info.to_dict(),

@@ -40,11 +40,12 @@ from esmdiv.cli.choices import (
     plain,
 )
 from esmdiv.cli.console import stderr, stdout
+from esmdiv.distributed import current_world, finish  # no torch until a process group is joined
 from esmdiv.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EsmdivError, OutputError, UsageError
 from esmdiv.input.stdin import STDIN_NAME, is_stdin, spooled_stdin
 from esmdiv.report import json_report
 from esmdiv.report.files import is_stdout
-from esmdiv.report.partial import PartialRun, write_partial  # no torch: cheap to import here
+from esmdiv.report.partial import PartialRun, exit_code_for, write_partial  # no torch: cheap to import here
 
 if TYPE_CHECKING:
     from esmdiv.audit.results import AuditResult
@@ -235,17 +236,48 @@ def _one_line(err: BaseException) -> str:
 @contextlib.contextmanager
 def partial_report_on_failure(json_path: Path | None, partial: PartialRun) -> Iterator[None]:
     """When the run fails, write ``partial.to_dict(error)`` to ``--json`` (``"complete": false``,
-    no verdict) so the path never holds a stale or invented verdict; then let the error go on."""
+    no verdict) so the path never holds a stale or invented verdict; then let the error go on.
+
+    If that write fails too, the file an earlier run left there is removed and the error says so
+    (its exit code stays the run's): a pipeline must never read a stale verdict there."""
     try:
         yield
-    except BaseException as err:
-        if json_path is not None and not isinstance(err, (typer.Exit, OutputError)):
-            with contextlib.suppress(Exception):
-                write_partial(partial.to_dict(err), json_path)
-                _human(json_path).print(
-                    Text(f"partial report written to {_written(json_path)} (complete: false, no verdict)")
-                )
+    except typer.Exit:
         raise
+    except BaseException as err:
+        if json_path is None or (not is_stdout(json_path) and json_path.is_dir()):  # nothing can be written
+            raise
+        try:
+            write_partial(partial.to_dict(err), json_path)
+        except Exception as failed:  # noqa: BLE001 - whatever stopped the write, the old file must go
+            raise UnwrittenPartialReport(err, failed, json_path) from err
+        _human(json_path).print(Text(f"partial report written to {_written(json_path)} (complete: false, no verdict)"))
+        raise
+
+
+class UnwrittenPartialReport(OutputError):
+    """A run failed and its partial report could not be written: one line for both, the run's exit
+    code, and the report path emptied of what an earlier run left there."""
+
+    def __init__(self, error: BaseException, failed: BaseException, path: Path):
+        self.exit_code = exit_code_for(error)
+        if isinstance(error, KeyboardInterrupt):
+            message = "interrupted"
+        elif isinstance(error, EsmdivError):
+            message = _one_line(error)
+        else:
+            message = f"{type(error).__name__}: {_one_line(error)} (internal error)"
+        message += "; no verdict"
+        if not isinstance(error, OutputError):  # else the same write already said why
+            why = f"{type(failed).__name__}: {_one_line(failed)}"
+            message += f"; the partial report could not be written either ({why})"
+        try:
+            if not is_stdout(path):  # standard output cannot be taken back
+                path.unlink(missing_ok=True)
+                message += f"; nothing is left at {path}"
+        except OSError as kept:
+            message += f"; {path} could not be removed ({kept.strerror or kept}): do not trust it"
+        super().__init__(message)
 
 
 # --- esmdiv check ------------------------------------------------------------------------------------
@@ -338,7 +370,9 @@ def check(
     partial = PartialRun({name: str(fasta) if name == "fasta" else options[name] for name in PARTIAL_OPTIONS})
     human = _human(json_path, junit_path)
     clock = StageClock(started=IMPORTED_AT)  # timings.wall_s starts when esmdiv was imported
-    with guard(debug), partial_report_on_failure(json_path, partial):
+    world = current_world()
+    report_path = json_path if world is None or world.is_root else None  # under torchrun, rank 0 reports
+    with guard(debug), partial_report_on_failure(report_path, partial):
         from esmdiv.report.files import check_output_path
 
         _one_stdout(json=json_path, junit=junit_path)
@@ -404,14 +438,15 @@ def _audit_config(options: dict) -> AuditConfig:
 
 
 def _run_audit(config: AuditConfig, partial: PartialRun, clock: StageClock | None = None) -> AuditResult:
-    """The audit with progress bars; a non-root torchrun rank exits here with rank 0's code."""
+    """The audit with progress bars; a non-root torchrun rank exits here (its part done: rank 0
+    reports, and :func:`main` ends this rank with rank 0's code)."""
     from esmdiv.audit.results import FollowerResult
     from esmdiv.audit.run import run_audit
 
     with console.PathProgress(stderr) as progress:
         result = run_audit(config, progress=progress, partial=partial, clock=clock)
-    if isinstance(result, FollowerResult):  # rank 0 reports
-        raise typer.Exit(result.exit_code)
+    if isinstance(result, FollowerResult):
+        raise typer.Exit(0)
     return result
 
 
@@ -625,14 +660,23 @@ def bench(
 
 
 def main() -> None:
+    # A torchrun rank ends with rank 0's code, once rank 0 is done (see esmdiv.distributed.finish).
+    sys.exit(finish(_run_app()))
+
+
+def _run_app() -> int:
+    """The command's exit code."""
     try:
         app(prog_name="esmdiv")
+    except SystemExit as done:
+        if done.code is None or isinstance(done.code, int):
+            return done.code or 0
+        sys.stderr.write(f"{done.code}\n")  # what sys.exit would have printed
+        return EXIT_INTERNAL
     except KeyboardInterrupt:  # before or after any command's guard: still the documented code
         sys.stderr.write("interrupted: no verdict\n")
-        sys.exit(EXIT_INTERRUPTED)
-    finally:
-        if "esmdiv.distributed" in sys.modules:  # a torchrun rank leaves its process group cleanly
-            sys.modules["esmdiv.distributed"].finish()
+        return EXIT_INTERRUPTED
+    return 0
 
 
 if __name__ == "__main__":

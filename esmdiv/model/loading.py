@@ -657,24 +657,29 @@ def _from_hf_state(spec: str, path: Path, state: dict, config: dict, source: str
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: config lacks the ESM sizes ({err})") from None
     _check_hf_sizes(path, state, layers, dim)
-    state = {_LEGACY_NORM.sub(_legacy_norm_name, k) if isinstance(k, str) else k: v for k, v in state.items()}
     mapped: dict[str, torch.Tensor] = {}
     classifier: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             continue
-        bare = key[4:] if key.startswith("esm.") else key
-        if key.startswith("classifier."):
-            classifier[key[len("classifier.") :]] = value.float()
+        name = _LEGACY_NORM.sub(_legacy_norm_name, key) if isinstance(key, str) else str(key)  # messages: key
+        bare = name[4:] if name.startswith("esm.") else name
+        if name.startswith("classifier."):
+            classifier[name[len("classifier.") :]] = value.float()
         elif _HF_IGNORED.match(bare):
             continue
         elif bare in _HF_TOP_MAP:
+            if _HF_TOP_MAP[bare] in mapped:
+                raise CheckpointError(f"{path}: key '{key}' and another key both hold '{_HF_TOP_MAP[bare]}'")
             mapped[_HF_TOP_MAP[bare]] = value
         elif m := re.match(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", bare):
             index, module, kind = m.groups()
             if module not in _HF_LAYER_MAP:
                 raise CheckpointError(f"{path}: key '{key}' has no fair-esm counterpart")
-            mapped[f"layers.{index}.{_HF_LAYER_MAP[module]}.{kind}"] = value
+            target = f"layers.{index}.{_HF_LAYER_MAP[module]}.{kind}"
+            if target in mapped:
+                raise CheckpointError(f"{path}: key '{key}' and another key both hold '{target}'")
+            mapped[target] = value
         else:
             raise CheckpointError(f"{path}: key '{key}' has no fair-esm counterpart")
     model = _new_esm2(layers, dim, heads, bool(config.get("token_dropout", True)), build, where=path)

@@ -34,14 +34,17 @@ class PartialRun:
     finished: list = field(default_factory=list)  # SequenceResult of every batch compared so far
 
     def to_dict(self, error: BaseException) -> dict:
-        """The partial report: no verdict, no summary, the error and the evidence gathered."""
+        """The partial report: no verdict, no summary, the error and the evidence gathered.
+
+        ``error.stage`` is the stage reached here, or the error's own ``stage`` where it has one
+        (another torchrun rank's failure names the stage that rank failed at)."""
         return {
             "schema_version": 1,
             "complete": False,
             "esmdiv_version": __version__,
             "verdict": None,
             "error": {
-                "stage": self.stage,
+                "stage": getattr(error, "stage", None) or self.stage,
                 "type": type(error).__name__,
                 "message": str(error) or type(error).__name__,
                 "exit_code": exit_code_for(error),
