@@ -5,10 +5,13 @@ every rank then agrees on the input), takes its shard of the sequences (balanced
 runs both paths on it, and sends its per-sequence results to rank 0, which decides and writes the
 one report. A rank that fails at any point before that (reading the input, loading the model,
 warming up, auditing) sends its error instead, in the same gather rank 0 waits on: rank 0 then
-fails the whole run (never a verdict) with that rank's exit code, and nobody waits for a dead rank
-until the collective timeout. When the command ends, rank 0 (its reports written) tells every rank
-the code it ends with (:func:`finish`), so the whole job ends the same way and no rank exits
-early enough for torchrun to stop rank 0 before its report is on disk. NCCL on CUDA, gloo on CPU.
+fails the whole run (never a verdict) with that rank's exit code. A rank that sends nothing (killed,
+hung) is named by a monitored barrier before the gather once ``--collective-timeout`` has passed
+(:class:`RanksUnreachable`, exit 3); every exchange of objects runs on gloo, so the timeout raises an
+error rank 0 can report instead of aborting the process as NCCL's watchdog would. When the command
+ends, rank 0 (its reports written) tells every rank the code it ends with (:func:`finish`), so the
+whole job ends the same way and no rank exits early enough for torchrun to stop rank 0 before its
+report is on disk. NCCL for the forwards on CUDA, gloo on CPU.
 
 torch is imported on first use: the command line imports this module before torch loads.
 """
@@ -20,19 +23,28 @@ import datetime
 import heapq
 import importlib
 import os
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from esmdiv.errors import EXIT_INTERNAL, EsmdivError
+from esmdiv.errors import EXIT_ENVIRONMENT, EXIT_INTERNAL, EnvironmentUnavailable, EsmdivError
 from esmdiv.report.partial import PartialRun, exit_code_for
 
 if TYPE_CHECKING:
     import torch
 
-#: How long a collective waits for a rank before failing (a rank that died without a word).
-TIMEOUT = datetime.timedelta(minutes=30)
+#: How long rank 0 waits at the gather for a rank that sends nothing (dead or hung) before failing
+#: the run; ``--collective-timeout`` sets it. It must cover the time between the fastest and the
+#: slowest rank finishing their shards.
+DEFAULT_TIMEOUT_S = 1800.0
+
+# Set by init(): the gloo group every object exchange runs on (the default group under gloo; a gloo
+# group beside NCCL on CUDA, where a timeout would abort the process instead of raising), and its
+# timeout.
+_objects: Any = None
+_timeout = datetime.timedelta(seconds=DEFAULT_TIMEOUT_S)
 
 
 @dataclass(frozen=True)
@@ -59,15 +71,19 @@ def _dist():
     return importlib.import_module("torch.distributed")
 
 
-def init(device: torch.device) -> None:
-    """Join the process group (once): NCCL for CUDA devices, gloo for CPU."""
+def init(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Join the process group (once): NCCL for CUDA devices, gloo for CPU; the objects ranks
+    exchange (results, errors, the exit code) always go through gloo, with ``timeout_s``."""
+    global _objects, _timeout
     dist = _dist()
     if dist.is_initialized():
         return
+    _timeout = datetime.timedelta(seconds=timeout_s)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         importlib.import_module("torch").cuda.set_device(device)
-    dist.init_process_group(backend, timeout=TIMEOUT)
+    dist.init_process_group(backend, timeout=_timeout)
+    _objects = dist.new_group(backend="gloo", timeout=_timeout) if backend != "gloo" else None
 
 
 def shard_by_tokens(lengths: dict[int, int], size: int) -> list[set[int]]:
@@ -86,9 +102,19 @@ def shard_by_tokens(lengths: dict[int, int], size: int) -> list[set[int]]:
 
 
 def gather_to_root(payload: object, world: World) -> list | None:
-    """Every rank's ``payload`` on rank 0 (in rank order); None on the other ranks."""
-    out = [None] * world.size if world.is_root else None
-    _dist().gather_object(payload, out, dst=0)
+    """Every rank's ``payload`` on rank 0 (in rank order); None on the other ranks.
+
+    First a monitored barrier: rank 0 waits up to the collective timeout for every rank and, if
+    one never comes (killed, hung, its host gone), fails with :class:`RanksUnreachable` naming it,
+    rather than hanging in the gather or failing without saying who was missing.
+    """
+    dist = _dist()
+    try:
+        dist.monitored_barrier(group=_objects, timeout=_timeout, wait_all_ranks=True)
+        out = [None] * world.size if world.is_root else None
+        dist.gather_object(payload, out, dst=0, group=_objects)
+    except RuntimeError as err:
+        raise RanksUnreachable.from_error(err, world, _timeout.total_seconds()) from None
     return out
 
 
@@ -116,6 +142,30 @@ class RankFailed(EsmdivError):
         self.exit_code = exit_code or EXIT_INTERNAL
         self.stage = stage
         super().__init__(f"rank {rank} failed: {message}")
+
+
+class RanksUnreachable(EnvironmentUnavailable):
+    """A rank never reached the gather (dead, hung, or its connection gone): the run has no
+    verdict. ``ranks``: the ones missing, where torch named them."""
+
+    def __init__(self, message: str, ranks: tuple[int, ...] = ()):
+        self.ranks = ranks
+        super().__init__(message)
+
+    @classmethod
+    def from_error(cls, err: BaseException, world: World, timeout_s: float) -> RanksUnreachable:
+        text = " ".join(str(err).split())
+        found = re.search(r"Ranks? ([\d, ]+?) failed to pass monitoredBarrier", text)
+        if found:
+            ranks = tuple(int(r) for r in re.findall(r"\d+", found.group(1)))
+            names = ", ".join(map(str, ranks))
+            return cls(
+                f"rank{'s' if len(ranks) > 1 else ''} {names} did not reach the gather within the collective "
+                f"timeout of {timeout_s:g} s (--collective-timeout): dead or hung",
+                ranks,
+            )
+        who = "rank 0" if not world.is_root else "another rank"
+        return cls(f"rank {world.rank} lost {who} at the gather (dead or unreachable): {text[:300]}")
 
 
 def error_payload(err: BaseException, stage: str) -> dict:
@@ -150,10 +200,12 @@ def finish(code: int) -> int:
         return code
     try:
         box = [code]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=_objects)
         code = int(box[0])
     except Exception:  # noqa: BLE001 - rank 0 is gone: this rank's own code is all there is
-        pass
+        world = current_world()
+        if code == 0 and world is not None and not world.is_root:  # a follower's 0 is no verdict
+            code = EXIT_ENVIRONMENT
     finally:
         with contextlib.suppress(Exception):
             dist.destroy_process_group()

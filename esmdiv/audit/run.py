@@ -8,6 +8,8 @@ belong to the CLI.
 
 from __future__ import annotations
 
+import math
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from collections.abc import Set as AbstractSet
@@ -35,6 +37,7 @@ from esmdiv.audit.evidence import (
 from esmdiv.audit.results import AuditResult, FollowerResult, KernelResult, SequenceResult
 from esmdiv.audit.summary import bound_summary, kernel_timings, mlm_summary, summarise, timings
 from esmdiv.distributed import (
+    DEFAULT_TIMEOUT_S,
     World,
     current_world,
     failures_reach_root,
@@ -91,6 +94,7 @@ class AuditConfig:
     invariance: bool = False  # --invariance: evidence on every sequence
     compile: bool | None = None  # torch.compile the packed path; None: on CUDA
     fasta_name: str | None = None  # how reports and errors name the input (``<stdin>``); None: its path
+    collective_timeout: float = DEFAULT_TIMEOUT_S  # torchrun: how long rank 0 waits at the gather for a rank
 
     @property
     def input_name(self) -> str:
@@ -131,6 +135,7 @@ class _Compared:
     notices: list[str]
     budget: int
     flagged: int
+    ranks: list[dict] | None = None  # torchrun: what each rank did (rank_stats), in rank order
 
 
 def run_audit(
@@ -161,7 +166,7 @@ def run_audit(
     }
     partial.stage = "input"
     if world is not None:  # first: from here on, a rank that fails alone can tell rank 0
-        init_distributed(placement.device)
+        init_distributed(placement.device, config.collective_timeout)
     with failures_reach_root(world, partial):
         report = partial.inputs = InputReport(config.input_name)
         inputs = _read_input(config, report, world)
@@ -198,6 +203,8 @@ def _resolve_options(config: AuditConfig, world: World | None) -> RunPlacement:
         raise UsageError(f"--evidence '{config.evidence}' (choose {', '.join(EVIDENCE_MODES)})")
     if config.evidence_tokens < 1:
         raise UsageError(f"--evidence-tokens {config.evidence_tokens} must be a positive number of tokens")
+    if not config.collective_timeout > 0 or not math.isfinite(config.collective_timeout):
+        raise UsageError(f"--collective-timeout {config.collective_timeout} must be a positive number of seconds")
     return placement
 
 
@@ -296,6 +303,7 @@ def _gather(
     """This process's results; under torchrun, every rank's results gathered on rank 0 (``None`` on
     the other ranks), where a failed rank fails the run."""
     results, notices, budget = mine
+    ranks = None
     if world is not None:
         payload = {
             "results": results,
@@ -304,6 +312,7 @@ def _gather(
             "seconds": run.seconds,
             "kernels": [(k.trace, k.perplexity, k.seconds) for k in run.kernels],
             "flagged": len(run.flagged),
+            "rank": rank_stats(world, run, results, clock),
         }
         gathered = gather_to_root(payload, world)
         clock.lap("gather")  # rank 0 waiting for the slowest rank
@@ -311,11 +320,56 @@ def _gather(
             return None
         results, notices, budget = _merge_ranks(run, gathered)
         flagged = sum(p["flagged"] for p in gathered)
+        ranks = [p["rank"] for p in gathered]
     else:
         flagged = len(run.flagged)
     for rows in results:
         rows.sort(key=lambda r: r.index)
-    return _Compared(results, notices, budget, flagged)
+    return _Compared(results, notices, budget, flagged, ranks)
+
+
+def rank_stats(world: World, run: AuditRun, results: list[list[SequenceResult]], clock: StageClock) -> dict:
+    """What one torchrun rank did, for the report's ``distributed.per_rank``: its device and host,
+    the records it audited (file indices), their tokens, its forwards' seconds, its seconds from
+    start to the gather, and its peak GPU memory (null on CPU). Each result is marked with it."""
+    for rows in results:
+        for r in rows:
+            r.rank = world.rank
+    mine = results[0]
+    cuda = run.device.type == "cuda"
+    return {
+        "rank": world.rank,
+        "local_rank": world.local_rank,
+        "host": socket.gethostname(),
+        "device": str(run.device),
+        "sequences": len(mine),
+        "records": sorted(r.index for r in mine),
+        "tokens": sum(r.length + 2 for r in mine),
+        "seconds": {path: round(value, 6) for path, value in run.seconds.items()},
+        "wall_s": time.perf_counter() - clock.started,
+        "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(run.device) if cuda else None,
+    }
+
+
+#: Why a distributed report's per-sequence values are not bit-identical to a one-process run's.
+ROUNDING_NOTE = (
+    "per-sequence values can differ from a one-process run at rounding level: each rank pads and packs only "
+    "its own shard, so the batch shapes, and with them the GEMM kernels and the order of floating-point sums, "
+    "differ (the verdict's gates allow for rounding; a real bug is orders of magnitude larger)"
+)
+
+
+def distributed_block(config: AuditConfig, world: World, ranks: list[dict], device: torch.device) -> dict:
+    """The report's ``distributed`` block: how many ranks ran, on what, what each did, and the note
+    on rounding."""
+    return {
+        "ranks": world.size,
+        "backend": "nccl" if device.type == "cuda" else "gloo",
+        "object_exchange": "gloo",
+        "collective_timeout_s": config.collective_timeout,
+        "per_rank": ranks,
+        "note": ROUNDING_NOTE,
+    }
 
 
 def _compare_here(
@@ -493,6 +547,7 @@ def _conclude(
         environment=fingerprint,
         kernel=worst.provenance,
         kernels=kernels if len(kernels) > 1 else [],
+        distributed=None if world is None else distributed_block(config, world, compared.ranks, placement.device),
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -41,7 +42,15 @@ from esmdiv.cli.choices import (
 )
 from esmdiv.cli.console import stderr, stdout
 from esmdiv.distributed import current_world, finish  # no torch until a process group is joined
-from esmdiv.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, EsmdivError, OutputError, UsageError
+from esmdiv.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    EsmdivError,
+    OutputError,
+    Terminated,
+    UsageError,
+)
 from esmdiv.input.stdin import STDIN_NAME, is_stdin, spooled_stdin
 from esmdiv.report import json_report
 from esmdiv.report.files import is_stdout
@@ -53,7 +62,8 @@ if TYPE_CHECKING:
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ACCEPT, 10 VALIDATE, 20 FALLBACK, 2 usage or bad input, "
-    "3 environment (no CUDA, backend or model unavailable), 1 internal error, 130 interrupted."
+    "3 environment (no CUDA, backend or model unavailable; under torchrun, a rank dead or hung), "
+    "1 internal error, 130 interrupted, 143 terminated (SIGTERM)."
 )
 SELFTEST_EXIT_HELP = (
     "Exit codes: 0 passed (clean run ACCEPT, every injected bug caught), 20 failed (a bug slipped "
@@ -347,6 +357,11 @@ def check(
     ),
     proxy_seeds: str = typer.Option("42", help="Comma-separated seeds of proxy heads; the lowest agreement gates."),
     head_activation: HeadActivation = typer.Option("relu", help="Activation between the Linears of a --head file MLP."),
+    collective_timeout: float = typer.Option(
+        1800.0,
+        help="Under torchrun: seconds rank 0 waits at the gather for a rank that sends nothing (dead or hung) "
+        "before failing the run, exit 3, naming it. Must cover the slowest rank's lag behind the fastest.",
+    ),
     extra_features: Path | None = typer.Option(
         None, help=".npy (n_records, k) features concatenated before the pooled embedding for a --head file."
     ),
@@ -660,8 +675,27 @@ def bench(
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
+    code = _run_app()
+    # From here the code is final (the reports are written): a SIGTERM, such as torchrun stopping
+    # this rank once another has exited, ends the process with it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: _exit_now(code))
     # A torchrun rank ends with rank 0's code, once rank 0 is done (see esmdiv.distributed.finish).
-    sys.exit(finish(_run_app()))
+    sys.exit(finish(code))
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM before the command is done: fail as Ctrl-C does (no verdict, a partial report, exit
+    143). Further SIGTERMs are ignored while that report is written."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated("terminated (SIGTERM): no verdict")
+
+
+def _exit_now(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _run_app() -> int:
@@ -676,6 +710,9 @@ def _run_app() -> int:
     except KeyboardInterrupt:  # before or after any command's guard: still the documented code
         sys.stderr.write("interrupted: no verdict\n")
         return EXIT_INTERRUPTED
+    except Terminated as err:  # likewise
+        sys.stderr.write(f"{err}\n")
+        return err.exit_code
     return 0
 
 
