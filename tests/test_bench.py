@@ -367,7 +367,7 @@ def test_bench_on_cuda_reports_memory_and_passes_its_checks(cuda):
     config = BenchConfig(workload="lognormal", n=24, seed=0, device="cuda", dtype="fp16", repeats=2, warmup=1)
     data = run_bench(config).to_dict()
     assert data["environment"]["device_name"] and data["environment"]["gpu_memory_gib"] > 0
-    assert data["timing"]["synchronised"] is True and data["backend"] in ("flash-attn", "torch")
+    assert data["timing"]["synchronised"] is True and data["backend"] in ("flash-attn", "fa4", "torch")
     for name, path in data["paths"].items():
         if path["status"] == "not available":
             continue

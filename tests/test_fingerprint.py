@@ -106,14 +106,26 @@ def no_checkout(monkeypatch):
     monkeypatch.setitem(sys.modules, "esmdiv._build_info", None)  # import -> ImportError
 
 
-def test_the_checkout_s_own_git_comes_first(monkeypatch):
+def test_the_checkout_s_own_git_says_when_no_variable_is_set(monkeypatch):
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    monkeypatch.setenv("ESMDIV_GIT_COMMIT", COMMIT)
+    monkeypatch.delenv("ESMDIV_GIT_COMMIT", raising=False)
     source = fingerprint.esmdiv_source()
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     assert source["commit_from"] == "git checkout" and source["git_commit"] == head.strip()
     assert source["commit_unknown_reason"] is None
+
+
+def test_a_set_variable_overrides_a_checkout_s_git(monkeypatch):
+    """A tree copied to a GPU machine arrived there with a .git of an older commit (run 5 recorded
+    cc8bb90 for commit 7a41e4d): the variable, set by whoever copied the tree, wins."""
+    stale = ("cc8bb90199d44487deb5a4c32ffc8029eec452fb", True, "git checkout")
+    monkeypatch.setattr(fingerprint, "_commit_from_git", lambda root: stale)
+    monkeypatch.setenv("ESMDIV_GIT_COMMIT", COMMIT)
+    source = fingerprint.esmdiv_source()
+    assert (source["git_commit"], source["git_dirty"], source["commit_from"]) == (COMMIT, None, "ESMDIV_GIT_COMMIT")
+    monkeypatch.delenv("ESMDIV_GIT_COMMIT")
+    assert fingerprint.esmdiv_source()["git_commit"] == stale[0]  # unset: the checkout's own
 
 
 def test_without_git_the_environment_variable_says(no_checkout, monkeypatch):

@@ -217,10 +217,10 @@ def _try(read):
 def esmdiv_source() -> dict:
     """esmdiv's version and the git commit it runs from, and where that came from (``commit_from``):
 
-    1. ``git checkout``: the git repository whose top level holds this esmdiv (never a repository
+    1. ``ESMDIV_GIT_COMMIT``: the environment variable, when set: whoever sets it knows which
+       commit a copied tree is (a GPU machine's copy may carry a ``.git`` of an older commit);
+    2. ``git checkout``: the git repository whose top level holds this esmdiv (never a repository
        that merely contains it), with ``git_dirty``;
-    2. ``ESMDIV_GIT_COMMIT``: the environment variable, for a copy without ``.git`` (a tree
-       copied to a GPU machine);
     3. ``build info``: ``esmdiv/_build_info.py``, written into the wheel when esmdiv was built
        (``setup.py``) from a checkout or with ``ESMDIV_GIT_COMMIT`` set;
     4. ``pip direct_url.json``: installed from a git URL, pip recorded the commit (PEP 610).
@@ -228,7 +228,7 @@ def esmdiv_source() -> dict:
     Where none says, ``git_commit`` is ``null`` and ``commit_unknown_reason`` says why.
     """
     root = Path(__file__).resolve().parents[2]  # the checkout that holds esmdiv/report/fingerprint.py
-    found = _commit_from_git(root) or _commit_from_env() or _commit_from_build_info() or _commit_from_pip()
+    found = _commit_from_env() or _commit_from_git(root) or _commit_from_build_info() or _commit_from_pip()
     commit, dirty, how = found or (None, None, None)
     reason = None
     if commit is None:
