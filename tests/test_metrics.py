@@ -13,7 +13,7 @@ import torch
 
 from esmdiv.measure.metrics import (
     SequenceMetrics,
-    _quantile,
+    _row_quantiles,
     compare_embeddings,
     cosine,
     cosine_rows,
@@ -193,13 +193,32 @@ def test_p999_is_the_nearest_rank_percentile_on_a_known_set():
     assert m.allclose_1e2 == 20 / n  # 1/2048 .. 20/2048 <= 1e-2 < 21/2048
 
 
+def _quantiles(values, mask):
+    counts = mask.sum(1) * values.shape[2]
+    return _row_quantiles(values, mask, counts, 0.999)
+
+
 def test_quantile_works_past_torch_quantile_limit():
     n = 2**24 + 5  # torch.quantile refuses more than 2**24 elements
-    values = (torch.randperm(n, generator=torch.Generator().manual_seed(0)) + 1).double()  # 1..n, shuffled
-    # the ceil(q n)-th smallest of 1..n is ceil(q n) itself
-    assert float(_quantile(values, 0.999)) == math.ceil(0.999 * n)
-    assert float(_quantile(torch.tensor([]), 0.999)) == 0.0
-    assert float(_quantile(torch.tensor([5.0]), 0.999)) == 5.0  # one value: the first smallest
+    values = (torch.randperm(n, generator=torch.Generator().manual_seed(0)) + 1).float()  # 1..n, shuffled
+    # the ceil(q n)-th smallest of 1..n is ceil(q n) itself (exact in fp32 below 2**24 + 2**24)
+    assert float(_quantiles(values.view(1, n, 1), torch.ones(1, n, 1, dtype=torch.bool))[0]) == math.ceil(0.999 * n)
+
+
+def test_row_quantiles_are_each_rows_own_nearest_rank_quantile():
+    """Ragged rows (a mask per row), ties, a one-value row and an empty row: each row's quantile is
+    numpy's inverted_cdf percentile of that row's own values, whatever the other rows hold."""
+    g = torch.Generator().manual_seed(3)
+    values = torch.randint(0, 50, (5, 40, 3), generator=g).float()  # many ties
+    lengths = torch.tensor([40, 17, 1, 0, 33])
+    mask = (torch.arange(40)[None, :] < lengths[:, None])[..., None]
+    values[~mask.expand_as(values)] = 1e9  # what a row does not hold must never be picked
+    got = _quantiles(values, mask)
+    for j, n in enumerate(lengths.tolist()):
+        own = values[j, :n].flatten().numpy()
+        want = np.percentile(own, 99.9, method="inverted_cdf") if n else 0.0
+        assert float(got[j]) == want, j
+    assert float(got[2]) == float(values[2, 0].max())  # 3 values: ceil(0.999 * 3) = 3, the largest
 
 
 def test_cosine_rows_zero_vectors_and_signs():
