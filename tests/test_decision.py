@@ -502,3 +502,33 @@ def test_one_sequence_is_enough_to_decide():
     decision = decide(Evidence(1, 1.0, 0.9999, 1e-4), T)
     assert decision.verdict is Verdict.ACCEPT
     assert decision.notes[0].startswith("with 1 sequences the 95% lower bound of the agreement cannot exceed 5.00%")
+
+
+def test_the_bound_note_uses_the_confidence_and_needs_the_ceiling_strictly_above_the_bar():
+    note = decide(Evidence(10, 1.0, 0.9999, 1e-4), Thresholds(gate="bound", confidence=0.9)).notes[0]
+    ceiling = agreement_lower_bound(10, 10, 0.9)
+    assert note == (
+        f"with 10 sequences the 90% lower bound of the agreement cannot exceed {ceiling:.2%} even with no "
+        "disagreement; 230 sequences are needed to show more than 99%"
+    )
+    # a ceiling exactly at the bar cannot clear it (ACCEPT needs strictly above)
+    at_the_bar = Thresholds(accept_agreement=agreement_lower_bound(299, 299, 0.95))
+    assert len(decide(Evidence(299, 1.0, 0.9999, 1e-4), at_the_bar).notes) == 1
+
+
+def test_a_small_excused_mad_is_written_in_lower_case_exponents():
+    evidence = Evidence(1000, 1.0, 0.9999, 5e-6, excused={"max MAD": Excused(1, 3e-5, 2e-5)}, dtype="bf16")
+    decision = decide(evidence, Thresholds(max_mad=1e-5))
+    mad = next(r for r in decision.reasons if r.gate == "max MAD")
+    assert mad.message.endswith(
+        "(down to 3e-05) excused: the packed path is no farther from the reference than 2x the padded path"
+    )
+    assert "the padded path itself reaches 2e-05 against the reference" in decision.notes[-1]
+
+
+def test_a_failed_reference_ratio_says_so():
+    high = HighPrecisionEvidence(True, 2.5, algorithm_error=0.0, algorithm_tolerance=1e-6)
+    reason = decide(Evidence(1000, 1.0, 0.9999, 1e-4, high_precision=high), T).reasons[5]
+    assert reason == Reason(
+        "reference ratio", False, 2.5, 2.0, "packed path's distance to the reference is 2.5x the padded path's > 2.0x"
+    )
