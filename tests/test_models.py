@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from esmdiv.errors import CheckpointError, EnvironmentUnavailable, InputError
-from esmdiv.model.loading import load_model, load_weights_only
+from esmdiv.model.loading import ARCHITECTURES, load_model, load_weights_only
 
 from helpers import both_paths, random_sequences
 
@@ -293,3 +293,24 @@ def test_random_models_are_seeded_and_say_so():
     assert torch.equal(a.model.embed_tokens.weight, b.model.embed_tokens.weight)
     assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight)
     assert a.info.random_weights and "RANDOM" in a.info.description
+
+
+@pytest.mark.parametrize("spec", ["random:", "random:9M", "random:8M:1:2"])
+def test_a_random_spec_names_its_form_and_the_architectures(spec):
+    listed = ", ".join(ARCHITECTURES)
+    message = f"{spec}: expected random:<arch>[:<seed>] with arch one of {listed}"
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        load_model(spec)
+
+
+@pytest.mark.parametrize("seed", [-(2**63) - 1, 2**64])
+def test_a_random_seed_must_fit_in_64_bits(seed):
+    with pytest.raises(InputError, match=f"^random:8M:{seed}: the seed must fit in 64 bits$"):
+        load_model(f"random:8M:{seed}")
+
+
+@pytest.mark.parametrize("seed", [-(2**63), 2**64 - 1])
+def test_the_64_bit_seeds_at_the_ends_build_a_model(seed):
+    info = load_model(f"random:8M:{seed}").info
+    assert (info.source, info.num_layers, info.embed_dim, info.attention_heads) == ("random", 6, 320, 20)
+    assert (info.token_dropout, info.random_weights, info.has_lm_head, info.files) == (True, True, True, [])
