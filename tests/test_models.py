@@ -314,3 +314,30 @@ def test_the_64_bit_seeds_at_the_ends_build_a_model(seed):
     info = load_model(f"random:8M:{seed}").info
     assert (info.source, info.num_layers, info.embed_dim, info.attention_heads) == ("random", 6, 320, 20)
     assert (info.token_dropout, info.random_weights, info.has_lm_head, info.files) == (True, True, True, [])
+
+
+def test_a_fair_esm_checkpoint_says_what_it_is(random_8m, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    _fair_esm_checkpoint(path, random_8m.model, argparse.Namespace(encoder_attention_heads=20, token_dropout=True))
+    info = load_model(str(path)).info
+    assert (info.spec, info.source, info.path, info.files) == (str(path), "fair-esm-checkpoint", str(path), [str(path)])
+    assert (info.num_layers, info.embed_dim, info.attention_heads, info.token_dropout) == (6, 320, 20, True)
+    assert (info.random_weights, info.has_lm_head, info.notes) == (False, True, [])
+
+
+def test_a_checkpoint_without_its_heads_loads_without_them(random_8m, tmp_path):
+    path = tmp_path / "trunk.pt"
+    state = {
+        k: v
+        for k, v in random_8m.model.state_dict().items()
+        if "inv_freq" not in k and not k.startswith(("lm_head.", "contact_head."))
+    }
+    torch.save(state, path)
+    assert load_model(str(path)).info.has_lm_head is False
+
+
+def test_a_state_dict_with_hf_embeddings_is_read_as_hugging_face(tmp_path):
+    path = tmp_path / "embeddings.pt"
+    torch.save({"embeddings.word_embeddings.weight": torch.zeros(33, 8)}, path)
+    with pytest.raises(CheckpointError, match="embed_dim 8 matches no ESM-2 architecture"):
+        load_model(str(path))
