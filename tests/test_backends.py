@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import re
 import sys
 import textwrap
 import types
@@ -302,6 +303,63 @@ def test_the_packed_path_hands_each_layer_to_the_kernel_unscaled(random_8m):
     assert torch.equal(fast, exact)
 
 
+# --- the reference backend: exact attention, one sequence at a time ----------------------------------
+
+
+def test_the_reference_is_softmax_of_scaled_scores_within_each_sequence():
+    """Against torch's scaled_dot_product_attention in fp64, sequence by sequence (the fake kernels
+    compute with exact_attention, so only this test checks its arithmetic)."""
+    q, k, v, cu, max_seqlen = packed_qkv()
+    scale = 0.3
+    out = exact_attention(q, k, v, cu, max_seqlen, scale)
+    bounds = cu.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        qs, ks, vs = (t[start:end].transpose(0, 1).double() for t in (q, k, v))
+        want = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, scale=scale).transpose(0, 1)
+        torch.testing.assert_close(out[start:end].double(), want, rtol=1e-5, atol=1e-6)
+    assert out.dtype == q.dtype and out.shape == q.shape
+
+
+def test_the_reference_computes_half_precision_inputs_in_fp32():
+    q, k, v, cu, max_seqlen = packed_qkv(dtype=torch.bfloat16)
+    out = exact_attention(q, k, v, cu, max_seqlen, 0.25)
+    # the same fp32 arithmetic on the same values, rounded once at the end: equal bit for bit
+    wide = exact_attention(q.float(), k.float(), v.float(), cu, max_seqlen, 0.25)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, wide.to(torch.bfloat16))
+
+
+def test_varlen_attention_scales_by_one_unless_told():
+    q, k, v, cu, max_seqlen = packed_qkv()
+    assert torch.equal(
+        varlen_attention(q, k, v, cu, max_seqlen, "reference"), exact_attention(q, k, v, cu, max_seqlen, 1.0)
+    )
+
+
+def test_a_kernel_without_a_readable_signature_is_let_through_to_its_first_call():
+    assert attention._takes(object(), "scale") is True  # no signature: the first call tells
+    assert attention._takes(lambda q, scale: q, "scale") is True
+    assert attention._takes(lambda q: q, "scale") is False
+
+
+def test_an_unknown_backend_is_named_in_full():
+    listed = "'auto', 'all', 'flash-attn', 'fa4', 'torch', 'reference'"
+    unknown = f"--backend 'flash': 'flash' is not one of {listed} (or a comma-separated list of backends)"
+    with pytest.raises(UsageError, match=f"^{re.escape(unknown)}$"):
+        attention.backend_problems("flash", CUDA)
+    in_a_list = f"--backend 'torch,flash': 'flash' is not one of {listed}"
+    with pytest.raises(UsageError, match=f"^{re.escape(in_a_list)} "):
+        parse_backends("torch,flash")
+    message = "--backend ' , ': give auto, all, or one or more of flash-attn, fa4, torch, reference"
+    with pytest.raises(UsageError, match=f"^{re.escape(message)}$"):
+        parse_backends(" , ")
+
+
+def test_all_takes_the_run_dtype(monkeypatch):
+    gpu(monkeypatch)
+    assert resolve_backends("all", CUDA) == ("torch", "reference")
+    assert resolve_backends("all", CUDA, torch.float32) == ("reference",)
+
+
 # --- availability: importing the function decides ----------------------------------------------------
 
 
@@ -357,6 +415,37 @@ def test_compute_capability_decides_which_kernels_can_run(monkeypatch, tmp_path,
         assert f"this GPU has {capability[0]}.{capability[1]}" in availability["fa4"]
 
 
+def test_a_dtype_the_kernels_do_not_take_is_named_for_every_kernel(monkeypatch):
+    gpu(monkeypatch)
+    availability = backend_availability(CUDA, torch.float32)
+    assert availability["torch"] == "FlashAttention kernels take fp16 or bf16, not float32"
+    assert availability["flash-attn"].startswith("FlashAttention kernels take fp16 or bf16, not float32; ")
+    assert availability["reference"] is None
+
+
+def test_the_capability_is_read_from_the_device_the_run_uses(monkeypatch):
+    second = torch.device("cuda", 1)
+
+    def capability(device=None):
+        assert device == second, device  # not the current device: the run's
+        return (7, 5)
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+    assert attention.device_problems("flash-attn", second, torch.bfloat16) == [
+        "FlashAttention 2 needs compute capability 8.0 or later (this GPU has 7.5)"
+    ]
+
+
+def test_resolve_backend_asks_for_one_kernel_in_the_run_dtype(monkeypatch):
+    gpu(monkeypatch)  # nothing installed: torch's varlen_attn is the one kernel
+    assert attention.resolve_backend("torch", CUDA, torch.bfloat16) == "torch"
+    assert attention.resolve_backend("auto", CUDA) == "torch"
+    with pytest.raises(EnvironmentUnavailable, match="^attention backend 'torch' is not available: .*not float32$"):
+        attention.resolve_backend("torch", CUDA, torch.float32)
+    with pytest.raises(UsageError, match=r"^--backend 'all': give one backend here, not 2$"):
+        attention.resolve_backend("all", CUDA)
+
+
 def test_a_broken_install_is_unavailable_with_its_reason(monkeypatch, tmp_path):
     """An import that raises anything (a CUDA library that does not load) makes the backend
     unavailable with the error, never an internal error."""
@@ -406,7 +495,7 @@ def test_the_import_is_tried_once(monkeypatch):
 def test_a_kernel_that_fails_on_its_first_call_is_an_environment_error():
     fake_flash_attn(fail=RuntimeError("CUDA error: no kernel image is available\nfor execution"))
     q, k, v, cu, m = packed_qkv()
-    with pytest.raises(EnvironmentUnavailable) as caught:
+    with pytest.raises(EnvironmentUnavailable, match="failed on its first call") as caught:
         varlen_attention(q, k, v, cu, m, "flash-attn", scale=0.25)
     assert str(caught.value) == (
         "attention backend 'flash-attn' failed on its first call: "
@@ -418,8 +507,26 @@ def test_a_kernel_that_fails_on_its_first_call_is_an_environment_error():
 def test_out_of_memory_on_the_first_call_is_left_to_the_audit():
     fake_flash_attn(fail=torch.cuda.OutOfMemoryError("CUDA out of memory"))
     q, k, v, cu, m = packed_qkv()
-    with pytest.raises(torch.cuda.OutOfMemoryError):  # the audit halves its token budget
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="^CUDA out of memory$"):  # the audit halves its budget
         varlen_attention(q, k, v, cu, m, "flash-attn", scale=0.25)
+
+
+def test_only_the_first_call_is_checked():
+    """Once a kernel has run, a later failure is the audit's to handle (out of memory on a longer
+    pack, a fault): it passes through as it is, not as "cannot run here"."""
+    results = iter([(torch.ones(2), torch.zeros(1)), RuntimeError("a later failure")])
+
+    def run(*args):
+        result = next(results)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    checked = attention._FirstCallChecked("fa4", run)
+    assert torch.equal(checked(1, 2), torch.ones(2))  # (out, lse): out
+    with pytest.raises(RuntimeError, match="^a later failure$") as caught:
+        checked(1, 2)
+    assert type(caught.value) is RuntimeError
 
 
 def test_check_with_a_kernel_that_cannot_run_here_is_exit_3(monkeypatch, small_fasta, tmp_path):

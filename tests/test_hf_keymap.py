@@ -358,6 +358,7 @@ def test_a_bare_hf_state_dict_file_loads_by_its_key_names(tmp_path):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
     loaded = load_model(str(path))
     assert loaded.info.source == "safetensors" and loaded.info.attention_heads == 20  # ESM-2 8M's table
+    assert (loaded.info.spec, loaded.info.path, loaded.info.files) == (str(path), str(path), [str(path)])
     tokens, lengths = batch(loaded.alphabet)
     ours = padded_forward(loaded.model, tokens).representations[LAYERS]
     theirs = hf_hidden(model, tokens, loaded.alphabet.padding_idx).last_hidden_state

