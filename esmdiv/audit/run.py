@@ -305,6 +305,9 @@ def _gather(
     results, notices, budget = mine
     ranks = None
     if world is not None:
+        for rows in results:  # each row says which rank computed it, in the merged report
+            for r in rows:
+                r.rank = world.rank
         payload = {
             "results": results,
             "notices": notices,
@@ -331,10 +334,7 @@ def _gather(
 def rank_stats(world: World, run: AuditRun, results: list[list[SequenceResult]], clock: StageClock) -> dict:
     """What one torchrun rank did, for the report's ``distributed.per_rank``: its device and host,
     the records it audited (file indices), their tokens, its forwards' seconds, its seconds from
-    start to the gather, and its peak GPU memory (null on CPU). Each result is marked with it."""
-    for rows in results:
-        for r in rows:
-            r.rank = world.rank
+    start to the gather, and its peak GPU memory (null on CPU)."""
     mine = results[0]
     cuda = run.device.type == "cuda"
     return {
