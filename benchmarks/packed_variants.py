@@ -1,12 +1,13 @@
 """Candidate speed-ups of the packed path (issue 14), timed against the current one in one process.
 
-    python benchmarks/packed_variants.py --model random:3B --variants current,deferred,repacked,gemms --out $OUT
+    python benchmarks/packed_variants.py --model random:3B --variants current,repacked,gemms --out $OUT
 
 Variants (each on the lognormal workload, fp16, the same model and kernel):
 
 - ``current``: :func:`esmdiv.forward.packed.packed_forward`, compiled, on the bench's batches.
-- ``deferred``: the residual add after fc2 moved into the next layer's first compiled region,
-  where it fuses with that layer norm (one kernel fewer per layer).
+- ``deferred`` (run 9, commit 8e337d6; since commit that followed it, the packed path itself):
+  the residual add after fc2 moved into the next layer's first compiled region, where it fuses
+  with that layer norm (one kernel fewer per layer).
 - ``repacked``: the current path on packs cut by real tokens (at most ``--max-tokens`` each)
   instead of the padded path's batches: fewer, fuller packs.
 - ``autotune``: the current path compiled with ``max-autotune-no-cudagraphs`` (Triton GEMM
@@ -27,56 +28,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from esmdiv.forward.attention import resolve_backend, varlen_attention
-from esmdiv.forward.packed import MASK_RATIO_TRAIN, _apply_rotary, _compiled, _rotary, packed_forward
+from esmdiv.forward.attention import resolve_backend
+from esmdiv.forward.packed import packed_forward
 from esmdiv.forward.packing import Packed, batches_by_tokens, encode, encoder_table, pack
 from esmdiv.input.workloads import lognormal_workload
 from esmdiv.model.loading import fused_qkv, load_model
 
 
-def _in(x, delta, ln_w, ln_b, eps: float, w_qkv, b_qkv, cos, sin, num_heads: int):
-    x = x + delta
-    h = F.layer_norm(x, x.shape[-1:], ln_w, ln_b, eps)
-    q, k, v = F.linear(h, w_qkv, b_qkv).view(len(x), 3, num_heads, -1).unbind(1)
-    return x, _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin), v
-
-
-def _out(x, o, w_o, b_o, ln_w, ln_b, eps: float, w1, b1, w2, b2):
-    x = x + F.linear(o, w_o, b_o)
-    h = F.layer_norm(x, x.shape[-1:], ln_w, ln_b, eps)
-    return x, F.linear(F.gelu(F.linear(h, w1, b1)), w2, b2)
-
-
-@torch.inference_mode()
-def deferred_forward(model, packed: Packed, backend: str) -> torch.Tensor:
-    """The packed forward with each layer's last residual add done by the next layer's norm."""
-    region_in, region_out = _compiled(_in), _compiled(_out)
-    ids = packed.input_ids
-    x = model.embed_scale * model.embed_tokens(ids)
-    if model.token_dropout:  # as packed_forward does it
-        is_mask = ids == model.mask_idx
-        n_masked = torch.zeros(len(packed.cu_seqlens) - 1, device=ids.device, dtype=torch.int64)
-        n_masked.index_add_(0, packed.seq_index, is_mask.to(torch.int64))
-        ratio = n_masked.to(x.dtype) / (packed.cu_seqlens[1:] - packed.cu_seqlens[:-1])
-        x = x.masked_fill(is_mask[:, None], 0.0) * (1 - MASK_RATIO_TRAIN) / (1 - ratio)[packed.seq_index, None]
-    delta = torch.zeros_like(x)
-    cos, sin = _rotary(model, packed.position_ids)
-    for layer in model.layers:
-        attn = layer.self_attn
-        w_qkv, b_qkv = fused_qkv(attn)
-        n1, n2 = layer.self_attn_layer_norm, layer.final_layer_norm
-        x, q, k, v = region_in(x, delta, n1.weight, n1.bias, n1.eps, w_qkv, b_qkv, cos, sin, attn.num_heads)
-        o = varlen_attention(q, k, v, packed.cu_seqlens, packed.max_seqlen, backend, scale=attn.scaling)
-        x, delta = region_out(
-            x, o.flatten(1), attn.out_proj.weight, attn.out_proj.bias, n2.weight, n2.bias, n2.eps,
-            layer.fc1.weight, layer.fc1.bias, layer.fc2.weight, layer.fc2.bias,
-        )  # fmt: skip
-    return model.emb_layer_norm_after(x + delta)
-
-
 @torch.inference_mode()
 def gemms_only(model, packed: Packed) -> None:
-    x = torch.zeros(len(packed.input_ids), model.embed_dim, device=packed.input_ids.device, dtype=torch.float16)
+    # random, not zeros: a GPU multiplying zeros draws less power and clocks higher
+    x = torch.randn(len(packed.input_ids), model.embed_dim, device=packed.input_ids.device, dtype=torch.float16)
     for layer in model.layers:
         w_qkv, b_qkv = fused_qkv(layer.self_attn)
         F.linear(x, w_qkv, b_qkv)
@@ -103,9 +65,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--backend", default="auto")
-    parser.add_argument("--variants", default="current,deferred,repacked,gemms")
+    parser.add_argument("--variants", default="current,repacked,gemms")
     parser.add_argument("--out", type=Path, default=Path("out"))
+    parser.add_argument("--inductor", action="append", default=[], help="KEY=VALUE: a torch._inductor.config setting")
     args = parser.parse_args()
+    for setting in args.inductor:  # before any compile: the settings are read when a graph compiles
+        key, value = setting.split("=")
+        target = torch._inductor.config
+        *path, name = key.split(".")
+        for part in path:
+            target = getattr(target, part)
+        setattr(target, name, type(getattr(target, name))(int(value)) if value.isdigit() else value)
     args.out.mkdir(parents=True, exist_ok=True)
     device, dtype = torch.device("cuda"), torch.float16
     loaded = load_model(args.model, device, dtype)
@@ -124,7 +94,6 @@ def main() -> None:
 
     runs = {
         "current": (bench, lambda p: last(p)),
-        "deferred": (bench, lambda p: deferred_forward(model, p, backend)),
         "repacked": (fuller, lambda p: last(p)),
         "autotune": (bench, lambda p: last(p, compile_mode="max-autotune-no-cudagraphs")),
         "gemms": (bench, lambda p: gemms_only(model, p)),
@@ -132,6 +101,7 @@ def main() -> None:
     expected = last(bench[smallest]).float()
     results = {"model": args.model, "backend": backend, "tokens": n_tokens, "gpu": torch.cuda.get_device_name()}
     results["torch"] = torch.__version__
+    results["inductor"] = args.inductor
     for name in args.variants.split(","):
         packs, run = runs[name]
         start = time.perf_counter()
@@ -160,7 +130,8 @@ def main() -> None:
         }
         rate = n_tokens / median
         print(f"{name:9} {len(packs):2} packs {rate:10,.0f} tokens/s  warm-up {warm_s:6.1f} s  diff {diff}")
-    (args.out / f"packed-variants-{args.variants.replace(',', '-')}.json").write_text(json.dumps(results, indent=1))
+    tag = "-".join([*args.variants.split(","), *(s.split("=")[0].split(".")[-1] for s in args.inductor)])
+    (args.out / f"packed-variants-{tag}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import importlib
 import importlib.metadata
 import inspect
 from collections.abc import Callable
-from functools import cache
+from functools import cache, partial
 
 import torch
 
@@ -331,25 +331,10 @@ def _kernel(backend: str) -> Callable[..., torch.Tensor]:
     return _FirstCallChecked(backend, _CALLS[backend](function))
 
 
-def _flash_attn_call(function: Callable) -> Callable[..., torch.Tensor]:
-    def run(q, k, v, cu, max_len, scale):
-        return function(
-            q,
-            k,
-            v,
-            cu_seqlens_q=cu,
-            cu_seqlens_k=cu,
-            max_seqlen_q=max_len,
-            max_seqlen_k=max_len,
-            dropout_p=0.0,
-            softmax_scale=scale,
-            causal=False,
-        )
+def _flash_call(function: Callable, **fixed) -> Callable[..., torch.Tensor]:
+    """FlashAttention's varlen interface (2 and 4 alike): one boundary tensor for queries and keys,
+    the kernel's own softmax scale, no causal mask; ``fixed``: what only one version takes."""
 
-    return run
-
-
-def _fa4_call(function: Callable) -> Callable[..., torch.Tensor]:
     def run(q, k, v, cu, max_len, scale):
         return function(
             q,
@@ -361,6 +346,7 @@ def _fa4_call(function: Callable) -> Callable[..., torch.Tensor]:
             max_seqlen_k=max_len,
             softmax_scale=scale,
             causal=False,
+            **fixed,
         )
 
     return run
@@ -373,7 +359,7 @@ def _torch_call(function: Callable) -> Callable[..., torch.Tensor]:
     return run
 
 
-_CALLS = {"flash-attn": _flash_attn_call, "fa4": _fa4_call, "torch": _torch_call}
+_CALLS = {"flash-attn": partial(_flash_call, dropout_p=0.0), "fa4": _flash_call, "torch": _torch_call}
 
 
 class _FirstCallChecked:

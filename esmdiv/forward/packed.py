@@ -43,8 +43,8 @@ def packed_forward(
         repr_layers: layers whose ``(T, C)`` hidden states to return (default: the last).
         faults: known bugs to inject on purpose (:mod:`esmdiv.forward.faults`); empty in a normal run.
         compile: run each layer's two dense regions through ``torch.compile`` (CUDA): layer
-            norm, fused q/k/v projection and fp32 rotary in one; output projection, residual,
-            layer norm and the erf-GELU MLP in the other.
+            norm (with the previous layer's MLP residual), fused q/k/v projection and fp32 rotary in
+            one; output projection, residual, layer norm and the erf-GELU MLP in the other.
         compile_mode: ``torch.compile``'s mode for those regions (None: its default).
     """
     layers_wanted = {model.num_layers} if repr_layers is None else set(repr_layers)
@@ -75,13 +75,16 @@ def packed_forward(
 
     hidden = {0: x} if 0 in layers_wanted else {}
     cos, sin = _rotary(model, positions, fp16=Fault.FP16_ROTARY in faults)
+    mlp_out = torch.zeros_like(x)  # each layer's last residual add is done by the next layer's first region
     for index, layer in enumerate(model.layers):
         attn = layer.self_attn
         w_qkv, b_qkv = fused_qkv(attn)
         norm1, norm2 = layer.self_attn_layer_norm, layer.final_layer_norm
-        q, k, v = attention_in(x, norm1.weight, norm1.bias, norm1.eps, w_qkv, b_qkv, cos, sin, attn.num_heads)
+        x, q, k, v = attention_in(
+            x, mlp_out, norm1.weight, norm1.bias, norm1.eps, w_qkv, b_qkv, cos, sin, attn.num_heads
+        )
         o = varlen_attention(q, k, v, cu_seqlens, max_seqlen, backend, scale=attn.scaling)
-        x = attention_out(
+        x, mlp_out = attention_out(
             x,
             o.flatten(1),
             attn.out_proj.weight,
@@ -96,7 +99,8 @@ def packed_forward(
             gelu,
         )
         if index + 1 in layers_wanted:
-            hidden[index + 1] = x
+            hidden[index + 1] = x + mlp_out
+    x = x + mlp_out
 
     if Fault.NO_FINAL_LAYER_NORM not in faults:
         x = model.emb_layer_norm_after(x)
@@ -105,19 +109,22 @@ def packed_forward(
     return ForwardOutput(hidden, model.lm_head(x) if need_logits else None)
 
 
-def _attention_in(x, ln_w, ln_b, eps: float, w_qkv, b_qkv, cos, sin, num_heads: int):
-    """Layer norm, one q/k/v GEMM, rotary on q and k: ``(T, C)`` -> three ``(T, H, D)``."""
+def _attention_in(x, mlp_out, ln_w, ln_b, eps: float, w_qkv, b_qkv, cos, sin, num_heads: int):
+    """The previous layer's MLP residual, layer norm, one q/k/v GEMM, rotary on q and k:
+    ``(T, C)`` -> the residual stream ``(T, C)`` and three ``(T, H, D)``."""
+    x = x + mlp_out  # fused with the layer norm's read: one kernel fewer per layer than a separate add
     h = F.layer_norm(x, x.shape[-1:], ln_w, ln_b, eps)
     q, k, v = F.linear(h, w_qkv, b_qkv).view(len(x), 3, num_heads, -1).unbind(1)
     # v stays a strided view of the GEMM output: the kernels need only a contiguous last dim.
-    return _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin), v
+    return x, _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin), v
 
 
 def _attention_out(x, o, w_o, b_o, ln_w, ln_b, eps: float, w1, b1, w2, b2, gelu: str):
-    """Output projection and residual, then layer norm, erf-GELU MLP and residual: ``(T, C)``."""
+    """Output projection and residual, then layer norm and the erf-GELU MLP: the residual stream
+    ``(T, C)`` and the MLP's output ``(T, C)``, which the caller adds to it."""
     x = x + F.linear(o, w_o, b_o)
     h = F.layer_norm(x, x.shape[-1:], ln_w, ln_b, eps)
-    return x + F.linear(F.gelu(F.linear(h, w1, b1), approximate=gelu), w2, b2)
+    return x, F.linear(F.gelu(F.linear(h, w1, b1), approximate=gelu), w2, b2)
 
 
 @cache
