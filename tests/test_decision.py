@@ -321,7 +321,8 @@ def test_a_failing_run_names_every_broken_gate():
             0.98,
             0.99,
             "lowest pooled cosine 0.9800000 <= 0.99 (packed vs padded); 2 sequence(s) past the bar (down to "
-            "0.9700000) excused: the packed path is no farther from the reference than 2x the padded path",
+            "0.9700000) excused: the packed path is no farther from the reference than 2x the padded path's "
+            "largest distance to it",
         ),
         Reason(
             "max MAD",
@@ -329,17 +330,17 @@ def test_a_failing_run_names_every_broken_gate():
             0.02,
             0.01,
             "largest pooled mean abs diff 0.02 >= 0.01 (packed vs padded); 1 sequence(s) past the bar (down to "
-            "0.03) excused: the packed path is no farther from the reference than 2x the padded path",
+            "0.03) excused: the packed path is no farther from the reference than 2x the padded path's largest "
+            "distance to it",
         ),
     ]
     assert decision.notes == [
         "with 10 sequences the 95% lower bound of the agreement cannot exceed 74.11% even with no "
         "disagreement; 299 sequences are needed to show more than 99%",
         "fp16 is too coarse for --min-cosine 0.99 on 2 sequence(s): the padded path itself reaches 0.9750000 "
-        "against the reference; they pass because the packed path is no farther from it (at most 2x the "
-        "padded path)",
+        "against the reference; they pass because the packed path is no farther from it than 2x that",
         "fp16 is too coarse for --max-mad 0.01 on 1 sequence(s): the padded path itself reaches 0.02 against "
-        "the reference; they pass because the packed path is no farther from it (at most 2x the padded path)",
+        "the reference; they pass because the packed path is no farther from it than 2x that",
     ]
     assert decision.tolerances == {
         "accept_agreement": {"needed": bound, "passes_if": f"--accept-agreement below {bound:.6g}"},
@@ -521,7 +522,8 @@ def test_a_small_excused_mad_is_written_in_lower_case_exponents():
     decision = decide(evidence, Thresholds(max_mad=1e-5))
     mad = next(r for r in decision.reasons if r.gate == "max MAD")
     assert mad.message.endswith(
-        "(down to 3e-05) excused: the packed path is no farther from the reference than 2x the padded path"
+        "(down to 3e-05) excused: the packed path is no farther from the reference than 2x the padded path's "
+        "largest distance to it"
     )
     assert "the padded path itself reaches 2e-05 against the reference" in decision.notes[-1]
 

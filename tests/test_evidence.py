@@ -233,6 +233,37 @@ def test_a_dtype_too_coarse_for_the_bar_is_excused_by_the_reference_and_said_so(
     ]
 
 
+def test_the_excuse_reads_the_padded_path_s_rounding_over_the_run_not_one_draw_of_it():
+    """GPU run 12 (trained 8M, bf16, peptides): one sequence past --max-mad 0.01 was excused (padded
+    0.013 against the reference), another at 0.011 was not, because its own padded distance was
+    under half of that: the ratio of two draws of the same rounding. Both are the dtype; a real
+    divergence (EOS in the pooling: 0.06) stays past 2x the padded path's largest distance."""
+    from esmdiv.audit.summary import summarise
+    from esmdiv.measure.decision import decide
+
+    coarse = _checked(mad=0.0125, padded_ref_mad=0.013, packed_ref_mad=0.0121)
+    one_draw = _checked(mad=0.012, padded_ref_mad=0.005, packed_ref_mad=0.011)  # 2.2x its own padded distance
+    _, evidence = summarise([coarse, one_draw, _result(mad=1e-4)], dtype=torch.bfloat16)
+    decision = decide(evidence, Thresholds())
+    assert decision.verdict is Verdict.ACCEPT
+    assert evidence.excused["max MAD"].count == 2 and evidence.excused["max MAD"].padded_worst == 0.013
+    assert one_draw.to_dict()["gates"]["max MAD"]["excused"] is True
+    assert "the padded path itself reaches 0.013 against the reference" in decision.notes[-1]
+
+    diverged = _checked(mad=0.07, padded_ref_mad=0.006, packed_ref_mad=0.06)
+    _, evidence = summarise([coarse, diverged, _result(mad=1e-4)], dtype=torch.bfloat16)
+    decision = decide(evidence, Thresholds())
+    gate = {r.gate: r for r in decision.reasons}["max MAD"]
+    assert decision.verdict is Verdict.VALIDATE and not gate.passed and gate.value == 0.06
+    assert diverged.to_dict()["gates"]["max MAD"]["excused"] is False
+
+    # a padded distance that is not a number excuses nothing
+    unknown = _checked(mad=0.0125, padded_ref_mad=math.nan, packed_ref_mad=0.0121)
+    _, evidence = summarise([unknown, one_draw, _result(mad=1e-4)], dtype=torch.bfloat16)
+    assert decide(evidence, Thresholds()).verdict is Verdict.VALIDATE
+    assert "max MAD" not in evidence.excused  # none excused
+
+
 def test_a_label_that_flips_to_the_reference_label_agrees():
     from esmdiv.audit.summary import summarise
     from esmdiv.report.gates import sequence_problems

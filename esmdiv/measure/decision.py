@@ -20,8 +20,9 @@ packed path is not punished for being nearer the truth than the padded one, nor 
 coarse for the thresholds: per sequence, a label counts as agreeing when it equals the padded
 path's or the reference's, a cosine or MAD reads the better of "packed vs padded" and "packed vs
 reference", and a sequence still past the cosine or MAD bar is excused when the packed path is no
-farther from the reference than ``max_reference_ratio`` times the padded path (the decision's notes
-then say the dtype is too coarse for the bar). Gates whose clean value is rounding compare with a
+farther from the reference than ``max_reference_ratio`` times the padded path's largest distance to
+it on the run, the dtype's rounding on these sequences (the decision's notes then say the dtype is
+too coarse for the bar). Gates whose clean value is rounding compare with a
 floor made from the run's own numbers, never with 0 (:mod:`esmdiv.measure.noise`). With
 ``gate="bound"`` the ACCEPT bar reads the one-sided Clopper-Pearson lower bound of the agreement
 instead of the point estimate; the FALLBACK floor keeps the point estimate (too few sequences is a
@@ -113,11 +114,12 @@ class HighPrecisionEvidence:
 @dataclass
 class Excused:
     """Sequences past a cosine or MAD bar whose packed path is no farther from the reference than
-    ``max_reference_ratio`` times the padded path: the dtype, not the packed path, is too coarse."""
+    ``max_reference_ratio`` times the padded path's largest distance to it on the run: the dtype,
+    not the packed path, is too coarse."""
 
     count: int
     worst: float  # their worst value of the gate's measure (lowest cosine, largest MAD)
-    padded_worst: float  # the padded path's own worst distance to the reference among them
+    padded_worst: float  # the padded path's own worst value of that measure against the reference, on the run
 
 
 @dataclass
@@ -299,7 +301,7 @@ def _agreement_and_distance_reasons(
             return ""
         return (
             f"; {e.count} sequence(s) past the bar (down to {worst.format(e.worst)}) excused: the packed path is no "
-            f"farther from the reference than {t.max_reference_ratio:g}x the padded path"
+            f"farther from the reference than {t.max_reference_ratio:g}x the padded path's largest distance to it"
         )
 
     return [
@@ -427,7 +429,7 @@ def _coarse_dtype_notes(evidence: Evidence, t: Thresholds) -> list[str]:
             notes.append(
                 f"{evidence.dtype} is too coarse for {option} {threshold:g} on {e.count} sequence(s): the padded "
                 f"path itself reaches {format(e.padded_worst, fmt)} against the reference; they pass because the "
-                f"packed path is no farther from it (at most {t.max_reference_ratio:g}x the padded path)"
+                f"packed path is no farther from it than {t.max_reference_ratio:g}x that"
             )
     return notes
 
