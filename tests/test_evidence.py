@@ -159,6 +159,30 @@ def test_positions_that_run_on_are_caught_with_margin_on_a_machine_that_rounds_b
     assert buggy.decision.verdict is Verdict.VALIDATE
 
 
+def test_eos_in_the_pooling_is_caught_by_the_algorithm_gate_whatever_the_bars(random_8m):
+    """EOS in the mean changes no residue row, and in bf16 its pooled MAD sits within the rounding
+    of the MAD bar (GPU run 13: trained 8M, bf16, ACCEPT). The packed algorithm's pooled embedding at
+    reference precision against the reference's is the check that does not depend on the dtype."""
+    clean = run_audit(AuditConfig(SEED18, device="cpu", mlm=False), loaded=random_8m)
+    buggy = run_audit(
+        # bars so loose that only the algorithm gate can see the bug
+        AuditConfig(
+            SEED18,
+            device="cpu",
+            mlm=False,
+            faults=frozenset([Fault.EOS_IN_POOLING]),
+            thresholds=Thresholds(max_mad=1.0, min_cosine=0.0),
+        ),
+        loaded=random_8m,
+    )
+    c = {x.gate: x for x in clean.decision.reasons}["algorithm"]
+    b = {x.gate: x for x in buggy.decision.reasons}["algorithm"]
+    assert c.passed and not b.passed and buggy.decision.verdict is not Verdict.ACCEPT
+    assert b.value > 1e4 * b.threshold and margin("algorithm", b.value, b.threshold, c.value) >= REQUIRED_MARGIN
+    pooled = buggy.to_dict()["reference"]["algorithm"]
+    assert pooled["pooled_rel_l2"]["max"] == b.value > pooled["rel_l2"]["max"]
+
+
 def test_the_cli_default_and_its_options(tmp_path):
     from typer.testing import CliRunner
 
@@ -197,9 +221,9 @@ def _checked(mad, padded_ref_mad, packed_ref_mad, cosine=0.9999, labels=(1, 1), 
     r = _result(cosine=cosine, mad=mad, labels=labels)
     r.predictions[0].label_ref = label_ref
     r.high_precision = (
-        HighPrecisionDistance(0.9999, padded_ref_mad, 1e-3),
-        HighPrecisionDistance(0.9999, packed_ref_mad, 1e-3),
-        HighPrecisionDistance(1.0, 0.0, 0.0),
+        HighPrecisionDistance(0.9999, padded_ref_mad, 1e-3, 1e-3),
+        HighPrecisionDistance(0.9999, packed_ref_mad, 1e-3, 1e-3),
+        HighPrecisionDistance(1.0, 0.0, 0.0, 0.0),
     )
     return r
 

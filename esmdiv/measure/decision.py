@@ -107,7 +107,7 @@ class HighPrecisionEvidence:
     agreeing: int | None = None  # sequences whose packed label equals the reference label
     min_cosine: float | None = None  # packed vs reference, lowest pooled cosine
     max_mad: float | None = None  # packed vs reference, largest pooled MAD
-    algorithm_error: float = math.nan  # the packed algorithm at reference precision: largest rel-L2
+    algorithm_error: float = math.nan  # the packed algorithm at reference precision: largest rel-L2, residues or pooled
     algorithm_tolerance: float = math.nan  # its default limit (esmdiv.forward.high_precision.algorithm_tolerance)
 
 

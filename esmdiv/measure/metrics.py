@@ -211,6 +211,7 @@ class HighPrecisionDistance:
     cosine: float  # pooled embedding cosine
     mad: float  # pooled embedding mean abs diff
     rel_l2: float  # ||path - ref|| / ||ref|| over the (L, D) residue rows
+    pooled_rel_l2: float  # ||pooled path - pooled ref|| / ||pooled ref||: the pooling too
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -229,12 +230,14 @@ def distances_to_high_precision(
     pooled_ref = mean_pool_batch(r, lengths).double()
     diff = torch.where(mask, a - r, 0.0).flatten(1).norm(dim=1)
     norm = torch.where(mask, r, 0.0).flatten(1).norm(dim=1).clamp(min=1e-300)
-    rows = torch.stack([cosine_rows(pooled_path, pooled_ref), (pooled_path - pooled_ref).abs().mean(1), diff / norm], 1)
+    pooled_rel = (pooled_path - pooled_ref).norm(dim=1) / pooled_ref.norm(dim=1).clamp(min=1e-300)
+    cos, mad = cosine_rows(pooled_path, pooled_ref), (pooled_path - pooled_ref).abs().mean(1)
+    rows = torch.stack([cos, mad, diff / norm, pooled_rel], 1)
     out = []
-    for cos, mad, rel in rows.cpu().tolist():
+    for values in rows.cpu().tolist():
         out.append(
-            HighPrecisionDistance(cos, mad, rel)
-            if all(map(math.isfinite, (cos, mad, rel)))
-            else HighPrecisionDistance(math.nan, math.nan, math.nan)
+            HighPrecisionDistance(*values)
+            if all(map(math.isfinite, values))
+            else HighPrecisionDistance(math.nan, math.nan, math.nan, math.nan)
         )
     return out
