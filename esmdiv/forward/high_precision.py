@@ -31,8 +31,8 @@ def algorithm_tolerance(dtype: torch.dtype) -> float:
     the high precision, may sit from the high-precision run before it counts as another function:
     agreement to half the digits of that precision, 0.1 * sqrt(eps): 1.5e-9 in fp64, 3.5e-5 in
     fp32. Clean runs sit 5 orders (fp64) and 1 to 2 orders (fp32) below it; the known bugs that
-    change the function, 1 to 8 orders above (docs/findings.md). Bugs of precision only (positions that run on across a pack) are left to
-    the reference-ratio and invariance gates."""
+    change the function, 1 to 8 orders above (docs/findings.md). Bugs of precision only (positions
+    that run on across a pack) are left to the reference-ratio and invariance gates."""
     return 0.1 * math.sqrt(float(torch.finfo(dtype).eps))
 
 
