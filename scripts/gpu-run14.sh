@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# H100 run 14: the cosine/MAD excuse read against the padded path's largest distance to the
-# reference on the run (after run 12's bf16 false alarm): the trained 8M model's false-alarm study
-# again (run 12's grid), and the self-test in bf16 (trained 8M, random:650M): every known bug still
-# caught with the looser excuse. Usage (carry .gpu5): bash scripts/gpu-run13.sh
+# H100 run 14: run 13 again after the algorithm gate took in the pooled embedding (run 13: EOS in
+# the pooling slipped through in bf16): the trained 8M model's false-alarm study (run 12's grid),
+# the self-test in bf16 (trained 8M, random:650M) and in fp16 (random:3B, the default).
+# Usage (carry .gpu5): bash scripts/gpu-run14.sh
 set -u
 OUT=${OUT:-out}; R=$OUT/r14; mkdir -p "$R"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu5/fair_esm-*.whl 2>&1 | tail -1
