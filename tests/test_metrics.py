@@ -296,7 +296,7 @@ def test_residue_cosines_of_equal_rows_never_pass_one():
 
 
 def _by_hand_distance(path_rows, ref_rows, pooled_path_rows=None):
-    """cosine, MAD and rel-L2 of one sequence's residue rows, written out independently."""
+    """cosine, MAD, rel-L2 and pooled rel-L2 of one sequence's residue rows, written out independently."""
     pooled_path_rows = path_rows if pooled_path_rows is None else pooled_path_rows
     p = [sum(col) / len(pooled_path_rows) for col in zip(*pooled_path_rows)]
     r = [sum(col) / len(ref_rows) for col in zip(*ref_rows)]
@@ -305,7 +305,8 @@ def _by_hand_distance(path_rows, ref_rows, pooled_path_rows=None):
     mad = sum(abs(x - y) for x, y in zip(p, r)) / len(p)
     diff = math.sqrt(sum((x - y) ** 2 for a, b in zip(path_rows, ref_rows) for x, y in zip(a, b)))
     norm = math.sqrt(sum(y * y for b in ref_rows for y in b))
-    return cos, mad, diff / norm
+    pooled = math.sqrt(sum((x - y) ** 2 for x, y in zip(p, r))) / math.sqrt(sum(y * y for y in r))
+    return cos, mad, diff / norm, pooled
 
 
 def test_distances_to_high_precision_by_hand():
@@ -330,17 +331,27 @@ def test_distances_to_high_precision_by_hand():
         _by_hand_distance([[1.5, 2.0], [3.0, 1.0]], [[1.0, 2.0], [3.0, 1.0]]),
         _by_hand_distance([[2.0, -0.5]], [[2.0, -1.0]]),
     ]
-    for got, (cos, mad, rel) in zip(out, expected):
-        assert (got.cosine, got.mad, got.rel_l2) == pytest.approx((cos, mad, rel), rel=1e-12, abs=1e-15)
-        assert got.to_dict() == {"cosine": got.cosine, "mad": got.mad, "rel_l2": got.rel_l2}
+    for got, want in zip(out, expected):
+        assert (got.cosine, got.mad, got.rel_l2, got.pooled_rel_l2) == pytest.approx(want, rel=1e-12, abs=1e-15)
+        assert got.to_dict() == {
+            "cosine": got.cosine,
+            "mad": got.mad,
+            "rel_l2": got.rel_l2,
+            "pooled_rel_l2": got.pooled_rel_l2,
+        }
     # rel-L2 is a ratio: the same for representations a thousand times smaller (norms below 1)
     small = distances_to_high_precision(path * 1e-3, ref * 1e-3, lengths)
-    assert [d.rel_l2 for d in small] == pytest.approx([rel for _, _, rel in expected], rel=1e-9)
-    # the buggy pooling averages the path's EOS row in (never the reference's); rel-L2 is unchanged
+    got_small = [v for d in small for v in (d.rel_l2, d.pooled_rel_l2)]
+    assert got_small == pytest.approx([v for w in expected for v in w[2:]], rel=1e-9)
+    # the buggy pooling averages the path's EOS row in (never the reference's): the residue rows'
+    # rel-L2 is unchanged, the pooled one sees it
     eos = distances_to_high_precision(path, ref, lengths, include_eos=True)[0]
     rows, ref_rows = [[1.5, 2.0], [3.0, 1.0]], [[1.0, 2.0], [3.0, 1.0]]
-    cos, mad, _ = _by_hand_distance(rows, ref_rows, rows + [[100.0, 100.0]])
-    assert (eos.cosine, eos.mad, eos.rel_l2) == pytest.approx((cos, mad, expected[0][2]), rel=1e-12)
+    cos, mad, _, pooled = _by_hand_distance(rows, ref_rows, rows + [[100.0, 100.0]])
+    assert (eos.cosine, eos.mad, eos.rel_l2, eos.pooled_rel_l2) == pytest.approx(
+        (cos, mad, expected[0][2], pooled), rel=1e-12
+    )
+    assert eos.pooled_rel_l2 > 10 * expected[0][3]
 
 
 def test_a_non_finite_distance_is_nan_in_every_field():
@@ -348,8 +359,8 @@ def test_a_non_finite_distance_is_nan_in_every_field():
     path = ref.clone()
     path[1, 1, 0] = math.inf
     out = distances_to_high_precision(path, ref, torch.tensor([4, 4]))
-    assert (out[0].cosine, out[0].mad, out[0].rel_l2) == (1.0, 0.0, 0.0)
-    assert all(math.isnan(v) for v in (out[1].cosine, out[1].mad, out[1].rel_l2))
+    assert (out[0].cosine, out[0].mad, out[0].rel_l2, out[0].pooled_rel_l2) == (1.0, 0.0, 0.0, 0.0)
+    assert all(math.isnan(v) for v in (out[1].cosine, out[1].mad, out[1].rel_l2, out[1].pooled_rel_l2))
 
 
 def test_report_dicts_hold_every_field():
