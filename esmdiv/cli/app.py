@@ -340,7 +340,8 @@ def check(
     max_algorithm_error: float | None = typer.Option(
         None,
         help="With a reference: the packed algorithm at reference precision may differ from it by this "
-        "rel-L2 (default: 0.1 sqrt(eps) of the reference dtype: 3.5e-5 fp32, 1.5e-9 fp64).",
+        "rel-L2, of the residue rows and of the pooled embedding (default: 0.1 sqrt(eps) of the reference "
+        "dtype: 3.5e-5 fp32, 1.5e-9 fp64).",
     ),
     trace: bool = typer.Option(False, "--trace", help="Compare the hidden states after every layer."),
     trace_threshold: float = typer.Option(1e-2, help="rel-L2 at which --trace names the first layer crossing it."),
