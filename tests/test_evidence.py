@@ -179,7 +179,7 @@ def test_eos_in_the_pooling_is_caught_by_the_algorithm_gate_whatever_the_bars(ra
     b = {x.gate: x for x in buggy.decision.reasons}["algorithm"]
     assert c.passed and not b.passed and buggy.decision.verdict is not Verdict.ACCEPT
     assert b.value > 1e4 * b.threshold and margin("algorithm", b.value, b.threshold, c.value) >= REQUIRED_MARGIN
-    pooled = buggy.to_dict()["reference"]["algorithm"]
+    pooled = buggy.to_dict()["summary"]["reference"]["algorithm"]
     assert pooled["pooled_rel_l2"]["max"] == b.value > pooled["rel_l2"]["max"]
 
 
