@@ -405,6 +405,10 @@ def test_a_folder_that_is_not_a_checkpoint_is_refused_saying_why(tmp_path):
     (folder / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"config.json: not readable JSON \(Expecting property name"):
         load_model(str(folder))
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"empty: has config.json but neither model.safetensors nor "
+                       r"pytorch_model.bin \(nor a sharded \*\.index\.json of either\)$"):  # fmt: skip
+        load_model(str(folder))
 
 
 def test_a_bare_state_dict_of_an_unknown_width_names_the_file(tmp_path):
@@ -431,6 +435,37 @@ def test_a_folder_with_pytorch_model_bin_loads_the_same(folder):
     assert loaded.info.path == str(folder / "pytorch_model.bin") and loaded.classifier is not None
     after = loaded.model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_folder_with_a_garbled_model_safetensors_is_refused_as_safetensors(folder):
+    """model.safetensors is read by the safetensors reader, and its error says so (a torch file
+    reader would call it an unreadable torch checkpoint)."""
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(weights))}: not a readable safetensors file \\("):
+        load_model(str(folder))
+
+
+def test_a_key_that_is_not_a_name_is_refused_by_its_value(folder):
+    """A pickle may key a tensor by a number: the message names it as it is, the loader does not crash."""
+    from safetensors.torch import load_file
+
+    torch.save({7: torch.zeros(3), **hub_names(load_file(folder / "model.safetensors"))}, folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    weights = re.escape(str(folder / "pytorch_model.bin"))
+    with pytest.raises(CheckpointError, match=f"^{weights}: key '7' has no fair-esm counterpart$"):
+        load_model(str(folder))
+
+
+def test_a_top_level_weight_under_two_keys_is_refused(folder):
+    def both(state):
+        state["esm.encoder.emb_layer_norm_after.gamma"] = state["esm.encoder.emb_layer_norm_after.weight"] + 1
+
+    edit_state(folder, both)
+    message = r"key 'esm\.encoder\.emb_layer_norm_after\.(gamma|weight)' and another key both hold "
+    message += r"'emb_layer_norm_after\.weight'$"
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(folder / 'model.safetensors'))}: {message}"):
+        load_model(str(folder))
 
 
 def test_the_sizes_of_an_unprefixed_folder_are_checked_too(tmp_path):
