@@ -468,6 +468,35 @@ def test_a_top_level_weight_under_two_keys_is_refused(folder):
         load_model(str(folder))
 
 
+@pytest.mark.parametrize(
+    "changes, dropped, sizes",
+    [
+        ({"num_hidden_layers": 0}, "esm.encoder.layer.", "layers 0, embed_dim 32, heads 4"),
+        ({"hidden_size": 0}, "esm.embeddings.word_embeddings.", "layers 2, embed_dim 0, heads 4"),
+    ],
+    ids=["no-layers", "no-width"],
+)
+def test_a_size_of_zero_is_refused_before_building(folder, changes, dropped, sizes):
+    """Weights that agree with a config of zero layers (none) or zero width (no embedding to say
+    otherwise) pass the size check against the weights; the builder refuses the size itself."""
+    edit_config(folder, **changes)
+    edit_state(folder, lambda state: [state.pop(k) for k in [k for k in state if k.startswith(dropped)]])
+    weights = re.escape(str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"^{weights}: sizes must be positive \\({sizes}\\)$"):
+        load_model(str(folder))
+
+
+def test_one_layer_and_one_head_are_sizes_too(tmp_path):
+    """The smallest sizes the builder takes: 1 layer of 1 attention head, the same network as transformers'."""
+    model, folder = hf_model("EsmModel", tmp_path, num_hidden_layers=1, num_attention_heads=1)
+    loaded = load_model(str(folder))
+    assert (loaded.info.num_layers, loaded.info.embed_dim, loaded.info.attention_heads) == (1, DIM, 1)
+    tokens, lengths = batch(loaded.alphabet)
+    ours = padded_forward(loaded.model, tokens).representations[1]
+    theirs = hf_hidden(model, tokens, loaded.alphabet.padding_idx).last_hidden_state
+    assert_same_rows(ours, theirs, lengths)
+
+
 def test_the_sizes_of_an_unprefixed_folder_are_checked_too(tmp_path):
     """EsmModel's keys have no 'esm.' prefix: its embedding width is read all the same."""
     _, folder = hf_model("EsmModel", tmp_path)
