@@ -457,13 +457,20 @@ def test_a_key_that_is_not_a_name_is_refused_by_its_value(folder):
         load_model(str(folder))
 
 
-def test_a_top_level_weight_under_two_keys_is_refused(folder):
+@pytest.mark.parametrize(
+    "weight, target",
+    [
+        ("esm.encoder.emb_layer_norm_after", "emb_layer_norm_after"),
+        ("esm.encoder.layer.1.LayerNorm", "layers.1.final_layer_norm"),
+    ],
+    ids=["top-level", "layer"],
+)
+def test_a_weight_under_two_keys_is_refused_naming_the_file_the_key_and_the_weight(folder, weight, target):
     def both(state):
-        state["esm.encoder.emb_layer_norm_after.gamma"] = state["esm.encoder.emb_layer_norm_after.weight"] + 1
+        state[f"{weight}.gamma"] = state[f"{weight}.weight"] + 1
 
     edit_state(folder, both)
-    message = r"key 'esm\.encoder\.emb_layer_norm_after\.(gamma|weight)' and another key both hold "
-    message += r"'emb_layer_norm_after\.weight'$"
+    message = rf"key '{re.escape(weight)}\.(gamma|weight)' and another key both hold '{re.escape(target)}\.weight'$"
     with pytest.raises(CheckpointError, match=f"^{re.escape(str(folder / 'model.safetensors'))}: {message}"):
         load_model(str(folder))
 
