@@ -84,3 +84,16 @@ def test_every_kernel_available_here_is_audited_in_one_run_and_accepted(cuda):
         major, minor = torch.cuda.get_device_capability(cuda)
         assert kernel.provenance["device_capability"] == f"{major}.{minor}" and kernel.provenance["version"]
     assert result.to_dict()["verdict"] == "ACCEPT"
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_building_a_model_on_cuda_leaves_the_callers_random_state_as_it_was(cuda, device):
+    """The builder seeds torch's generators to draw the initial weights, inside fork_rng: the CPU's
+    and the device's generators are both given back as they were (mutation testing's `loading`
+    group: on the CPU no test can see which CUDA devices are forked)."""
+    before = torch.get_rng_state(), torch.cuda.get_rng_state(cuda)
+    loaded = load_model("random:8M:5", device)
+    after = torch.get_rng_state(), torch.cuda.get_rng_state(cuda)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    tensors = [*loaded.model.parameters(), *loaded.model.buffers()]
+    assert {t.device.type for t in tensors} == {"cuda"}

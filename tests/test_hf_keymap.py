@@ -405,6 +405,10 @@ def test_a_folder_that_is_not_a_checkpoint_is_refused_saying_why(tmp_path):
     (folder / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"config.json: not readable JSON \(Expecting property name"):
         load_model(str(folder))
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"empty: has config.json but neither model.safetensors nor "
+                       r"pytorch_model.bin \(nor a sharded \*\.index\.json of either\)$"):  # fmt: skip
+        load_model(str(folder))
 
 
 def test_a_bare_state_dict_of_an_unknown_width_names_the_file(tmp_path):
@@ -431,6 +435,73 @@ def test_a_folder_with_pytorch_model_bin_loads_the_same(folder):
     assert loaded.info.path == str(folder / "pytorch_model.bin") and loaded.classifier is not None
     after = loaded.model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_folder_with_a_garbled_model_safetensors_is_refused_as_safetensors(folder):
+    """model.safetensors is read by the safetensors reader, and its error says so (a torch file
+    reader would call it an unreadable torch checkpoint)."""
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(weights))}: not a readable safetensors file \\("):
+        load_model(str(folder))
+
+
+def test_a_key_that_is_not_a_name_is_refused_by_its_value(folder):
+    """A pickle may key a tensor by a number: the message names it as it is, the loader does not crash."""
+    from safetensors.torch import load_file
+
+    torch.save({7: torch.zeros(3), **hub_names(load_file(folder / "model.safetensors"))}, folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    weights = re.escape(str(folder / "pytorch_model.bin"))
+    with pytest.raises(CheckpointError, match=f"^{weights}: key '7' has no fair-esm counterpart$"):
+        load_model(str(folder))
+
+
+@pytest.mark.parametrize(
+    "weight, target",
+    [
+        ("esm.encoder.emb_layer_norm_after", "emb_layer_norm_after"),
+        ("esm.encoder.layer.1.LayerNorm", "layers.1.final_layer_norm"),
+    ],
+    ids=["top-level", "layer"],
+)
+def test_a_weight_under_two_keys_is_refused_naming_the_file_the_key_and_the_weight(folder, weight, target):
+    def both(state):
+        state[f"{weight}.gamma"] = state[f"{weight}.weight"] + 1
+
+    edit_state(folder, both)
+    message = rf"key '{re.escape(weight)}\.(gamma|weight)' and another key both hold '{re.escape(target)}\.weight'$"
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(folder / 'model.safetensors'))}: {message}"):
+        load_model(str(folder))
+
+
+@pytest.mark.parametrize(
+    "changes, dropped, sizes",
+    [
+        ({"num_hidden_layers": 0}, "esm.encoder.layer.", "layers 0, embed_dim 32, heads 4"),
+        ({"hidden_size": 0}, "esm.embeddings.word_embeddings.", "layers 2, embed_dim 0, heads 4"),
+    ],
+    ids=["no-layers", "no-width"],
+)
+def test_a_size_of_zero_is_refused_before_building(folder, changes, dropped, sizes):
+    """Weights that agree with a config of zero layers (none) or zero width (no embedding to say
+    otherwise) pass the size check against the weights; the builder refuses the size itself."""
+    edit_config(folder, **changes)
+    edit_state(folder, lambda state: [state.pop(k) for k in [k for k in state if k.startswith(dropped)]])
+    weights = re.escape(str(folder / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"^{weights}: sizes must be positive \\({sizes}\\)$"):
+        load_model(str(folder))
+
+
+def test_one_layer_and_one_head_are_sizes_too(tmp_path):
+    """The smallest sizes the builder takes: 1 layer of 1 attention head, the same network as transformers'."""
+    model, folder = hf_model("EsmModel", tmp_path, num_hidden_layers=1, num_attention_heads=1)
+    loaded = load_model(str(folder))
+    assert (loaded.info.num_layers, loaded.info.embed_dim, loaded.info.attention_heads) == (1, DIM, 1)
+    tokens, lengths = batch(loaded.alphabet)
+    ours = padded_forward(loaded.model, tokens).representations[1]
+    theirs = hf_hidden(model, tokens, loaded.alphabet.padding_idx).last_hidden_state
+    assert_same_rows(ours, theirs, lengths)
 
 
 def test_the_sizes_of_an_unprefixed_folder_are_checked_too(tmp_path):

@@ -157,6 +157,7 @@ def test_sharded_fair_esm_state_dict_without_config(random_8m, tmp_path):
     index.write_text(json.dumps({"weight_map": {k: f for f, keys in halves.items() for k in keys}}))
     loaded = load_model(str(index))
     assert loaded.info.source == "sharded-checkpoint" and same_weights(loaded, random_8m)
+    assert loaded.info.spec == loaded.info.path == str(index)
     assert [Path(f).name for f in loaded.info.files] == [index.name, *halves]
 
 

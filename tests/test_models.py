@@ -247,11 +247,23 @@ def test_bad_specs_are_input_errors(spec):
         load_model(spec)
 
 
-@pytest.mark.parametrize("spec", ["missing.pt", "missing.pth", "missing.bin", "missing.safetensors", "./some/folder"])
+@pytest.mark.parametrize(
+    "spec", ["missing.pt", "missing.pth", "missing.bin", "missing.safetensors", "missing.json", "./some/folder"]
+)
 def test_a_model_path_that_does_not_exist_is_named_as_such(spec, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match=f"^{re.escape(spec)}: no such model file or folder$"):
         load_model(spec)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_model_is_built_wholly_in_the_run_dtype(dtype):
+    """Parameters and buffers alike: fair-esm makes the rotary inv_freq in fp32 whatever the default
+    dtype; as its model.half() does, it follows the run's dtype."""
+    model = load_model("random:8M", dtype=dtype).model
+    tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+    assert any(name.endswith("rot_emb.inv_freq") for name in tensors)
+    assert {name: t.dtype for name, t in tensors.items() if t.dtype != dtype} == {}
 
 
 def test_a_spec_that_is_no_model_lists_what_would_be():

@@ -645,6 +645,14 @@ def _hf_like_config(state: dict, path: Path) -> dict:
     return {"num_hidden_layers": len(layers), "hidden_size": dim, "num_attention_heads": _heads_for(dim, path)}
 
 
+def _map_once(mapped: dict[str, torch.Tensor], target: str, key: Any, value: torch.Tensor, path: Path) -> None:
+    """``mapped[target] = value``, refused when another key of the checkpoint already holds ``target``
+    (a LayerNorm under both its names, a weight with and without the ``esm.`` prefix)."""
+    if target in mapped:
+        raise CheckpointError(f"{path}: key '{key}' and another key both hold '{target}'")
+    mapped[target] = value
+
+
 def _from_hf_state(spec: str, path: Path, state: dict, config: dict, source: str, build: _Build) -> LoadedModel:
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: config.json holds a {type(config).__name__}, not the model's settings")
@@ -669,17 +677,12 @@ def _from_hf_state(spec: str, path: Path, state: dict, config: dict, source: str
         elif _HF_IGNORED.match(bare):
             continue
         elif bare in _HF_TOP_MAP:
-            if _HF_TOP_MAP[bare] in mapped:
-                raise CheckpointError(f"{path}: key '{key}' and another key both hold '{_HF_TOP_MAP[bare]}'")
-            mapped[_HF_TOP_MAP[bare]] = value
+            _map_once(mapped, _HF_TOP_MAP[bare], key, value, path)
         elif m := re.match(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", bare):
             index, module, kind = m.groups()
             if module not in _HF_LAYER_MAP:
                 raise CheckpointError(f"{path}: key '{key}' has no fair-esm counterpart")
-            target = f"layers.{index}.{_HF_LAYER_MAP[module]}.{kind}"
-            if target in mapped:
-                raise CheckpointError(f"{path}: key '{key}' and another key both hold '{target}'")
-            mapped[target] = value
+            _map_once(mapped, f"layers.{index}.{_HF_LAYER_MAP[module]}.{kind}", key, value, path)
         else:
             raise CheckpointError(f"{path}: key '{key}' has no fair-esm counterpart")
     model = _new_esm2(layers, dim, heads, bool(config.get("token_dropout", True)), build, where=path)
