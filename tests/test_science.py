@@ -296,6 +296,7 @@ def test_distances_to_reference_by_hand():
     assert d0.cosine == pytest.approx(5 / math.sqrt(26), abs=1e-12)
     assert d0.mad == pytest.approx(0.75, abs=1e-12)
     assert d0.rel_l2 == pytest.approx(math.sqrt(3 / 2), abs=1e-12)  # ||(1,0,1,1)|| / ||(1,0,0,1)||
+    assert d0.pooled_rel_l2 == pytest.approx(math.hypot(1, 0.5) / math.hypot(0.5, 0.5), abs=1e-12)
     a, b = np.array([1 + E11, 2 + E8]), np.array([1.0, 2.0])
     assert d1.cosine == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), abs=1e-12)
     assert d1.mad == pytest.approx((E11 + E8) / 2, abs=1e-15)
@@ -305,7 +306,8 @@ def test_distances_to_reference_by_hand():
     assert e0.cosine == pytest.approx(-5 / math.sqrt(26), abs=1e-7)
     assert e0.mad == pytest.approx(4 / 3, abs=1e-7)
     assert e0.rel_l2 == pytest.approx(math.sqrt(3 / 2), abs=1e-12)
-    assert d0.to_dict() == {"cosine": d0.cosine, "mad": d0.mad, "rel_l2": d0.rel_l2}
+    assert e0.pooled_rel_l2 == pytest.approx(math.hypot(7 / 6, 1.5) / math.hypot(0.5, 0.5), abs=1e-7)
+    assert d0.to_dict() == {"cosine": d0.cosine, "mad": d0.mad, "rel_l2": d0.rel_l2, "pooled_rel_l2": d0.pooled_rel_l2}
 
 
 def test_a_non_finite_residue_makes_that_distance_nan():
