@@ -682,7 +682,12 @@ def main() -> None:
     # this rank once another has exited, ends the process with it.
     signal.signal(signal.SIGTERM, lambda signum, frame: _exit_now(code))
     # A torchrun rank ends with rank 0's code, once rank 0 is done (see esmdiv.distributed.finish).
-    sys.exit(finish(code))
+    final = finish(code)
+    # Ignored, not handled, from here: the interpreter's shutdown resets Python handlers to the
+    # default, and a SIGTERM then (torchrun stopping rank 0 the moment another rank exits) would
+    # end the process as -15 instead of its code. An ignored signal stays ignored.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(final)
 
 
 def _terminated(signum: int, frame: object) -> None:
