@@ -5,10 +5,7 @@
 # max-autotune with persistent TMA GEMM templates (can a Triton GEMM with the erf-GELU epilogue beat
 # cuBLAS + a GELU kernel?). Usage (carry .gpu4, the fair-esm wheel): bash scripts/gpu-run10.sh
 set -u
-OUT=${OUT:-out}; R=$OUT/r10; mkdir -p "$R"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu4/fair_esm-*.whl 2>&1 | tail -1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 ESMDIV_GIT_COMMIT=${ESMDIV_GIT_COMMIT:-unknown}
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$R/gpu.txt"
+. scripts/gpu-env.sh r10 .gpu4
 for m in 3B 650M; do
   timeout 200 python3 -m esmdiv bench --model random:$m --dtype fp16 --paths padded,packed \
     --json "$R/bench-${m,,}-fp16.json" > "$R/bench-${m,,}.log" 2>&1

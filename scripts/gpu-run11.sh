@@ -4,10 +4,7 @@
 # the GPU tests, the self-test on random:3B, the seed18 check on random:3B.
 # Usage (carry .gpu4, the fair-esm wheel): bash scripts/gpu-run11.sh
 set -u
-OUT=${OUT:-out}; R=$OUT/r11; mkdir -p "$R"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu4/fair_esm-*.whl 2>&1 | tail -1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 ESMDIV_GIT_COMMIT=${ESMDIV_GIT_COMMIT:-unknown}
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$R/gpu.txt"
+. scripts/gpu-env.sh r11 .gpu4
 timeout 150 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider > "$R/pytest-gpu.log" 2>&1; echo "pytest gpu exit $?"; tail -2 "$R/pytest-gpu.log"
 timeout 220 python3 -m esmdiv selftest --model random:3B --dtype fp16 --json "$R/selftest-3b-fp16.json" > "$R/selftest-3b.log" 2>&1
 echo "selftest 3B exit $?"; tail -4 "$R/selftest-3b.log"

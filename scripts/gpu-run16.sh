@@ -3,10 +3,7 @@
 # wall time went (the report's timings) against its two forwards.
 # Usage (carry .gpu4, the fair-esm wheel): bash scripts/gpu-run16.sh
 set -u
-OUT=${OUT:-out}; R=$OUT/r16; mkdir -p "$R"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu4/fair_esm-*.whl 2>&1 | tail -1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 ESMDIV_GIT_COMMIT=${ESMDIV_GIT_COMMIT:-unknown}
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$R/gpu.txt"
+. scripts/gpu-env.sh r16 .gpu4
 python3 -m esmdiv bench --workload lognormal --n 10000 --seed 0 --write-fasta /tmp/lognormal-10k.fasta > /dev/null
 t0=$(date +%s.%N)
 timeout 400 python3 -m esmdiv check /tmp/lognormal-10k.fasta --model random:3B --json "$R/check-10k-3b-fp16.json" > "$R/check-10k-3b.log" 2>&1

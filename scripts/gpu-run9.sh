@@ -3,10 +3,7 @@
 # process, random:3B fp16 (benchmarks/packed_variants.py); max-autotune in a second process with
 # the current path again as its baseline. Usage (carry .gpu4, the fair-esm wheel): bash scripts/gpu-run9.sh
 set -u
-OUT=${OUT:-out}; R=$OUT/r9; mkdir -p "$R"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu4/fair_esm-*.whl 2>&1 | tail -1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 ESMDIV_GIT_COMMIT=${ESMDIV_GIT_COMMIT:-unknown}
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$R/gpu.txt"
+. scripts/gpu-env.sh r9 .gpu4
 timeout 240 python3 benchmarks/packed_variants.py --model random:3B --variants current,deferred,repacked,gemms --out "$R" 2>&1 | grep -v Warning | tee "$R/variants.log"
 timeout 330 python3 benchmarks/packed_variants.py --model random:3B --variants current,autotune --out "$R" > "$R/autotune.log" 2>&1
 echo "autotune exit $?"; grep -E "^(current|autotune) " "$R/autotune.log"; tail -3 "$R/autotune.log"

@@ -81,6 +81,7 @@ def test_bad_fasta_on_stdin_names_stdin_and_the_line(tmp_path, spool_dir):
     assert list(spool_dir.iterdir()) == []
 
 
+@pytest.mark.subprocess
 def test_stdin_that_is_a_terminal_is_a_usage_error():
     """A real process whose stdin is a pseudo-terminal: ``-`` must not wait on a prompt."""
     master, slave = os.openpty()
@@ -234,6 +235,7 @@ def test_help_lists_the_choices():
         assert listed in text, listed
 
 
+@pytest.mark.subprocess
 def test_the_shell_completes_the_choices():
     """What bash's completion function asks: the values of --backend after '--backend '."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "_ESMDIV_COMPLETE": "complete_bash", "COMP_CWORD": "4"}

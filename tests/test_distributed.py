@@ -735,6 +735,7 @@ attention.device_problems = lambda backend, device, dtype: []
 """
 
 
+@pytest.mark.subprocess
 def test_two_processes_audit_several_kernels_as_one_process_does(tmp_path, monkeypatch):
     """--backend reference,flash-attn under torchrun (a fake, wrong flash-attn that runs on the CPU):
     each kernel's per-sequence results gathered from both ranks, one verdict per kernel, the same

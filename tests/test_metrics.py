@@ -205,20 +205,25 @@ def test_quantile_works_past_torch_quantile_limit():
     assert float(_quantiles(values.view(1, n, 1), torch.ones(1, n, 1, dtype=torch.bool))[0]) == math.ceil(0.999 * n)
 
 
-def test_row_quantiles_are_each_rows_own_nearest_rank_quantile():
-    """Ragged rows (a mask per row), ties, a one-value row and an empty row: each row's quantile is
-    numpy's inverted_cdf percentile of that row's own values, whatever the other rows hold."""
+@pytest.mark.parametrize("width", [1, 3])
+@pytest.mark.parametrize("q", [0.01, 0.25, 0.5, 0.999])
+def test_row_quantiles_are_each_rows_own_nearest_rank_quantile(q, width):
+    """Ragged rows (a mask per row), ties, a full row, a row of one token (one value when
+    ``width`` is 1), a row of two and an empty row: each row's ``q`` quantile is numpy's
+    inverted_cdf percentile of that row's own values, whatever the other rows hold (esmdiv asks for
+    0.999 only; the function's contract is any q)."""
     g = torch.Generator().manual_seed(3)
-    values = torch.randint(0, 50, (5, 40, 3), generator=g).float()  # many ties
-    lengths = torch.tensor([40, 17, 1, 0, 33])
+    values = torch.randint(0, 50, (6, 40, width), generator=g).float()  # many ties
+    lengths = torch.tensor([40, 17, 1, 0, 33, 2])
     mask = (torch.arange(40)[None, :] < lengths[:, None])[..., None]
     values[~mask.expand_as(values)] = 1e9  # what a row does not hold must never be picked
-    got = _quantiles(values, mask)
+    got = _row_quantiles(values, mask, mask.sum(1) * width, q)
     for j, n in enumerate(lengths.tolist()):
         own = values[j, :n].flatten().numpy()
-        want = np.percentile(own, 99.9, method="inverted_cdf") if n else 0.0
-        assert float(got[j]) == want, j
-    assert float(got[2]) == float(values[2, 0].max())  # 3 values: ceil(0.999 * 3) = 3, the largest
+        want = np.percentile(own, 100 * q, method="inverted_cdf") if n else 0.0
+        assert float(got[j]) == want, (j, q, width)
+    if q == 0.999:  # ceil(0.999 * n) = n for n < 1000 values: the row's largest
+        assert float(got[2]) == float(values[2, 0].max())
 
 
 def test_cosine_rows_zero_vectors_and_signs():

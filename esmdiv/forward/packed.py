@@ -98,7 +98,7 @@ def packed_forward(
             layer.fc2.bias,
             gelu,
         )
-        if index + 1 in layers_wanted:
+        if index + 1 in layers_wanted and index + 1 < model.num_layers:  # the last one is kept after the final norm
             hidden[index + 1] = x + mlp_out
     x = x + mlp_out
 

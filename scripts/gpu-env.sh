@@ -1,0 +1,8 @@
+# The preamble of the H100 run scripts, sourced: `. scripts/gpu-env.sh RUN WHEELS`.
+# RUN: the run's folder under $OUT (set as $R); WHEELS: the carried folder that holds the fair-esm
+# wheel (.gpu4, or .gpu5 with the trained 8M checkpoint). Installs the wheel (no index: the device
+# has no internet), exports what every esmdiv command of the run needs, and records the GPU.
+OUT=${OUT:-out}; R=$OUT/$1; mkdir -p "$R"
+python3 -m pip install -q --no-index --no-deps --target /tmp/site "$2"/fair_esm-*.whl 2>&1 | tail -1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 ESMDIV_GIT_COMMIT=${ESMDIV_GIT_COMMIT:-unknown}
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$R/gpu.txt"
