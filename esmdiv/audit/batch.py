@@ -2,7 +2,8 @@
 
 :func:`compare_batch` goes through the stages a batch records, in order: the padded path once and
 each audited kernel's packed path, their pooled comparison, the per-layer trace, the MLM metrics,
-the prediction heads (per kernel). :class:`AuditRun` holds what every batch needs and what the
+the prediction heads (per kernel); after the main pass, :func:`perplexity_pass` scores the
+masked-perplexity sample. :class:`AuditRun` holds what every batch needs and what the
 batches accumulate (per kernel: :class:`KernelRun`), including what the evidence pass
 (:mod:`esmdiv.audit.evidence`) needs afterwards: the pooled embeddings of the sequences it reruns.
 """
@@ -22,7 +23,7 @@ from esmdiv.audit.results import Prediction, SequenceResult
 from esmdiv.forward.device import synchronize
 from esmdiv.forward.faults import Fault
 from esmdiv.forward.packed import packed_forward
-from esmdiv.forward.packing import Packed, encode, pack, pad, to_padded
+from esmdiv.forward.packing import Packed, batches_by_tokens, encode, encoder_table, pack, pad, to_padded
 from esmdiv.forward.padded import ForwardOutput, padded_forward
 from esmdiv.input.sequences import AuditSequence
 from esmdiv.measure.metrics import BatchComparison, compare_embeddings, residue_mask
@@ -158,8 +159,6 @@ def compare_batch(
     """The padded path once and every kernel's packed path over one batch, then every
     per-sequence measurement: one list of results per kernel (in ``run.kernels`` order)."""
     batch = _forwards(run, tokens)
-    if run.mlm:
-        run.timed("mlm", 0, lambda: _perplexity_sample(run, sequences, tokens))
     record_index = torch.tensor([s.index for s in sequences], device=run.device)
     none = [None] * batch.size
     per_kernel = []
@@ -269,15 +268,26 @@ def _predict(head: Head, batch: _Batch, side: _Side, record_index: torch.Tensor)
     return [Prediction(label_v1[j], label_v2[j], conf_v1[j], conf_v2[j]) for j in range(len(conf_v1))]
 
 
-def _perplexity_sample(run: AuditRun, sequences: list[AuditSequence], tokens: list[torch.Tensor]) -> None:
-    """Mask 15 % of the residues of the sampled sequences and score the true tokens on the padded
-    path and every kernel (every forward first, so a batch retried after running out of memory
-    counts once)."""
-    chosen = [j for j, s in enumerate(sequences) if s.index < run.mlm_sample]
-    if not chosen:
+def perplexity_pass(run: AuditRun, sequences: list[AuditSequence]) -> None:
+    """The masked-perplexity sample: 15 % of the residues of ``sequences`` (the sample's, in this
+    process) masked, and the true tokens scored on the padded path and every kernel, in batches of
+    the run's token budget. A pass of its own after the main one: its sequences are the first in
+    the file, spread over the main pass's length-sorted batches, where they cost a small extra
+    forward in each."""
+    if not sequences:
         return
+    alphabet = run.loaded.alphabet
+    table = encoder_table(alphabet)
+    tokens = [encode(s.sequence, alphabet, table) for s in sequences]
+    for batch in batches_by_tokens([len(t) for t in tokens], run.max_tokens):
+        chosen, chosen_tokens = [sequences[i] for i in batch], [tokens[i] for i in batch]
+        run.timed("mlm", 0, functools.partial(_perplexity_batch, run, chosen, chosen_tokens))
+
+
+def _perplexity_batch(run: AuditRun, sequences: list[AuditSequence], tokens: list[torch.Tensor]) -> None:
+    """One batch of :func:`perplexity_pass`: every forward first, then each sequence's sums."""
     model, alphabet = run.loaded.model, run.loaded.alphabet
-    masked = [masked_copy(tokens[j], sequences[j].index, alphabet.mask_idx) for j in chosen]
+    masked = [masked_copy(t, s.index, alphabet.mask_idx) for s, t in zip(sequences, tokens)]
     batch = [m for m, _ in masked]
     logits_v1 = padded_forward(model, pad(batch, alphabet.padding_idx).to(run.device), need_logits=True).logits
     packed = pack(batch).to(run.device)
@@ -291,9 +301,8 @@ def _perplexity_sample(run: AuditRun, sequences: list[AuditSequence], tokens: li
         for kernel in run.kernels
     ]
     for kernel, logits in zip(run.kernels, logits_v2):
-        for k, j in enumerate(chosen):
-            positions = masked[k][1].to(run.device)
-            target = tokens[j].to(run.device)
+        for k, (positions, target) in enumerate(zip((p for _, p in masked), tokens)):
+            positions, target = positions.to(run.device), target.to(run.device)
             nll_v1, count = masked_nll(logits_v1[k], target, positions)
             nll_v2, _ = masked_nll(logits[k], target, positions)
             kernel.perplexity.add(nll_v1, nll_v2, count)

@@ -8,6 +8,7 @@ belong to the CLI.
 
 from __future__ import annotations
 
+import itertools
 import math
 import socket
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from esmdiv.audit.batch import AuditRun, KernelRun, Progress, compare_batch, warm_up
+from esmdiv.audit.batch import AuditRun, KernelRun, Progress, compare_batch, perplexity_pass, warm_up
 from esmdiv.audit.clock import STAGES, StageClock
 from esmdiv.audit.evidence import (
     DEFAULT_EVIDENCE_TOKENS,
@@ -386,6 +387,8 @@ def _compare_here(
         run.progress.start(inputs.my_tokens)
     results, notices, budget = _audit_stream(run, _sequences(config, inputs.mine), max_tokens)
     run.max_tokens = budget
+    if run.mlm_sample:
+        perplexity_pass(run, _perplexity_sample(config, run.mlm_sample, inputs.mine))
     clock.lap("metrics")
     clock.split("metrics", {path: run.seconds[path] for path in ("padded", "packed", "mlm")})
     if config.evidence_mode != "off":
@@ -395,6 +398,13 @@ def _compare_here(
         clock.lap("evidence")
         clock.split("evidence", {"reference": run.seconds["high_precision"]})
     return results, notices, budget
+
+
+def _perplexity_sample(config: AuditConfig, first: int, mine: AbstractSet[int] | None) -> list[AuditSequence]:
+    """This process's share of the first ``first`` records, the masked-perplexity sample (the file
+    is read from its start only as far as them)."""
+    head = itertools.takewhile(lambda s: s.index < first, _sequences(config, None))
+    return [s for s in head if mine is None or s.index in mine]
 
 
 def _evidence(config: AuditConfig, run: AuditRun, inputs: _Input, results: list[list[SequenceResult]]) -> None:
