@@ -479,3 +479,162 @@ def test_main_ends_a_torchrun_rank_with_rank_0s_code(monkeypatch):
     seen = []
     monkeypatch.setattr(esmdiv.cli.app, "finish", lambda code: seen.append(code) or 10)
     assert _main_exit(monkeypatch, [], app=lambda **kwargs: None) == 10 and seen == [0]
+
+
+# --- the report writer and the failure lines, in process -------------------------------------------
+
+
+def test_the_writer_sends_dash_to_standard_output_whole(tmp_path, monkeypatch, capsys):
+    from esmdiv.report.files import write_text
+
+    monkeypatch.chdir(tmp_path)
+    write_text('{"a": "é"}\n', "-", "--json")
+    write_text(b"<x/>\n", "-", "--junit")
+    assert capsys.readouterr().out == '{"a": "é"}\n<x/>\n'
+    assert list(tmp_path.iterdir()) == []  # no file named "-"
+
+
+def test_a_failed_write_to_standard_output_names_the_option(monkeypatch):
+    from esmdiv.errors import OutputError
+    from esmdiv.report.files import write_text
+
+    class ClosedPipe:
+        def write(self, data):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        buffer = property(lambda self: self)
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    with pytest.raises(OutputError, match=r"^--junit -: cannot write the report to standard output \(Broken pipe\)$"):
+        write_text(b"<x/>", "-", "--junit")
+    with pytest.raises(OutputError, match=r"^--json -: cannot write the report to standard output \(Broken pipe\)$"):
+        write_text("{}", "-", "--json")
+
+
+def test_the_writer_makes_missing_folders_and_its_temporary_file_beside_the_report(tmp_path, monkeypatch):
+    """Beside it: ``os.replace`` is atomic only within one file system, and a hidden ``.NAME.*.tmp``
+    is what a reader skips."""
+    from esmdiv.report.files import write_text
+
+    moved, real = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: moved.append((Path(src), Path(dst))) or real(src, dst))
+    path = tmp_path / "a" / "b" / "r.json"
+    write_text("{}\n", path, "--json")
+    [(src, dst)] = moved
+    assert dst == path and src.parent == path.parent
+    assert src.name.startswith(".r.json.") and src.name.endswith(".tmp")
+    assert path.read_text() == "{}\n" and sorted(p.name for p in path.parent.iterdir()) == ["r.json"]
+
+
+def test_the_writer_writes_text_as_utf8_and_bytes_as_they_are(tmp_path):
+    from esmdiv.report.files import write_text
+
+    write_text("é\n", tmp_path / "t.md", "--markdown")
+    write_text(b"\xff\x00<x/>", tmp_path / "b.xml", "--junit")
+    assert (tmp_path / "t.md").read_bytes() == "é\n".encode() and (tmp_path / "b.xml").read_bytes() == b"\xff\x00<x/>"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_a_report_is_readable_as_the_umask_allows(umask, mode, tmp_path):
+    from esmdiv.report.files import write_text
+
+    old = os.umask(umask)
+    try:
+        write_text("{}", tmp_path / "r.json", "--json")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == mode
+
+
+def test_the_writer_refuses_a_folder_and_a_path_under_a_file(tmp_path):
+    from esmdiv.errors import OutputError
+    from esmdiv.report.files import write_text
+    from esmdiv.report.partial import write_partial
+
+    with pytest.raises(OutputError, match=rf"^{tmp_path}: is a directory; --html needs a file path$"):
+        write_text("x", tmp_path, "--html")
+    with pytest.raises(OutputError, match=r"is a directory; --json needs a file path$"):
+        write_partial({"complete": False}, tmp_path)  # the partial report's writer names --json too
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputError, match=r"f/r.json: cannot write the report \("):
+        write_text("x", tmp_path / "f" / "r.json", "--json")  # mkdir fails before any temporary file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_a_report_path_is_checked_against_its_nearest_existing_folder(tmp_path, monkeypatch):
+    """Before the run: the nearest folder that exists must be writable (the writer makes the rest);
+    ``-`` is standard output, whatever the working folder allows."""
+    from esmdiv.errors import OutputError
+    from esmdiv.report.files import check_output_path
+
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) == tmp_path)  # only tmp_path is writable
+    check_output_path(tmp_path / "new" / "deeper" / "r.json", "--json")
+    check_output_path(tmp_path / "r.json", "--json")
+    monkeypatch.chdir(tmp_path / "..")
+    check_output_path(Path("-"), "--json")
+    (tmp_path / "locked").mkdir()
+    with pytest.raises(OutputError, match=rf"^{tmp_path}/locked/r.json: cannot write the report there "):
+        check_output_path(tmp_path / "locked" / "r.json", "--json")
+    with pytest.raises(OutputError, match=r"is a directory; --json needs a file path"):
+        check_output_path(tmp_path / "locked", "--json")
+
+
+def test_the_one_line_of_an_error():
+    from esmdiv.cli.app import _one_line
+
+    assert _one_line(ValueError("first\n\n   second  \n")) == "first second"
+    assert _one_line(ValueError("")) == "ValueError"
+
+
+@pytest.mark.parametrize(
+    "error, first",
+    [
+        (KeyboardInterrupt(), "interrupted"),
+        (RuntimeError("disk\non fire"), "RuntimeError: disk on fire (internal error)"),
+    ],
+    ids=["interrupt", "internal"],
+)
+@pytest.mark.parametrize("stale", [True, False], ids=["stale", "absent"])
+def test_the_line_of_a_partial_report_that_could_not_be_written(error, first, stale, tmp_path):
+    from esmdiv.cli.app import UnwrittenPartialReport
+
+    path = tmp_path / "r.json"
+    if stale:
+        path.write_text(STALE)
+    err = UnwrittenPartialReport(error, OSError(28, "No space left on device"), path)
+    assert str(err) == (
+        f"{first}; no verdict; the partial report could not be written either "
+        f"(OSError: [Errno 28] No space left on device); nothing is left at {path}"
+    )
+    assert not path.exists()
+    to_stdout = UnwrittenPartialReport(error, OSError(32, "Broken pipe"), Path("-"))
+    assert str(to_stdout).endswith("(BrokenPipeError: [Errno 32] Broken pipe)")  # standard output cannot be taken back
+
+
+def test_the_line_names_a_stale_report_it_could_not_remove(tmp_path, monkeypatch):
+    from esmdiv.cli.app import UnwrittenPartialReport
+    from esmdiv.errors import InputError
+
+    monkeypatch.setattr(Path, "unlink", raising(PermissionError(13, "Permission denied")))
+    path = tmp_path / "r.json"
+    err = UnwrittenPartialReport(InputError("x.fasta: bad"), OSError(30, "Read-only file system"), path)
+    assert str(err) == (
+        "x.fasta: bad; no verdict; the partial report could not be written either "
+        f"(OSError: [Errno 30] Read-only file system); {path} could not be removed (Permission denied): "
+        "do not trust it"
+    )
+
+
+def test_main_names_the_program_esmdiv_and_ends_a_terminated_run_with_its_code(monkeypatch, capsys):
+    import esmdiv.cli.app
+    from esmdiv.errors import Terminated
+
+    monkeypatch.setattr(sys, "argv", ["/somewhere/__main__.py", "check"])  # as `python -m esmdiv` starts
+    with pytest.raises(SystemExit) as done:
+        esmdiv.cli.app.main()
+    assert done.value.code == 2 and "(see esmdiv check --help)" in capsys.readouterr().err
+    assert _main_exit(monkeypatch, [], app=raising(Terminated("terminated (SIGTERM): no verdict"))) == 143
+    assert capsys.readouterr().err == "terminated (SIGTERM): no verdict\n"
