@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# H100 run 18 (issue 14, goal 2): the evidence pass's high-precision run in groups of similar
+# lengths and the masked-perplexity sample in a pass of its own, against the commit before them
+# (114bc7e, carried in .gpu6/base), the 10,000-sequence random:3B check each, same machine; and the
+# seed18 check twice (a fresh interpreter cache, then a warm one) for what start-up costs when
+# Python has to compile the installed modules first.
+# Usage (carry .gpu4 and .gpu6): bash scripts/gpu-run18.sh
+set -u
+. scripts/gpu-env.sh r18 .gpu4
+python3 -m esmdiv bench --workload lognormal --n 10000 --seed 0 --write-fasta /tmp/lognormal-10k.fasta > /dev/null
+stages() {
+  python3 - "$1" "$2" <<'PY' | tee -a "$R/summary.txt"
+import json, sys
+d = json.load(open(sys.argv[2])); t = d["timings"]; f = t["padded_s"] + t["packed_s"]
+print(sys.argv[1], d["verdict"], "wall", round(t["wall_s"], 1), "forwards", round(f, 1), "ratio", round(t["wall_s"] / f, 3),
+      {k: round(v, 2) for k, v in t["stages"].items() if v >= 0.05})
+PY
+}
+for i in 1 2; do
+  timeout 120 python3 -m esmdiv check esmdiv/data/seed18.fasta --model random:3B --no-compile --json "$R/seed18-$i.json" > "$R/seed18-$i.log" 2>&1
+  stages "seed18-run$i" "$R/seed18-$i.json"
+done
+R=$(realpath "$R")
+(cd .gpu6/base && PYTHONPATH=/tmp/site:$PWD ESMDIV_GIT_COMMIT=114bc7e timeout 280 python3 -m esmdiv check \
+  /tmp/lognormal-10k.fasta --model random:3B --json "$R/check-10k-3b-fp16-base.json" > "$R/check-10k-base.log" 2>&1)
+stages "10k-base-114bc7e" "$R/check-10k-3b-fp16-base.json"
+timeout 280 python3 -m esmdiv check /tmp/lognormal-10k.fasta --model random:3B --json "$R/check-10k-3b-fp16.json" > "$R/check-10k.log" 2>&1
+stages "10k-new-$ESMDIV_GIT_COMMIT" "$R/check-10k-3b-fp16.json"
