@@ -33,7 +33,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     from esmdiv.audit.evidence import PROBE_OFFSET, filler_tokens
-    from esmdiv.forward.attention import resolve_backend
+    from esmdiv.forward.attention import resolve_backend, varlen_attention
     from esmdiv.forward.high_precision import build_high_precision
     from esmdiv.forward.packed import packed_forward
     from esmdiv.forward.packing import encode, pack, pad
@@ -59,6 +59,9 @@ def main() -> None:
     backend = resolve_backend("auto", device, torch.float16)
     one = [encode("MKTAYIAKVL", alphabet)]
     padded, packed = pad(one, alphabet.padding_idx).to(device), pack(one).to(device)
+    q = torch.randn(12, 2, 64, device=device, dtype=torch.float16)
+    cu = torch.tensor([0, 12], device=device, dtype=torch.int32)
+    timed(f"first attention call ({backend}, tiny)", lambda: varlen_attention(q, q, q, cu, 12, backend, scale=0.125))
     for label in ("first", "second"):
         timed(f"{label} padded forward (1 sequence)", lambda: padded_forward(model, padded))
         timed(f"{label} packed forward (1 sequence)", lambda: packed_forward(model, packed, backend))
