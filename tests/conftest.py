@@ -61,20 +61,25 @@ def _no_progress_lines(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _every_report_matches_the_schema(monkeypatch):
-    """Every report a test produces (``AuditResult.to_dict``, so every ``--json`` too) is checked
-    against the shipped JSON Schema, as the file would hold it (non-finite numbers as null)."""
+    """Every report a test produces (``AuditResult.to_dict``, so every ``--json`` too, and every
+    partial report, ``PartialRun.to_dict``) is checked against the shipped JSON Schema, as the file
+    would hold it (non-finite numbers as null)."""
     from esmdiv.audit.results import AuditResult
     from esmdiv.report.files import finite_or_none
+    from esmdiv.report.partial import PartialRun
     from esmdiv.report.schemas import validation_errors
 
-    real = AuditResult.to_dict
     problems: list[str] = []
 
-    def checked(self):
-        data = real(self)
-        problems.extend(validation_errors(finite_or_none(data)))
-        return data
+    def checked(real):
+        def to_dict(self, *args):
+            data = real(self, *args)
+            problems.extend(validation_errors(finite_or_none(data)))
+            return data
 
-    monkeypatch.setattr(AuditResult, "to_dict", checked)
+        return to_dict
+
+    monkeypatch.setattr(AuditResult, "to_dict", checked(AuditResult.to_dict))
+    monkeypatch.setattr(PartialRun, "to_dict", checked(PartialRun.to_dict))
     yield
     assert not problems, "a report broke report.schema.json:\n" + "\n".join(problems[:20])

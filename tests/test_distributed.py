@@ -823,3 +823,25 @@ def test_a_hung_rank_is_named_once_the_collective_timeout_has_passed(tmp_path, h
     assert (report["complete"], report["verdict"], report["error"]["type"]) == (False, None, "RanksUnreachable")
     assert report["error"]["exit_code"] == 3 and report["error"]["message"].startswith(message)
     assert report["error"]["stage"] == "audit" and report["sequences_done"] >= 1  # rank 0's own shard
+
+
+def test_each_rank_places_itself_by_its_local_rank(small, monkeypatch):
+    """The options stage resolves the device with torchrun's local rank (one GPU per rank on a
+    host), and with none in one process."""
+    import esmdiv.audit.run
+    from esmdiv.audit.run import AuditConfig, run_audit
+    from esmdiv.distributed import World
+    from esmdiv.errors import UsageError
+
+    asked = []
+
+    def resolve_run(device, dtype, backend, max_tokens, local_rank=None):
+        asked.append(local_rank)
+        raise UsageError("stop here")
+
+    monkeypatch.setattr(esmdiv.audit.run, "resolve_run", resolve_run)
+    for world in (World(3, 4, 1), None):
+        monkeypatch.setattr(esmdiv.audit.run, "current_world", lambda world=world: world)
+        with pytest.raises(UsageError, match="stop here"):
+            run_audit(AuditConfig(small, device="cpu"))
+    assert asked == [1, None]

@@ -181,6 +181,7 @@ def test_ctrl_c_is_exit_130_with_a_partial_report(tmp_path, monkeypatch):
     report = json.loads(out.read_text())
     assert report["complete"] is False and report["verdict"] is None
     assert report["error"]["type"] == "KeyboardInterrupt" and report["error"]["exit_code"] == 130
+    assert report["error"]["message"] == "KeyboardInterrupt"  # an error with no words says what it is
     assert report["sequences_done"] == 4  # the two batches that finished, each sequence whole
     assert all(s["cosine"] > 0.9999 for s in report["sequences"])
 
@@ -250,6 +251,31 @@ def test_a_stale_accept_at_the_json_path_is_replaced(tmp_path):
     assert result.exit_code == 2
     report = json.loads(out.read_text())
     assert report["verdict"] is None and report["complete"] is False and report["error"]["stage"] == "input"
+
+
+def test_a_partial_report_carries_every_field_it_knows(tmp_path):
+    """Bad input: the options as given, what was resolved before the input stage, the error, and no
+    model or sequences yet; nothing else, and every name as documented."""
+    import esmdiv
+
+    out = tmp_path / "r.json"
+    assert check(tmp_path, "--json", str(out), fasta=">a\nMK-T\n").exit_code == 2
+    report = json.loads(out.read_text())
+    assert sorted(report) == sorted(
+        ["schema_version", "complete", "esmdiv_version", "verdict", "error", "options", "device", "dtype"]
+        + ["backend", "max_tokens", "model", "input", "sequences_done", "sequences"]
+    )
+    assert report["esmdiv_version"] == esmdiv.__version__ and report["schema_version"] == 1
+    assert report["options"]["fasta"] == str(tmp_path / "small.fasta") and report["options"]["max_tokens"] == 64
+    resolved = (report["device"], report["dtype"], report["backend"], report["max_tokens"])
+    assert resolved == ("cpu", "fp32", "reference", 64)
+    error = report["error"]
+    assert (error["stage"], error["type"], error["exit_code"]) == ("input", "FastaError", 2) and len(error) == 4
+    assert error["message"].endswith(
+        "record 'a', line 2: illegal character '-' at column 3 (a gap); allowed: "
+        "ACDEFGHIKLMNPQRSTVWYXBUZO (and a trailing '*')"
+    )
+    assert (report["model"], report["sequences_done"], report["sequences"]) == (None, 0, [])
 
 
 def test_a_partial_report_is_written_as_a_full_one_is(tmp_path):
