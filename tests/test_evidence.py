@@ -15,8 +15,6 @@ from esmdiv.audit.evidence import (
     FILLER_TOKENS,
     PROBE_OFFSET,
     _chunks,
-    _high_precision_padded,
-    _similar_lengths,
     breaks_a_gate,
     choose_sample,
     filler_tokens,
@@ -46,37 +44,6 @@ def test_the_sample_holds_the_shortest_and_the_longest_and_fits_the_budget():
     assert choose_sample({}, 100) == set()
     # the extremes are kept even past the budget
     assert choose_sample({0: 3000, 1: 5000}, 100) == {0, 1}
-
-
-def test_similar_lengths_groups_each_index_once_within_a_factor_of_two():
-    lengths = [13, 1024, 40, 600, 3, 7, 512, 1000, 20, 6]
-    groups = _similar_lengths(lengths)
-    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
-    for g in groups:
-        assert max(lengths[i] for i in g) <= 2 * min(lengths[i] for i in g), g
-    assert [[lengths[i] for i in g] for g in groups] == [[1024, 1000, 600, 512], [40, 20], [13, 7], [6, 3]]
-    assert _similar_lengths([]) == [] and _similar_lengths([5, 5, 5]) == [[0, 1, 2]]
-
-
-def test_the_reference_run_in_groups_is_the_reference_run_of_the_padded_batch(random_8m):
-    """Run in groups of similar lengths and laid out again, the high-precision run gives every
-    residue row of the padded batch (CLS and EOS included) what one padded forward of the whole
-    batch gives, in the same order."""
-    from esmdiv.forward.high_precision import build_high_precision, high_precision_forward
-    from esmdiv.forward.packing import encode, pad
-
-    from helpers import random_sequences
-
-    high = build_high_precision(random_8m.model, torch.device("cpu"))
-    lengths = [200, 3, 57, 120, 9, 64, 31]  # several groups, out of order, as a shuffled batch is
-    tokens = [encode(s, random_8m.alphabet) for s in random_sequences(lengths, seed=4)]
-    padded = pad(tokens, random_8m.alphabet.padding_idx)
-    whole = high_precision_forward(high, padded)
-    grouped = _high_precision_padded(high, tokens, random_8m.alphabet.padding_idx, padded.shape[1])
-    assert grouped.shape == whole.shape and grouped.dtype == torch.float64
-    for j, t in enumerate(tokens):
-        n = len(t)
-        torch.testing.assert_close(grouped[j, :n], whole[j, :n], rtol=1e-9, atol=1e-9)
 
 
 def _result(cosine=1.0, mad=0.0, labels=(1, 1), finite=True):

@@ -135,7 +135,7 @@ def _rerun(run: AuditRun, tokens: list[torch.Tensor], results: list[list[Sequenc
         return v1, [to_padded(out.representations[last], packed) for out in outs]
 
     def high_precision():
-        high = _high_precision_padded(run.high_precision, tokens, alphabet.padding_idx, padded.shape[1])
+        high = high_precision_forward(run.high_precision, padded)
         out = packed_forward(run.high_precision, packed, "reference", faults=run.faults)
         return high, to_padded(out.representations[last], packed)
 
@@ -169,34 +169,6 @@ def _rerun(run: AuditRun, tokens: list[torch.Tensor], results: list[list[Sequenc
             result.rounding = {"relative": rounding_rel[j], "absolute": rounding_abs[j]}
             for prediction, labels in zip(result.predictions, labels_ref):
                 prediction.label_ref = labels[j]
-
-
-def _high_precision_padded(model: torch.nn.Module, tokens: list[torch.Tensor], padding_idx: int, width: int):
-    """The high-precision run's last layer ``(B, width, C)`` for ``tokens`` (on the model's device),
-    laid out as their padded batch (rows past a sequence's end are padding), but run in groups of
-    similar lengths: the evidence set spans the shortest to the longest sequence, so its shuffled
-    batch is mostly padding, and a row costs 4 to 8 times more at this precision. A row of a padded
-    forward does not depend on how much padding is beside it, but for rounding."""
-    device = next(model.parameters()).device
-    out = None
-    for group in _similar_lengths([len(t) for t in tokens]):
-        high = high_precision_forward(model, pad([tokens[i] for i in group], padding_idx).to(device))
-        if out is None:
-            out = high.new_zeros(len(tokens), width, high.shape[2])
-        out[torch.tensor(group, device=device), : high.shape[1]] = high
-    return out
-
-
-def _similar_lengths(lengths: list[int]) -> list[list[int]]:
-    """Indices grouped longest first, each group's longest at most twice its shortest (padding
-    under half of each group's rows)."""
-    groups: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        if groups and lengths[groups[-1][0]] <= 2 * lengths[i]:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
 
 
 def position_probe(
