@@ -354,7 +354,7 @@ class FakeDist:
             out[:] = [pickle.loads(pickle.dumps(p)) for p in [obj, *self.others]]
 
     def broadcast_object_list(self, box, src, group=None):
-        self.calls.append(("broadcast", list(box), src))
+        self.calls.append(("broadcast", list(box), src, group))
         if self.broken:
             raise RuntimeError("Connection closed by peer")
         if self.root_code is not None:
@@ -560,15 +560,28 @@ def test_the_first_failed_rank_fails_the_run_with_its_code_and_stage():
     assert RankFailed(2, "?", 0).exit_code == 1  # a rank that sent no code is an internal error
 
 
-def test_finish_ends_every_rank_with_rank_0s_code_and_leaves_the_group(fake_dist):
+def test_finish_ends_every_rank_with_rank_0s_code_and_leaves_the_group(fake_dist, monkeypatch):
+    """The code travels over the objects' group (gloo beside NCCL: its timeout, not NCCL's)."""
+    import esmdiv.distributed
     from esmdiv.distributed import finish
 
+    monkeypatch.setattr(esmdiv.distributed, "_objects", "the gloo group")
     fake = fake_dist(root_code=10)
     assert finish(0) == 10
-    assert fake.calls == [("broadcast", [0], 0), ("destroy",)]
+    assert fake.calls == [("broadcast", [0], 0, "the gloo group"), ("destroy",)]
     fake = fake_dist()  # rank 0 itself: its own code goes out and stays
     assert finish(20) == 20
-    assert fake.calls == [("broadcast", [20], 0), ("destroy",)]
+    assert fake.calls == [("broadcast", [20], 0, "the gloo group"), ("destroy",)]
+
+
+def test_a_lost_peer_is_named_with_the_first_300_characters_of_why():
+    from esmdiv.distributed import RanksUnreachable, World
+
+    why = RuntimeError("Connection closed by peer " + "x" * 400)
+    follower = RanksUnreachable.from_error(why, World(1, 2, 1), 60.0)
+    assert str(follower) == "rank 1 lost rank 0 at the gather (dead or unreachable): " + str(why)[:300]
+    root = RanksUnreachable.from_error(RuntimeError("reset\n  by peer"), World(0, 2, 0), 60.0)
+    assert str(root) == "rank 0 lost another rank at the gather (dead or unreachable): reset by peer"
 
 
 def test_finish_keeps_the_own_code_when_rank_0_is_gone_or_there_is_no_group(fake_dist, monkeypatch):
