@@ -322,7 +322,7 @@ class FakeDist:
     def __init__(self, initialized=True, others=(), root_code=None, broken=False, destroy_fails=False, missing=()):
         self.initialized, self.others, self.root_code, self.broken = initialized, list(others), root_code, broken
         self.destroy_fails, self.missing = destroy_fails, tuple(missing)
-        self.calls, self.barriers = [], []
+        self.calls, self.barriers, self.gather_groups = [], [], []
 
     def is_available(self):
         return True
@@ -346,6 +346,7 @@ class FakeDist:
 
     def gather_object(self, obj, out, dst, group=None):
         self.calls.append(("gather", obj, out is None, dst))
+        self.gather_groups.append(group)
         assert out is None or len(out) == 1 + len(self.others), "rank 0's list holds one slot per rank"
         if self.broken:
             raise RuntimeError("Connection closed by peer")
@@ -419,6 +420,7 @@ def test_init_joins_once_gloo_on_cpu_nccl_on_cuda_objects_on_gloo(fake_dist, mon
     assert fake.calls == [("init", "gloo", datetime.timedelta(minutes=30))]
     gather_to_root({}, World(1, 2, 1))
     assert fake.barriers == [(None, datetime.timedelta(minutes=30), True)]  # gloo's own default group
+    assert fake.gather_groups == [None]
     chosen = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
     fake = fake_dist(initialized=False)
@@ -426,7 +428,7 @@ def test_init_joins_once_gloo_on_cpu_nccl_on_cuda_objects_on_gloo(fake_dist, mon
     ninety = datetime.timedelta(seconds=90)
     assert fake.calls == [("init", "nccl", ninety), ("group", "gloo", ninety)] and chosen == [torch.device("cuda:1")]
     gather_to_root({}, World(1, 2, 1))  # objects and the barrier go through the gloo group, with its timeout
-    assert fake.barriers == [("gloo group", ninety, True)]
+    assert fake.barriers == [("gloo group", ninety, True)] and fake.gather_groups == ["gloo group"]
     monkeypatch.setattr(esmdiv.distributed, "_objects", None)
     monkeypatch.setattr(esmdiv.distributed, "_timeout", datetime.timedelta(minutes=30))
 

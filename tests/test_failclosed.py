@@ -596,7 +596,8 @@ def test_a_report_path_is_checked_against_its_nearest_existing_folder(tmp_path, 
     from esmdiv.errors import OutputError
     from esmdiv.report.files import check_output_path
 
-    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) == tmp_path)  # only tmp_path is writable
+    writable = os.W_OK | os.X_OK  # only tmp_path may be written to and entered
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) == tmp_path and mode & writable == writable)
     check_output_path(tmp_path / "new" / "deeper" / "r.json", "--json")
     check_output_path(tmp_path / "r.json", "--json")
     monkeypatch.chdir(tmp_path / "..")
