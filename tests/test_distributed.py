@@ -860,3 +860,27 @@ def test_each_rank_places_itself_by_its_local_rank(small, monkeypatch):
         with pytest.raises(UsageError, match="stop here"):
             run_audit(AuditConfig(small, device="cpu"))
     assert asked == [1, None]
+
+
+def test_a_rank_joins_the_group_with_the_collective_timeout_it_was_given(small, fake_dist, monkeypatch):
+    """--collective-timeout reaches the process group (and with it every collective's wait)."""
+    import datetime
+
+    import esmdiv.audit.run
+    import esmdiv.distributed
+    from esmdiv.audit.run import AuditConfig, run_audit
+    from esmdiv.distributed import World
+    from esmdiv.errors import InputError
+
+    monkeypatch.setattr(esmdiv.distributed, "_objects", None)
+    monkeypatch.setattr(esmdiv.distributed, "_timeout", datetime.timedelta(minutes=30))
+    fake = fake_dist(initialized=False)
+    monkeypatch.setattr(esmdiv.audit.run, "current_world", lambda: World(1, 2, 1))
+
+    def stop(*args):
+        raise InputError("stop after joining")
+
+    monkeypatch.setattr(esmdiv.audit.run, "_read_input", stop)
+    with pytest.raises(InputError, match="stop after joining"):
+        run_audit(AuditConfig(small, device="cpu", collective_timeout=90.0))
+    assert fake.calls[0] == ("init", "gloo", datetime.timedelta(seconds=90))
