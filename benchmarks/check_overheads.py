@@ -5,10 +5,11 @@
 In a fresh process, in the order a check meets them, each timed to a device synchronisation:
 importing torch, creating the CUDA context, building the model, then the warm-up's pieces (the
 first fp16 GEMM, the attention kernel's first call on a tiny input, the first padded forward of a
-one-sequence batch, the first packed forward, and the same two again, warm), then the evidence pass's fp32 pieces on a sample of ``--sample-tokens``
-tokens of lognormal lengths: the position probe's three packs (the sample alone, in front of
-:data:`~esmdiv.audit.evidence.PROBE_OFFSET` filler tokens, behind them) and the fp32 model copy.
-Prints a table and writes ``check-overheads.json``.
+one-sequence batch, the first packed forward, and the same two again, warm), then the evidence
+pass's fp32 pieces on a sample of ``--sample-tokens`` tokens of lognormal lengths: the fp32 model
+copy and the position probe's three packs (the sample alone, in front of
+:data:`~esmdiv.audit.evidence.PROBE_OFFSET` filler tokens, behind them). Prints a table and writes
+``check-overheads.json``.
 """
 
 from __future__ import annotations
