@@ -884,3 +884,30 @@ def test_a_rank_joins_the_group_with_the_collective_timeout_it_was_given(small, 
     with pytest.raises(InputError, match="stop after joining"):
         run_audit(AuditConfig(small, device="cpu", collective_timeout=90.0))
     assert fake.calls[0] == ("init", "gloo", datetime.timedelta(seconds=90))
+
+
+@pytest.mark.parametrize("world, shown", [(None, True), ((0, 2, 0), True), ((1, 2, 1), False)], ids=str)
+def test_the_model_given_is_audited_and_rank_0_alone_shows_progress(
+    world, shown, small, random_8m, fake_dist, monkeypatch
+):
+    """run_audit audits the model it is handed (selftest reuses one) without loading another, and
+    hands the progress display on in one process and on rank 0 only (followers stay quiet)."""
+    import esmdiv.audit.run
+    from esmdiv.audit.run import AuditConfig, run_audit
+    from esmdiv.distributed import World
+    from esmdiv.errors import UsageError
+
+    fake_dist(initialized=True)  # already joined: nothing to set up
+    monkeypatch.setattr(esmdiv.audit.run, "current_world", lambda: None if world is None else World(*world))
+    monkeypatch.setattr(esmdiv.audit.run, "load_model", lambda *args: pytest.fail("a second model was loaded"))
+    seen = []
+
+    def new_run(config, loaded, placement, inputs, progress):
+        seen.append((loaded, progress))
+        raise UsageError("stop before the audit")
+
+    monkeypatch.setattr(esmdiv.audit.run, "_new_run", new_run)
+    progress = object()
+    with pytest.raises(UsageError, match="stop before the audit"):
+        run_audit(AuditConfig(small, device="cpu"), loaded=random_8m, progress=progress)
+    assert len(seen) == 1 and seen[0][0] is random_8m and seen[0][1] is (progress if shown else None)
