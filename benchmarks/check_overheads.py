@@ -7,9 +7,10 @@ importing torch, creating the CUDA context, building the model, then the warm-up
 first fp16 GEMM, the attention kernel's first call on a tiny input, the first padded forward of a
 one-sequence batch, the first packed forward, and the same two again, warm), then the evidence
 pass's fp32 pieces on a sample of ``--sample-tokens`` tokens of lognormal lengths: the fp32 model
-copy and the position probe's three packs (the sample alone, in front of
-:data:`~esmdiv.audit.evidence.PROBE_OFFSET` filler tokens, behind them). Prints a table and writes
-``check-overheads.json``.
+copy and the position probe's packs: the sample alone and the sample twice,
+:data:`~esmdiv.audit.evidence.PROBE_OFFSET` positions apart (the probe since run 22), and, for a
+baseline in the same process, the two packs the probe ran before (the sample in front of
+``PROBE_OFFSET`` filler tokens, behind them). Prints a table and writes ``check-overheads.json``.
 """
 
 from __future__ import annotations
@@ -74,8 +75,14 @@ def main() -> None:
         sample.append(encode(s.sequence, alphabet))
         used += len(s.sequence) + 2
     high = timed("fp32 model copy", lambda: build_high_precision(model, device))
-    filler = filler_tokens(alphabet, PROBE_OFFSET)
-    for name, tokens in (("alone", sample), ("in front", sample + filler), ("behind", filler + sample)):
+    filler, between = filler_tokens(alphabet, PROBE_OFFSET), filler_tokens(alphabet, PROBE_OFFSET - used)
+    probes = {
+        "alone": sample,
+        "twice": sample + between + sample,
+        "in front (before run 22)": sample + filler,
+        "behind (before run 22)": filler + sample,
+    }
+    for name, tokens in probes.items():
         probe = pack(tokens).to(device)
         label = f"probe pack {name} ({len(probe.input_ids)} fp32 tokens)"
         timed(label, lambda p=probe: packed_forward(high, p, "reference"))

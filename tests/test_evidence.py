@@ -65,6 +65,16 @@ def test_filler_and_chunks():
     filler = filler_tokens(alphabet, PROBE_OFFSET)
     assert sum(len(t) for t in filler) == PROBE_OFFSET and all(len(t) == FILLER_TOKENS for t in filler)
     assert all(int(t[0]) == alphabet.cls_idx and int(t[-1]) == alphabet.eos_idx for t in filler)
+    # any total exactly (what puts the probe's second copy at the offset), in as few sequences as
+    # FILLER_TOKENS allows, their lengths at most one apart; seeded: the same filler every time
+    for total in (3, FILLER_TOKENS, FILLER_TOKENS + 1, PROBE_OFFSET - 4093, 2 * FILLER_TOKENS - 1):
+        filler = filler_tokens(alphabet, total)
+        sizes = [len(t) for t in filler]
+        assert sum(sizes) == total and len(sizes) == -(-total // FILLER_TOKENS), total
+        assert max(sizes) - min(sizes) <= 1 and max(sizes) <= FILLER_TOKENS, total
+        assert all(int(t[0]) == alphabet.cls_idx and int(t[-1]) == alphabet.eos_idx for t in filler)
+        assert all(torch.equal(a, b) for a, b in zip(filler, filler_tokens(alphabet, total)))
+    assert filler_tokens(alphabet, 0) == []
     assert _chunks([10, 20, 30, 5], 30) == [[0, 1], [2], [3]]
     assert _chunks([50], 30) == [[0]]
 

@@ -15,13 +15,15 @@ again:
 3. **The packed algorithm at high precision** (exact attention): its distance to the high-precision
    run is a difference of function, not of rounding (the algorithm gate). It is the same for every
    kernel, as are the high-precision run and the position probe: with several kernels they run once.
-4. **The position probe**, on the sample only: the sample packed at fp32 in front of
-   :data:`PROBE_OFFSET` tokens of filler and behind them, where positions reach the values a full
-   production pack gives them. A correct path's output does not depend on where in a pack a
-   sequence sits (rotary attention is relative within each sequence); one whose positions run on
-   across the pack rounds its rotary angles at large positions in fp32 and moves. The two packs
-   have the same matrix shapes; a third, the sample alone, measures what this machine's rounding
-   moves a pooled embedding when the shapes change: the gate's floor, measured, not assumed.
+4. **The position probe**, on the sample only: one fp32 pack holds the sample twice, at its
+   start and again :data:`PROBE_OFFSET` tokens later (filler between them), where positions reach
+   the values a full production pack gives them. A correct path's output does not depend on where
+   in a pack a sequence sits (rotary attention is relative within each sequence); one whose
+   positions run on across the pack rounds its rotary angles at large positions in fp32 and moves.
+   The two copies go through the same matrices; a second pack, the sample alone, measures what this
+   machine's rounding moves a pooled embedding when the shapes change: the gate's floor, measured,
+   not assumed. (One pack with both copies costs half the fp32 tokens of two packs with the
+   filler in front and behind.)
 
 The evidence set is, by ``--evidence``: ``sample`` (default) a deterministic sample of about
 ``--evidence-tokens`` tokens (the shortest and the longest sequences and lengths spread between)
@@ -180,49 +182,52 @@ def position_probe(
     kernel. ``model``: the fp32 model."""
     by_index = [{r.index: r for r in rows} for rows in results]
     table = encoder_table(run.loaded.alphabet)
-    filler = filler_tokens(run.loaded.alphabet, PROBE_OFFSET)
     tokens = [encode(s.sequence, run.loaded.alphabet, table) for s in sequences]
-    for chunk in _chunks([len(t) for t in tokens], run.max_tokens):
-        for i, position in zip(chunk, _probe(run, model, filler, [tokens[i] for i in chunk])):
+    # at most half the offset a chunk: its second copy starts at the offset (a longer sequence alone
+    # starts it further)
+    for chunk in _chunks([len(t) for t in tokens], min(run.max_tokens, PROBE_OFFSET // 2)):
+        for i, position in zip(chunk, _probe(run, model, [tokens[i] for i in chunk])):
             for rows in by_index:
                 rows[sequences[i].index].position = dict(position)
 
 
-def _probe(run: AuditRun, model: torch.nn.Module, filler: list[torch.Tensor], tokens: list[torch.Tensor]) -> list:
-    """Three packs of ``tokens`` at fp32: alone; followed by ``filler``; behind ``filler``. Per
-    sequence, ``moved``: the relative pooled movement from the second pack to the third (the same
-    matrix shapes, the sequences :data:`PROBE_OFFSET` positions further down); ``rounding``: from the
-    first to the second (other shapes, the same positions), what this machine's rounding alone moves
-    a pooled embedding when a pack changes."""
+def _probe(run: AuditRun, model: torch.nn.Module, tokens: list[torch.Tensor]) -> list:
+    """Two packs of ``tokens`` at fp32: alone; and twice, at the start and again :data:`PROBE_OFFSET`
+    positions later (further when ``tokens`` hold more than half of that), filler between. Per
+    sequence, ``moved``: the relative pooled movement from its first copy to its second (the same
+    matrices, further down); ``rounding``: from the pack alone to the first copy (other shapes, the
+    same positions), what this machine's rounding alone moves a pooled embedding when a pack
+    changes."""
     last = model.num_layers
-    n_tokens, n_filler = sum(len(t) for t in tokens), sum(len(t) for t in filler)
+    n = sum(len(t) for t in tokens)
+    later = max(PROBE_OFFSET, n + FILLER_TOKENS)  # where the second copy starts
     eos_bug = Fault.EOS_IN_POOLING in run.faults
     lengths = torch.tensor([len(t) for t in tokens], device=run.device)
     alone = pack(tokens).to(run.device)
-    packs = (alone, pack(tokens + filler).to(run.device), pack(filler + tokens).to(run.device))
-    rows = (slice(0, n_tokens), slice(0, n_tokens), slice(n_filler, n_filler + n_tokens))
+    twice = pack(tokens + filler_tokens(run.loaded.alphabet, later - n) + tokens).to(run.device)
 
     def forwards():
-        return [
-            packed_forward(model, p, "reference", faults=run.faults).representations[last][r]
-            for p, r in zip(packs, rows)
-        ]
+        by_alone, by_twice = (
+            packed_forward(model, p, "reference", faults=run.faults).representations[last] for p in (alone, twice)
+        )
+        return by_alone, by_twice[:n], by_twice[later : later + n]
 
-    outputs = run.timed("evidence", sum(len(p.input_ids) for p in packs), forwards)
-    pooled = [mean_pool_batch(to_padded(out, alone), lengths, include_eos=eos_bug) for out in outputs]
-    moved = relative_pooled_error(pooled[2], pooled[1]).tolist()
-    rounding = relative_pooled_error(pooled[1], pooled[0]).tolist()
+    outputs = run.timed("evidence", len(alone.input_ids) + len(twice.input_ids), forwards)
+    alone_out, first, second = (mean_pool_batch(to_padded(o, alone), lengths, include_eos=eos_bug) for o in outputs)
+    moved = relative_pooled_error(second, first).tolist()
+    rounding = relative_pooled_error(first, alone_out).tolist()
     return [{"moved": m, "rounding": r} for m, r in zip(moved, rounding)]
 
 
 def filler_tokens(alphabet, total: int) -> list[torch.Tensor]:
-    """Seeded random protein sequences of :data:`FILLER_TOKENS` tokens each, ``total`` tokens in all."""
+    """Seeded random protein sequences of ``total`` tokens in all: as few as hold them at
+    :data:`FILLER_TOKENS` tokens at most each, their lengths as even as can be (for ``total`` of 3
+    or more, none shorter than BOS, a residue, EOS)."""
     rng = random.Random(FILLER_SEED)
     table = encoder_table(alphabet)
-    return [
-        encode("".join(rng.choice(_AMINO) for _ in range(FILLER_TOKENS - 2)), alphabet, table)
-        for _ in range(-(-total // FILLER_TOKENS))
-    ]
+    count = -(-total // FILLER_TOKENS)
+    sizes = [total // count + (k < total % count) for k in range(count)] if count > 0 else []
+    return [encode("".join(rng.choice(_AMINO) for _ in range(n - 2)), alphabet, table) for n in sizes]
 
 
 def _chunks(lengths: list[int], max_tokens: int) -> list[list[int]]:
