@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# H100 run 22 (issue 14, goal 2): the position probe in one fp32 pack (the sample twice,
+# PROBE_OFFSET positions apart) instead of two packs with the filler in front and behind.
+# Part a: what it guards must still hold: the trained 8M model's false-alarm grid and the bf16
+# self-tests (run 13's script), and the self-test of random:3B in fp16 (the default).
+# Part b: what it costs: benchmarks/check_overheads.py (both probe designs in one process), then
+# the 10,000-sequence random:3B check on the commit before it (287243e, carried in .gpu6/base) and
+# on this one, same machine.
+# Each part bundles its folder into one archive ($OUT/RUN.tgz): a call returns only 8 files.
+# Usage (carry .gpu5, and .gpu6 for b): bash scripts/gpu-run22.sh a; bash scripts/gpu-run22.sh b
+set -u
+part=${1:-a}
+bundle() { tar czf "$OUT/$(basename "$R").tgz" -C "$(dirname "$R")" "$(basename "$R")" && rm -rf "$R"; }
+case "$part" in
+  a)
+    RUN=r22a bash "$(dirname "$0")/gpu-run13.sh"
+    . scripts/gpu-env.sh r22a .gpu5
+    timeout 200 python3 -m esmdiv selftest --model random:3B --dtype fp16 --json "$R/selftest-3b-fp16.json" > "$R/selftest-3b-fp16.log" 2>&1
+    echo "selftest random:3B fp16 exit $?"; grep -E "global-positions|PASSED|FAILED" "$R/selftest-3b-fp16.log" | head -4
+    bundle ;;
+  b)
+    . scripts/gpu-env.sh r22b .gpu5
+    timeout 120 python3 benchmarks/check_overheads.py --model random:3B --out "$R" > "$R/overheads.txt" 2>&1
+    echo "overheads exit $?"; grep -E "probe pack" "$R/overheads.txt"
+    python3 -m esmdiv bench --workload lognormal --n 10000 --seed 0 --write-fasta /tmp/lognormal-10k.fasta > /dev/null
+    stages() {
+      python3 - "$1" "$2" <<'PY' | tee -a "$R/summary.txt"
+import json, sys
+d = json.load(open(sys.argv[2])); t = d["timings"]; f = t["padded_s"] + t["packed_s"]
+print(sys.argv[1], d["verdict"], "wall", round(t["wall_s"], 1), "forwards", round(f, 1), "ratio", round(t["wall_s"] / f, 3),
+      {k: round(v, 2) for k, v in t["stages"].items() if v >= 0.05})
+PY
+    }
+    R=$(realpath "$R")
+    (cd .gpu6/base && PYTHONPATH=/tmp/site:$PWD ESMDIV_GIT_COMMIT=287243e timeout 220 python3 -m esmdiv check \
+      /tmp/lognormal-10k.fasta --model random:3B --json "$R/check-10k-3b-fp16-base.json" > "$R/check-10k-base.log" 2>&1)
+    stages "10k-base-287243e" "$R/check-10k-3b-fp16-base.json"
+    timeout 220 python3 -m esmdiv check /tmp/lognormal-10k.fasta --model random:3B --json "$R/check-10k-3b-fp16.json" > "$R/check-10k.log" 2>&1
+    stages "10k-new-$ESMDIV_GIT_COMMIT" "$R/check-10k-3b-fp16.json"
+    bundle ;;
+esac
