@@ -9,8 +9,8 @@ rounding the run measures itself, on the same kind of quantity:
 - the invariance gate: the padded path's (fair-esm's own, never a fault-injected path's) largest
   pooled distance to the high-precision run;
 - the position gate: how far a pooled embedding moves when only the pack's shape changes (the
-  position probe runs the sample alone and in front of the filler: the same positions, other
-  matrix shapes), or the unit roundoff ``u`` where both shapes rounded identically.
+  position probe runs the sample alone and as the first copy in its pack: the same positions,
+  other matrix shapes), or the unit roundoff ``u`` where both shapes rounded identically.
 
 Why 8: measured clean values sit at 0.3 to 1.3 times the rounding they are compared with, on exact
 machines and on an emulated machine that rounds by shape (tests/rounding.py); the bugs the gates
