@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Mutation testing of one group of esmdiv's modules with mutmut (docs/mutation-testing.md).
 
-    python scripts/mutation.py GROUP [--max-children N]      # GROUP: see `--list`
+    python scripts/mutation.py GROUP [--max-children N] [--survivors | --all]   # GROUP: see `--list`
 
 A habit, not a CI gate: it takes minutes to an hour per group on two cores. Each run works in a
 scratch copy (``.mutation/GROUP/``, ignored by git) so groups do not share mutmut's ``mutants/``
@@ -12,6 +12,10 @@ this repository's, plus the group's table under ``[tool.esmdiv.mutation.GROUP]``
 - ``tests``: the test files mutmut runs (its first pass records which test reaches which function;
   each mutant then runs only the tests that reach the function it changed, fastest first);
 - ``mutants`` (optional): mutant-name globs, to mutate only some functions of a file.
+
+mutmut tests again every mutant it is given by name, results or not, so with ``mutants`` globs a
+run names only the mutants that have no result yet (a run stopped half-way goes on where it
+stopped); ``--all`` names them all, ``--survivors`` the last run's survivors.
 
 At the end it prints every mutant that was not killed (``mutmut show NAME`` in the copy shows its
 diff) and writes ``.mutation/GROUP/summary.json`` (counts by status, and the survivors' names).
@@ -71,19 +75,43 @@ def prepare(name: str, group: dict) -> Path:
     return work
 
 
-def run(name: str, group: dict, max_children: int, survivors_only: bool = False) -> int:
+def _untested(work: Path, patterns: list[str]) -> list[str] | None:
+    """The mutants matching ``patterns`` that mutmut has no result for (its ``.meta`` files in the
+    copy's ``mutants/``); ``None`` before the first run has made them."""
+    from fnmatch import fnmatch
+
+    metas = list((work / "mutants").rglob("*.meta"))
+    if not metas:
+        return None
+    untested = []
+    for meta in metas:
+        for key, code in json.loads(meta.read_text()).get("exit_code_by_key", {}).items():
+            if code is None and any(fnmatch(key, p) for p in patterns):
+                untested.append(key)
+    return sorted(untested)
+
+
+def run(name: str, group: dict, max_children: int, survivors_only: bool = False, rerun_all: bool = False) -> int:
     work = prepare(name, group)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the copy's mutants/, never the tree
     env.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker: the workers share the cores
     mutmut = [sys.executable, "-m", "mutmut"]
     names = group.get("mutants", [])
+    if names and not rerun_all:  # mutmut reruns every mutant it is named: name only those without a result
+        untested = _untested(work, names)
+        names = untested if untested is not None else names
+        if untested == []:
+            print(f"{name}: every mutant has a result (--all tests them again)")
     if survivors_only:  # after new tests: record which tests reach what again, retest the survivors
         names = sorted(json.loads((work / "summary.json").read_text())["not_killed"])
         (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
         if not names:
             print(f"{name}: no survivors to retest")
             return 0
-    done = subprocess.run([*mutmut, "run", "--max-children", str(max_children), *names], cwd=work, env=env)
+    if names or not group.get("mutants"):
+        done = subprocess.run([*mutmut, "run", "--max-children", str(max_children), *names], cwd=work, env=env)
+    else:  # every mutant of the group has a result; mutmut without names would test every file's
+        done = subprocess.CompletedProcess([], 0)
     listing = subprocess.run([*mutmut, "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True)
     statuses = {}
     for line in listing.stdout.splitlines():
@@ -113,6 +141,9 @@ def main() -> int:
     parser.add_argument(
         "--survivors", action="store_true", help="retest only the last run's survivors (after adding tests)"
     )
+    parser.add_argument(
+        "--all", action="store_true", help="test every mutant of the group again (default: those without a result)"
+    )
     args = parser.parse_args()
     known = groups()
     if args.list or args.group is None:
@@ -121,7 +152,7 @@ def main() -> int:
         return 0
     if args.group not in known:
         parser.error(f"unknown group {args.group!r} (one of {', '.join(known)})")
-    return run(args.group, known[args.group], args.max_children, args.survivors)
+    return run(args.group, known[args.group], args.max_children, args.survivors, args.all)
 
 
 if __name__ == "__main__":
