@@ -79,6 +79,48 @@ def test_filler_and_chunks():
     assert _chunks([50], 30) == [[0]]
 
 
+def test_the_probe_reads_the_sample_at_the_start_and_the_offset_of_one_pack(monkeypatch):
+    """The probe's layout, with a stand-in forward (its output row: the token's embedding, plus
+    ``drift`` times its position in the pack): one pack holds the sample, filler, then the sample
+    again from position PROBE_OFFSET exactly; ``moved`` reads the second copy against the first,
+    ``rounding`` the first against the sample alone."""
+    from types import SimpleNamespace
+
+    import esmdiv.audit.evidence as evidence
+    from esmdiv.forward.padded import ForwardOutput
+    from esmdiv.model.loading import load_model
+
+    alphabet = load_model("random:8M").alphabet
+    tokens = [evidence.encode(s, alphabet) for s in ("MKTAYIAKVL", "GLFDIVQW", "PEPTIDE")]
+    n = sum(len(t) for t in tokens)
+    table = torch.randn(len(alphabet.all_toks), 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    seen, drift = [], [0.0]
+
+    def forward(model, packed, backend, faults=()):
+        seen.append(packed)
+        rows = table[packed.input_ids] + drift[0] * torch.arange(len(packed.input_ids), dtype=torch.float64)[:, None]
+        return ForwardOutput({model.num_layers: rows})
+
+    monkeypatch.setattr(evidence, "packed_forward", forward)
+    run = SimpleNamespace(
+        device=torch.device("cpu"),
+        faults=frozenset(),
+        loaded=SimpleNamespace(alphabet=alphabet),
+        timed=lambda p, t, fn: fn(),
+    )
+    model = SimpleNamespace(num_layers=6)
+    clean = evidence._probe(run, model, tokens)
+    alone, twice = seen
+    assert torch.equal(twice.input_ids[:n], alone.input_ids)
+    assert torch.equal(twice.input_ids[PROBE_OFFSET : PROBE_OFFSET + n], alone.input_ids)
+    assert len(twice.input_ids) == PROBE_OFFSET + n  # the filler fills the gap exactly
+    assert twice.cu_seqlens.tolist().count(PROBE_OFFSET) == 1  # a sequence starts there
+    assert all(p["moved"] == 0 and p["rounding"] == 0 for p in clean)  # a forward blind to position
+    drift[0] = 1e-9
+    moving = evidence._probe(run, model, tokens)
+    assert all(p["moved"] > 0 and p["rounding"] == 0 for p in moving)  # same positions: no rounding
+
+
 @pytest.fixture(scope="module")
 def default_run(random_8m):
     """The check a release script runs: no evidence option at all."""
