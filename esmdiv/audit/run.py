@@ -182,7 +182,7 @@ def run_audit(
 
         partial.stage = "audit"
         mine = _compare_here(config, run, inputs, placement.max_tokens, clock)
-    compared = _gather(config, run, mine, world, clock)
+    compared = _gather(run, mine, world, clock)
     if compared is None:  # a torchrun rank other than 0: rank 0 decides and reports
         return FollowerResult()
     partial.finished = compared.results[0]  # every rank's (first kernel), should the decision fail
@@ -295,7 +295,6 @@ def _cached_high_precision(loaded: LoadedModel, device: torch.device) -> torch.n
 
 
 def _gather(
-    config: AuditConfig,
     run: AuditRun,
     mine: tuple[list[list[SequenceResult]], list[str], int],
     world: World | None,
