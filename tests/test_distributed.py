@@ -621,6 +621,8 @@ def test_two_ranks_in_one_process_give_the_single_process_result(random_8m, smal
     assert [s.id for s in merged.sequences] == [s.id for s in single.sequences]  # file order again
     mine = {s.id for s in merged.sequences} - {s.id for s in payload["results"][0]}
     assert mine and len(mine) < 6  # each rank did a share
+    assert [s.rank for s in merged.sequences] == [0 if s.id in mine else 1 for s in merged.sequences]
+    assert all(s.rank is None for s in single.sequences)  # one process: no rank to name
     assert merged.timings["ranks"] == 2 and "ranks" not in single.timings
     assert merged.summary["mlm"]["perplexity"]["sequences"] == 6
     assert merged.summary["mlm"]["perplexity"]["masked_tokens"] == single.summary["mlm"]["perplexity"]["masked_tokens"]
