@@ -97,7 +97,7 @@ def run(name: str, group: dict, max_children: int, survivors_only: bool = False,
     env.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker: the workers share the cores
     mutmut = [sys.executable, "-m", "mutmut"]
     names = group.get("mutants", [])
-    if names and not rerun_all:  # mutmut reruns every mutant it is named: name only those without a result
+    if names and not (rerun_all or survivors_only):  # mutmut retests every mutant named: only those without a result
         untested = _untested(work, names)
         names = untested if untested is not None else names
         if untested == []:
