@@ -655,11 +655,15 @@ def test_rank_0_merges_times_notices_and_budgets_from_every_rank(random_8m, smal
         notices=["CUDA out of memory: token budget halved to 32"],
         budget=32,
         seconds={**payload["seconds"], "padded": 100.0, "packed": 50.0},
+        flagged=3,
     )
     fake_dist(others=[payload])
     monkeypatch.setattr(esmdiv.audit.run, "current_world", lambda: World(0, 2, 0))
     merged = run_audit(config, loaded=random_8m)
     assert merged.notices == ["rank 1: CUDA out of memory: token budget halved to 32"]
+    assert merged.evidence["flagged"] == 3  # rank 1's flagged sequences (rank 0 flags none: a correct path)
+    assert [r["rank"] for r in merged.distributed["per_rank"]] == [0, 1]
+    assert merged.distributed["per_rank"][1]["records"] == payload["rank"]["records"]
     assert merged.max_tokens == 32  # the smallest budget any rank ended with
     assert merged.timings["padded_s"] == 100.0 and merged.timings["packed_s"] == 50.0  # the slowest rank
 
