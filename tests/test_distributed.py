@@ -623,6 +623,7 @@ def test_two_ranks_in_one_process_give_the_single_process_result(random_8m, smal
     assert mine and len(mine) < 6  # each rank did a share
     assert [s.rank for s in merged.sequences] == [0 if s.id in mine else 1 for s in merged.sequences]
     assert all(s.rank is None for s in single.sequences)  # one process: no rank to name
+    assert merged.evidence["flagged"] == single.evidence["flagged"] == 0  # a correct path flags none
     assert merged.timings["ranks"] == 2 and "ranks" not in single.timings
     # rank 0's wait for the slowest rank is a stage of its own (what a slow rank costs)
     assert merged.timings["stages"]["gather_s"] >= 0 and "gather_s" not in single.timings["stages"]
