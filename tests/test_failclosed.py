@@ -235,7 +235,7 @@ def test_a_real_signal_mid_run_is_its_exit_code_and_a_partial_report(tmp_path, s
         child.send_signal(sent)
         stdout, stderr = child.communicate(timeout=120)
         lines = stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].endswith(line) and "ACCEPT" not in stdout, stderr
+        assert len(lines) == 1 and lines[0].endswith(line) and "ACCEPT" not in stdout, (child.returncode, stderr)
         report = json.loads(out.read_text())
         assert report["complete"] is False and report["error"]["exit_code"] == code
         assert report["error"]["type"] == error_type
