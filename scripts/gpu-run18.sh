@@ -8,14 +8,6 @@
 set -u
 . scripts/gpu-env.sh r18 .gpu4
 python3 -m esmdiv bench --workload lognormal --n 10000 --seed 0 --write-fasta /tmp/lognormal-10k.fasta > /dev/null
-stages() {
-  python3 - "$1" "$2" <<'PY' | tee -a "$R/summary.txt"
-import json, sys
-d = json.load(open(sys.argv[2])); t = d["timings"]; f = t["padded_s"] + t["packed_s"]
-print(sys.argv[1], d["verdict"], "wall", round(t["wall_s"], 1), "forwards", round(f, 1), "ratio", round(t["wall_s"] / f, 3),
-      {k: round(v, 2) for k, v in t["stages"].items() if v >= 0.05})
-PY
-}
 for i in 1 2; do
   timeout 120 python3 -m esmdiv check esmdiv/data/seed18.fasta --model random:3B --no-compile --json "$R/seed18-$i.json" > "$R/seed18-$i.log" 2>&1
   stages "seed18-run$i" "$R/seed18-$i.json"

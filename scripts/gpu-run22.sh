@@ -23,14 +23,6 @@ case "$part" in
     timeout 120 python3 benchmarks/check_overheads.py --model random:3B --out "$R" > "$R/overheads.txt" 2>&1
     echo "overheads exit $?"; grep -E "probe pack" "$R/overheads.txt"
     python3 -m esmdiv bench --workload lognormal --n 10000 --seed 0 --write-fasta /tmp/lognormal-10k.fasta > /dev/null
-    stages() {
-      python3 - "$1" "$2" <<'PY' | tee -a "$R/summary.txt"
-import json, sys
-d = json.load(open(sys.argv[2])); t = d["timings"]; f = t["padded_s"] + t["packed_s"]
-print(sys.argv[1], d["verdict"], "wall", round(t["wall_s"], 1), "forwards", round(f, 1), "ratio", round(t["wall_s"] / f, 3),
-      {k: round(v, 2) for k, v in t["stages"].items() if v >= 0.05})
-PY
-    }
     R=$(realpath "$R")
     (cd .gpu6/base && PYTHONPATH=/tmp/site:$PWD ESMDIV_GIT_COMMIT=287243e timeout 220 python3 -m esmdiv check \
       /tmp/lognormal-10k.fasta --model random:3B --json "$R/check-10k-3b-fp16-base.json" > "$R/check-10k-base.log" 2>&1)
