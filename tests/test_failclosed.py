@@ -227,6 +227,9 @@ def test_a_real_signal_mid_run_is_its_exit_code_and_a_partial_report(tmp_path, s
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            # a suite started in the background (`cmd &`, nohup) ignores SIGINT, and so would the
+            # child: a process that starts with a signal ignored keeps ignoring it, as it should
+            preexec_fn=lambda: signal.signal(sent, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 120
         while not _torch_loaded(child.pid) and child.poll() is None and time.monotonic() < deadline:
