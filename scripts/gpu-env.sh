@@ -16,3 +16,11 @@ print(sys.argv[1], d["verdict"], "wall", round(t["wall_s"], 1), "forwards", roun
       {k: round(v, 2) for k, v in t["stages"].items() if v >= 0.05})
 PY
 }
+# check_10k LABEL DIR COMMIT TIMEOUT NAME LOG: the 10,000-sequence random:3B check
+# (/tmp/lognormal-10k.fasta) run from DIR (this tree, or a carried `git archive` of COMMIT) as
+# COMMIT; writes $R/NAME.json and $R/LOG.log ($R absolute) and adds its line to the summary.
+check_10k() {
+  (cd "$2" && PYTHONPATH=/tmp/site:$PWD ESMDIV_GIT_COMMIT=$3 timeout "$4" python3 -m esmdiv check \
+    /tmp/lognormal-10k.fasta --model random:3B --json "$R/$5.json" > "$R/$6.log" 2>&1)
+  stages "$1" "$R/$5.json"
+}

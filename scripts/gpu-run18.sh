@@ -13,8 +13,5 @@ for i in 1 2; do
   stages "seed18-run$i" "$R/seed18-$i.json"
 done
 R=$(realpath "$R")
-(cd .gpu6/base && PYTHONPATH=/tmp/site:$PWD ESMDIV_GIT_COMMIT=114bc7e timeout 280 python3 -m esmdiv check \
-  /tmp/lognormal-10k.fasta --model random:3B --json "$R/check-10k-3b-fp16-base.json" > "$R/check-10k-base.log" 2>&1)
-stages "10k-base-114bc7e" "$R/check-10k-3b-fp16-base.json"
-timeout 280 python3 -m esmdiv check /tmp/lognormal-10k.fasta --model random:3B --json "$R/check-10k-3b-fp16.json" > "$R/check-10k.log" 2>&1
-stages "10k-new-$ESMDIV_GIT_COMMIT" "$R/check-10k-3b-fp16.json"
+check_10k "10k-base-114bc7e" .gpu6/base 114bc7e 280 check-10k-3b-fp16-base check-10k-base
+check_10k "10k-new-$ESMDIV_GIT_COMMIT" . "$ESMDIV_GIT_COMMIT" 280 check-10k-3b-fp16 check-10k

@@ -24,10 +24,7 @@ case "$part" in
     echo "overheads exit $?"; grep -E "probe pack" "$R/overheads.txt"
     python3 -m esmdiv bench --workload lognormal --n 10000 --seed 0 --write-fasta /tmp/lognormal-10k.fasta > /dev/null
     R=$(realpath "$R")
-    (cd .gpu6/base && PYTHONPATH=/tmp/site:$PWD ESMDIV_GIT_COMMIT=287243e timeout 220 python3 -m esmdiv check \
-      /tmp/lognormal-10k.fasta --model random:3B --json "$R/check-10k-3b-fp16-base.json" > "$R/check-10k-base.log" 2>&1)
-    stages "10k-base-287243e" "$R/check-10k-3b-fp16-base.json"
-    timeout 220 python3 -m esmdiv check /tmp/lognormal-10k.fasta --model random:3B --json "$R/check-10k-3b-fp16.json" > "$R/check-10k.log" 2>&1
-    stages "10k-new-$ESMDIV_GIT_COMMIT" "$R/check-10k-3b-fp16.json"
+    check_10k "10k-base-287243e" .gpu6/base 287243e 220 check-10k-3b-fp16-base check-10k-base
+    check_10k "10k-new-$ESMDIV_GIT_COMMIT" . "$ESMDIV_GIT_COMMIT" 220 check-10k-3b-fp16 check-10k
     bundle ;;
 esac
