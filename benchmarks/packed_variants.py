@@ -13,6 +13,15 @@ Variants (each on the lognormal workload, fp16, the same model and kernel):
 - ``autotune``: the current path compiled with ``max-autotune-no-cudagraphs`` (Triton GEMM
   templates, which may take the bias, erf-GELU and residual into their epilogues).
 - ``gemms``: the four GEMMs of each layer alone on the bench's batches (the ceiling).
+- ``quack``, ``quack-break``, ``quack-tuned`` (run 23): fc1 and the erf GELU as one GEMM of the
+  ``quack-kernels`` package (CUTLASS DSL; bias and exact-erf GELU in the epilogue, the pre-activation
+  never written), in place of cuBLAS then Inductor's GELU kernel. ``quack``: its custom op traced
+  inside the compiled region; ``quack-break``: called between two compiled regions; ``-tuned``:
+  quack's autotuner picks the tile (its default heuristic otherwise).
+- ``fc1-cublas``, ``fc1-quack``: fc1 and the GELU alone, every layer's weights, on each pack's shape.
+
+``rounding`` in the JSON: the current path compiled against the same path eager on the smallest
+batch, the scale a variant's ``max_abs_diff_vs_current`` is read against.
 
 Prints a table and writes ``packed-variants.json``; each variant's output on the smallest batch is
 compared with the current path's (max |diff|) so a fast but wrong variant shows.
@@ -28,11 +37,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import esmdiv.forward.packed as packed_module
 from esmdiv.forward.attention import resolve_backend
 from esmdiv.forward.packed import packed_forward
 from esmdiv.forward.packing import Packed, batches_by_tokens, encode, encoder_table, pack
 from esmdiv.input.workloads import lognormal_workload
 from esmdiv.model.loading import fused_qkv, load_model
+
+QUACK_VARIANTS = [("quack", False, False), ("quack-break", False, True), ("quack-tuned", True, True)]
 
 
 @torch.inference_mode()
@@ -44,6 +56,40 @@ def gemms_only(model, packed: Packed) -> None:
         F.linear(x, w_qkv, b_qkv)
         F.linear(x, layer.self_attn.out_proj.weight, layer.self_attn.out_proj.bias)
         F.linear(F.linear(x, layer.fc1.weight, layer.fc1.bias), layer.fc2.weight, layer.fc2.bias)
+
+
+def _quack_out(tuned: bool, break_graph: bool):
+    """``_attention_out`` with fc1 + erf GELU as one quack GEMM (``quack-kernels``)."""
+
+    def fc1_gelu(h, w1, b1):
+        from quack.gemm_interface import gemm_act  # only where asked for: most machines lack it
+
+        return gemm_act(h, w1.T, bias=b1, activation="gelu_erf", store_preact=False, tuned=tuned)[1]
+
+    if break_graph:
+        fc1_gelu = torch.compiler.disable(fc1_gelu)
+
+    def attention_out(x, o, w_o, b_o, ln_w, ln_b, eps, w1, b1, w2, b2, gelu):
+        x = x + F.linear(o, w_o, b_o)
+        h = F.layer_norm(x, x.shape[-1:], ln_w, ln_b, eps)
+        return x, F.linear(fc1_gelu(h, w1, b1), w2, b2)
+
+    return attention_out
+
+
+@torch.inference_mode()
+def fc1_gelu_only(model, packed: Packed, quack: bool) -> None:
+    h = torch.randn(len(packed.input_ids), model.embed_dim, device=packed.input_ids.device, dtype=torch.float16)
+    if quack:
+        from quack.gemm_interface import gemm_act
+    for layer in model.layers:
+        if quack:
+            gemm_act(h, layer.fc1.weight.T, bias=layer.fc1.bias, activation="gelu_erf", store_preact=False, tuned=False)
+        else:
+            _gelu(F.linear(h, layer.fc1.weight, layer.fc1.bias))
+
+
+_gelu = torch.compile(F.gelu)  # Inductor's erf-GELU kernel, as in the compiled region
 
 
 def packs_by_real_tokens(tokens: list[torch.Tensor], max_tokens: int) -> list[list[int]]:
@@ -92,46 +138,70 @@ def main() -> None:
     def last(p: Packed, **kw) -> torch.Tensor:
         return packed_forward(model, p, backend, compile=True, **kw).representations[model.num_layers]
 
+    def with_out(attention_out, p: Packed) -> torch.Tensor:
+        # packed_forward compiles whatever ``_attention_out`` is when it runs (one graph cache per function)
+        kept, packed_module._attention_out = packed_module._attention_out, attention_out
+        try:
+            return last(p)
+        finally:
+            packed_module._attention_out = kept
+
+    quack_out = {name: _quack_out(tuned, brk) for name, tuned, brk in QUACK_VARIANTS}
+
     runs = {
         "current": (bench, lambda p: last(p)),
         "repacked": (fuller, lambda p: last(p)),
         "autotune": (bench, lambda p: last(p, compile_mode="max-autotune-no-cudagraphs")),
         "gemms": (bench, lambda p: gemms_only(model, p)),
+        **{name: (bench, lambda p, f=f: with_out(f, p)) for name, f in quack_out.items()},
+        "fc1-cublas": (bench, lambda p: fc1_gelu_only(model, p, quack=False)),
+        "fc1-quack": (bench, lambda p: fc1_gelu_only(model, p, quack=True)),
     }
     expected = last(bench[smallest]).float()
+    eager = packed_forward(model, bench[smallest], backend).representations[model.num_layers].float()
     results = {"model": args.model, "backend": backend, "tokens": n_tokens, "gpu": torch.cuda.get_device_name()}
+    results["rounding"] = float((eager - expected).abs().max())
+    print(f"rounding: compiled vs eager current path, max |diff| {results['rounding']:.3g}")
     results["torch"] = torch.__version__
     results["inductor"] = args.inductor
+    tag = "-".join([*dict.fromkeys(args.variants.split(",")), *(s.split("=")[0].split(".")[-1] for s in args.inductor)])
     for name in args.variants.split(","):
-        packs, run = runs[name]
+        key = name if name not in results else f"{name} (again)"  # a baseline named twice: before and after
+        try:
+            results[key] = timed(name, *runs[name], args.repeats, n_tokens, bench[smallest], expected)
+        except Exception as error:  # a candidate that fails is a result; the others still run
+            results[key] = {"error": f"{type(error).__name__}: {error}"[:2000]}
+            print(f"{key:12} failed: {results[key]['error'][:300]}")
+        (args.out / f"packed-variants-{tag}.json").write_text(json.dumps(results, indent=1))
+
+
+def timed(name, packs, run, repeats: int, n_tokens: int, smallest: Packed, expected: torch.Tensor) -> dict:
+    start = time.perf_counter()
+    for p in packs:  # warm-up: every pack shape once (compiles happen here)
+        run(p)
+    torch.cuda.synchronize()
+    warm_s = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
         start = time.perf_counter()
-        for p in packs:  # warm-up: every pack shape once (compiles happen here)
+        for p in packs:
             run(p)
         torch.cuda.synchronize()
-        warm_s = time.perf_counter() - start
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            for p in packs:
-                run(p)
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        median = sorted(times)[len(times) // 2]
-        diff = None
-        if name not in ("gemms", "repacked"):
-            diff = float((run(bench[smallest]).float() - expected).abs().max())
-        results[name] = {
-            "packs": len(packs),
-            "median_s": median,
-            "tokens_per_s": n_tokens / median,
-            "warm_up_s": warm_s,
-            "max_abs_diff_vs_current": diff,
-            "seconds": times,
-        }
-        rate = n_tokens / median
-        print(f"{name:9} {len(packs):2} packs {rate:10,.0f} tokens/s  warm-up {warm_s:6.1f} s  diff {diff}")
-    tag = "-".join([*args.variants.split(","), *(s.split("=")[0].split(".")[-1] for s in args.inductor)])
-    (args.out / f"packed-variants-{tag}.json").write_text(json.dumps(results, indent=1))
+        times.append(time.perf_counter() - start)
+    median = sorted(times)[len(times) // 2]
+    diff = None
+    if name not in ("gemms", "repacked") and not name.startswith("fc1"):
+        diff = float((run(smallest).float() - expected).abs().max())
+    rate = n_tokens / median
+    print(f"{name:12} {len(packs):2} packs {rate:10,.0f} tokens/s  warm-up {warm_s:6.1f} s  diff {diff}")
+    return {
+        "packs": len(packs),
+        "median_s": median,
+        "tokens_per_s": rate,
+        "warm_up_s": warm_s,
+        "max_abs_diff_vs_current": diff,
+        "seconds": times,
+    }
 
 
 if __name__ == "__main__":

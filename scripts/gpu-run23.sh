@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# H100 run 23 (issue 14, goal 1): quack-kernels' GEMM with the bias and exact-erf GELU in its
+# epilogue, in place of cuBLAS fc1 then Inductor's GELU kernel, timed against the packed path in
+# one process (benchmarks/packed_variants.py). Usage, from the repo root, in two calls in a row:
+#   bash scripts/gpu-run23.sh stage1   # carry .gpu7: the first half of the CUTLASS DSL cu13 wheel to /tmp/w
+#   bash scripts/gpu-run23.sh run      # carry .gpu8: the rest; join, check sha256, install, run
+# Results: $OUT/run23.tgz (JSON and logs); the variants' table is printed last.
+set -u
+case "${1:-}" in
+stage1) mkdir -p /tmp/w && cp .gpu7/* /tmp/w/ && ls -la /tmp/w && nvidia-smi -L ;;
+run)
+  . scripts/gpu-env.sh run23 .gpu8
+  trap 'tar czf "$OUT/run23.tgz" -C "$OUT" run23' EXIT
+  cp .gpu8/* /tmp/w/ && cat /tmp/w/cu13.part.* > /tmp/w/nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl \
+    && (cd / && sha256sum -c /tmp/w/cu13.sha) || exit 3
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/w/*.whl 2>&1 | tail -2
+  export PYTHONPATH=$PYTHONPATH:/tmp/site/nvidia_cutlass_dsl/dsl_packages
+  python3 -c "import quack, cutlass, torch; print('quack', quack.__version__, 'torch', torch.__version__)" 2>&1 | tee "$R/versions.txt"
+  timeout 420 python3 benchmarks/packed_variants.py --model random:3B \
+    --variants current,fc1-cublas,fc1-quack,quack-break,quack,quack-tuned,current --out "$R" 2>&1 | tee "$R/variants.log" | grep -v Warning
+  ;;
+*) echo "usage: $0 stage1|run" >&2; exit 2 ;;
+esac
