@@ -13,8 +13,11 @@ run)
   trap 'tar czf "$OUT/run23.tgz" -C "$OUT" run23' EXIT
   cp .gpu8/* /tmp/w/ && cat /tmp/w/cu13.part.* > /tmp/w/nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl \
     && (cd / && sha256sum -c /tmp/w/cu13.sha) || exit 3
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/w/*.whl 2>&1 | tail -2
-  export PYTHONPATH=$PYTHONPATH:/tmp/site/nvidia_cutlass_dsl/dsl_packages
+  # a folder named site-packages: quack fingerprints an epilogue's code down to the first function
+  # it finds outside site-packages, and cutlass's own globals (a ContextVar) have no fingerprint
+  Q=/tmp/q/site-packages
+  python3 -m pip install -q --no-index --no-deps --no-compile --target $Q /tmp/w/*.whl 2>&1 | tail -2
+  export PYTHONPATH=$PYTHONPATH:$Q:$Q/nvidia_cutlass_dsl/dsl_packages
   python3 -c "import quack, cutlass, torch; print('quack', quack.__version__, 'torch', torch.__version__)" 2>&1 | tee "$R/versions.txt"
   timeout 420 python3 benchmarks/packed_variants.py --model random:3B \
     --variants current,fc1-cublas,fc1-quack,quack-break,quack,quack-tuned,current --out "$R" 2>&1 | tee "$R/variants.log" | grep -v Warning
