@@ -17,8 +17,8 @@ run)
   # it finds outside site-packages, and cutlass's own globals (a ContextVar) have no fingerprint
   Q=/tmp/q/site-packages
   python3 -m pip install -q --no-index --no-deps --no-compile --target $Q /tmp/w/*.whl 2>&1 | tail -2
-  export PYTHONPATH=$PYTHONPATH:$Q:$Q/nvidia_cutlass_dsl/dsl_packages
-  python3 -c "import quack, cutlass, torch; print('quack', quack.__version__, 'torch', torch.__version__)" 2>&1 | tee "$R/versions.txt"
+  export PYTHONPATH=$Q:$Q/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH  # before /tmp/site
+  python3 -c "import quack, cutlass, torch; print('quack', quack.__version__, quack.__file__, 'torch', torch.__version__)" 2>&1 | tee "$R/versions.txt"
   timeout 420 python3 benchmarks/packed_variants.py --model random:3B \
     --variants current,fc1-cublas,fc1-quack,quack-break,quack,quack-tuned,current --out "$R" 2>&1 | tee "$R/variants.log" | grep -v Warning
   ;;
