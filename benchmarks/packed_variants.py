@@ -18,6 +18,9 @@ Variants (each on the lognormal workload, fp16, the same model and kernel):
   never written), in place of cuBLAS then Inductor's GELU kernel. ``quack``: its custom op traced
   inside the compiled region; ``quack-break``: called between two compiled regions; ``-tuned``:
   quack's autotuner picks the tile (its default heuristic otherwise).
+- ``quack-all``, ``quack-all-tuned`` (run 23): every GEMM of a layer through quack (q/k/v; the
+  output projection with the residual in its epilogue; fc1 with the erf GELU; fc2), between
+  compiled regions.
 - ``fc1-cublas``, ``fc1-quack``: fc1 and the GELU alone, every layer's weights, on each pack's shape.
 
 ``rounding`` in the JSON: the current path compiled against the same path eager on the smallest
@@ -75,6 +78,42 @@ def _quack_out(tuned: bool, break_graph: bool):
         return x, F.linear(fc1_gelu(h, w1, b1), w2, b2)
 
     return attention_out
+
+
+def _quack_all(tuned: bool):
+    """``_attention_in`` and ``_attention_out`` with every GEMM a quack one, called between compiled
+    regions (the layer norms, rotary and adds stay Inductor's)."""
+
+    @torch.compiler.disable
+    def gemm(a, w, b, act=None, residual=None):
+        from quack.gemm_interface import gemm, gemm_act, gemm_add
+
+        if act:
+            return gemm_act(a, w.T, bias=b, activation=act, store_preact=False, tuned=tuned)[1]
+        if residual is not None:
+            return gemm_add(a, w.T, residual, bias=b, tuned=tuned)
+        return gemm(a, w.T, bias=b, tuned=tuned)
+
+    def attention_in(x, mlp_out, ln_w, ln_b, eps, w_qkv, b_qkv, cos, sin, num_heads):
+        x = x + mlp_out
+        h = F.layer_norm(x, x.shape[-1:], ln_w, ln_b, eps)
+        q, k, v = gemm(h, w_qkv, b_qkv).view(len(x), 3, num_heads, -1).unbind(1)
+        return x, packed_module._apply_rotary(q, cos, sin), packed_module._apply_rotary(k, cos, sin), v
+
+    def attention_out(x, o, w_o, b_o, ln_w, ln_b, eps, w1, b1, w2, b2, gelu):
+        x = gemm(o, w_o, b_o, residual=x)
+        h = F.layer_norm(x, x.shape[-1:], ln_w, ln_b, eps)
+        return x, gemm(gemm(h, w1, b1, act="gelu_erf"), w2, b2)
+
+    return attention_in, attention_out
+
+
+def quack_tuned_configs() -> dict[str, str]:
+    """The tile configs quack's autotuner chose in this process (or read from its disk cache)."""
+    import sys
+
+    tuners = getattr(sys.modules.get("quack.gemm_runtime.autotune"), "_MOD_TUNERS", {})
+    return {f"{i}: {key}": str(config) for i, t in enumerate(tuners.values()) for key, config in t.cache.items()}
 
 
 @torch.inference_mode()
@@ -138,13 +177,17 @@ def main() -> None:
     def last(p: Packed, **kw) -> torch.Tensor:
         return packed_forward(model, p, backend, compile=True, **kw).representations[model.num_layers]
 
-    def with_out(attention_out, p: Packed) -> torch.Tensor:
-        # packed_forward compiles whatever ``_attention_out`` is when it runs (one graph cache per function)
-        kept, packed_module._attention_out = packed_module._attention_out, attention_out
+    def with_out(attention_out, p: Packed, attention_in=None) -> torch.Tensor:
+        # packed_forward compiles whatever ``_attention_in``/``_out`` are when it runs (one graph cache per function)
+        kept = packed_module._attention_in, packed_module._attention_out
+        packed_module._attention_in = attention_in or kept[0]
+        packed_module._attention_out = attention_out
         try:
             return last(p)
         finally:
-            packed_module._attention_out = kept
+            packed_module._attention_in, packed_module._attention_out = kept
+
+    quack_all = {"quack-all": _quack_all(False), "quack-all-tuned": _quack_all(True)}
 
     quack_out = {name: _quack_out(tuned, brk) for name, tuned, brk in QUACK_VARIANTS}
 
@@ -154,6 +197,7 @@ def main() -> None:
         "autotune": (bench, lambda p: last(p, compile_mode="max-autotune-no-cudagraphs")),
         "gemms": (bench, lambda p: gemms_only(model, p)),
         **{name: (bench, lambda p, f=f: with_out(f, p)) for name, f in quack_out.items()},
+        **{name: (bench, lambda p, f=f: with_out(f[1], p, f[0])) for name, f in quack_all.items()},
         "fc1-cublas": (bench, lambda p: fc1_gelu_only(model, p, quack=False)),
         "fc1-quack": (bench, lambda p: fc1_gelu_only(model, p, quack=True)),
     }
@@ -172,6 +216,8 @@ def main() -> None:
         except Exception as error:  # a candidate that fails is a result; the others still run
             results[key] = {"error": f"{type(error).__name__}: {error}"[:2000]}
             print(f"{key:12} failed: {results[key]['error'][:300]}")
+        if "tuned" in name:
+            results[key]["quack_configs"] = quack_tuned_configs()
         (args.out / f"packed-variants-{tag}.json").write_text(json.dumps(results, indent=1))
 
 

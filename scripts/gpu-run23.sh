@@ -4,6 +4,10 @@
 # one process (benchmarks/packed_variants.py). Usage, from the repo root, in two calls in a row:
 #   bash scripts/gpu-run23.sh stage1   # carry .gpu7: the first half of the CUTLASS DSL cu13 wheel to /tmp/w
 #   bash scripts/gpu-run23.sh run      # carry .gpu8: the rest; join, check sha256, install, run
+# then, on the same warm machine (quack installed, its autotune cache kept):
+#   bash scripts/gpu-run23.sh all      # every GEMM through quack; the tuned configs quack chose
+#   bash scripts/gpu-run23.sh stack    # carry .gpu9 (FlashAttention-4): quack-tuned with Inductor's
+#                                      # pointwise tuning, then also with FA4
 # Results: $OUT/run23.tgz (JSON and logs); the variants' table is printed last.
 set -u
 case "${1:-}" in
@@ -22,5 +26,20 @@ run)
   timeout 420 python3 benchmarks/packed_variants.py --model random:3B \
     --variants current,fc1-cublas,fc1-quack,quack-break,quack,quack-tuned,current --out "$R" 2>&1 | tee "$R/variants.log" | grep -v Warning
   ;;
-*) echo "usage: $0 stage1|run" >&2; exit 2 ;;
+all|stack)
+  . scripts/gpu-env.sh run23$1 .gpu4
+  trap 'tar czf "$OUT/run23$1.tgz" -C "$OUT" run23$1' EXIT
+  Q=/tmp/q/site-packages
+  [ -d .gpu9 ] && python3 -m pip install -q --no-index --no-deps --no-compile --target $Q .gpu9/*.whl 2>&1 | tail -2
+  export PYTHONPATH=$Q:$Q/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH
+  V="timeout 280 python3 benchmarks/packed_variants.py --model random:3B --out $R"
+  TUNE="--inductor max_autotune_pointwise=1 --inductor coordinate_descent_tuning=1"
+  if [ "$1" = all ]; then
+    $V --variants current,quack-tuned,quack-all,current 2>&1 | tee "$R/variants.log" | grep -v Warning
+  else
+    $V --variants current,quack-tuned $TUNE 2>&1 | tee "$R/variants-pointwise.log" | grep -v Warning
+    $V --variants current,quack-tuned $TUNE --backend fa4 2>&1 | tee "$R/variants-pointwise-fa4.log" | grep -v Warning
+  fi
+  ;;
+*) echo "usage: $0 stage1|run|all|stack" >&2; exit 2 ;;
 esac
