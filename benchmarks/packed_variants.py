@@ -208,7 +208,9 @@ def main() -> None:
     print(f"rounding: compiled vs eager current path, max |diff| {results['rounding']:.3g}")
     results["torch"] = torch.__version__
     results["inductor"] = args.inductor
-    tag = "-".join([*dict.fromkeys(args.variants.split(",")), *(s.split("=")[0].split(".")[-1] for s in args.inductor)])
+    settings = [s.split("=")[0].split(".")[-1] for s in args.inductor]
+    backend_tag = [] if args.backend == "auto" else [args.backend]
+    tag = "-".join([*dict.fromkeys(args.variants.split(",")), *settings, *backend_tag])
     for name in args.variants.split(","):
         key = name if name not in results else f"{name} (again)"  # a baseline named twice: before and after
         try:
