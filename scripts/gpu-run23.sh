@@ -4,10 +4,11 @@
 # one process (benchmarks/packed_variants.py). Usage, from the repo root, in two calls in a row:
 #   bash scripts/gpu-run23.sh stage1   # carry .gpu7: the first half of the CUTLASS DSL cu13 wheel to /tmp/w
 #   bash scripts/gpu-run23.sh run      # carry .gpu8: the rest; join, check sha256, install, run
-# then, on the same warm machine (quack installed, its autotune cache kept):
-#   bash scripts/gpu-run23.sh all      # every GEMM through quack; the tuned configs quack chose
-#   bash scripts/gpu-run23.sh stack    # carry .gpu9 (FlashAttention-4): quack-tuned with Inductor's
-#                                      # pointwise tuning, then also with FA4
+# or, after stage1, in the very next calls (the machine stays warm about 30 s between calls):
+#   bash scripts/gpu-run23.sh all      # carry .gpu8 .gpu9: install as `run` does, then every GEMM
+#                                      # through quack and the tuned configs quack chose
+#   bash scripts/gpu-run23.sh stack    # carry .gpu4 .gpu9 (FlashAttention-4): quack-tuned with
+#                                      # Inductor's pointwise tuning, then also with FA4
 # Results: $OUT/run23.tgz (JSON and logs); the variants' table is printed last.
 set -u
 case "${1:-}" in
@@ -30,9 +31,14 @@ all|stack)
   . scripts/gpu-env.sh run23$1 .gpu4
   trap 'tar czf "$OUT/run23$1.tgz" -C "$OUT" run23$1' EXIT
   Q=/tmp/q/site-packages
+  if [ -d .gpu8 ] && [ ! -d $Q/quack ]; then
+    cp .gpu8/* /tmp/w/ && cat /tmp/w/cu13.part.* > /tmp/w/nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl \
+      && (cd / && sha256sum -c /tmp/w/cu13.sha) || exit 3
+    python3 -m pip install -q --no-index --no-deps --no-compile --target $Q /tmp/w/*.whl 2>&1 | tail -2
+  fi
   [ -d .gpu9 ] && python3 -m pip install -q --no-index --no-deps --no-compile --target $Q .gpu9/*.whl 2>&1 | tail -2
   export PYTHONPATH=$Q:$Q/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH
-  V="timeout 280 python3 benchmarks/packed_variants.py --model random:3B --out $R"
+  V="timeout 440 python3 benchmarks/packed_variants.py --model random:3B --out $R"
   TUNE="--inductor max_autotune_pointwise=1 --inductor coordinate_descent_tuning=1"
   if [ "$1" = all ]; then
     $V --variants current,quack-tuned,quack-all,current 2>&1 | tee "$R/variants.log" | grep -v Warning
