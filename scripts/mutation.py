@@ -15,7 +15,8 @@ this repository's, plus the group's table under ``[tool.esmdiv.mutation.GROUP]``
 
 mutmut tests again every mutant it is given by name, results or not, so with ``mutants`` globs a
 run names only the mutants that have no result yet (a run stopped half-way goes on where it
-stopped); ``--all`` names them all, ``--survivors`` the last run's survivors.
+stopped); ``--all`` names them all, ``--survivors`` the last run's survivors, and ``--only GLOB``
+(repeatable) only the mutants without a result that match it (a function whose code changed).
 
 At the end it prints every mutant that was not killed (``mutmut show NAME`` in the copy shows its
 diff) and writes ``.mutation/GROUP/summary.json`` (counts by status, and the survivors' names).
@@ -30,6 +31,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from fnmatch import fnmatch
 from pathlib import Path
 
 import tomllib
@@ -78,8 +80,6 @@ def prepare(name: str, group: dict) -> Path:
 def _untested(work: Path, patterns: list[str]) -> list[str] | None:
     """The mutants matching ``patterns`` that mutmut has no result for (its ``.meta`` files in the
     copy's ``mutants/``); ``None`` before the first run has made them."""
-    from fnmatch import fnmatch
-
     metas = list((work / "mutants").rglob("*.meta"))
     if not metas:
         return None
@@ -91,13 +91,25 @@ def _untested(work: Path, patterns: list[str]) -> list[str] | None:
     return sorted(untested)
 
 
-def run(name: str, group: dict, max_children: int, survivors_only: bool = False, rerun_all: bool = False) -> int:
+def run(
+    name: str,
+    group: dict,
+    max_children: int,
+    survivors_only: bool = False,
+    rerun_all: bool = False,
+    only: list[str] | None = None,
+) -> int:
     work = prepare(name, group)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the copy's mutants/, never the tree
     env.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker: the workers share the cores
     mutmut = [sys.executable, "-m", "mutmut"]
     names = group.get("mutants", [])
-    if names and not (rerun_all or survivors_only):  # mutmut retests every mutant named: only those without a result
+    if only:  # a subset of the group's mutants, those without a result
+        names = [n for n in _untested(work, only) or [] if not names or any(fnmatch(n, p) for p in names)]
+        if not names:
+            print(f"{name}: no mutant without a result matches {' '.join(only)}")
+            return 0
+    elif names and not (rerun_all or survivors_only):  # mutmut retests every mutant named: only those without a result
         untested = _untested(work, names)
         names = untested if untested is not None else names
         if untested == []:
@@ -120,8 +132,6 @@ def run(name: str, group: dict, max_children: int, survivors_only: bool = False,
             statuses[key] = status
     patterns = group.get("mutants")
     if patterns:
-        from fnmatch import fnmatch
-
         statuses = {k: v for k, v in statuses.items() if any(fnmatch(k, p) for p in patterns)}
     counts = Counter(statuses.values())
     survivors = sorted(k for k, v in statuses.items() if v != "killed")
@@ -144,6 +154,9 @@ def main() -> int:
     parser.add_argument(
         "--all", action="store_true", help="test every mutant of the group again (default: those without a result)"
     )
+    parser.add_argument(
+        "--only", action="append", metavar="GLOB", help="only the mutants without a result that match (repeatable)"
+    )
     args = parser.parse_args()
     known = groups()
     if args.list or args.group is None:
@@ -152,7 +165,7 @@ def main() -> int:
         return 0
     if args.group not in known:
         parser.error(f"unknown group {args.group!r} (one of {', '.join(known)})")
-    return run(args.group, known[args.group], args.max_children, args.survivors, args.all)
+    return run(args.group, known[args.group], args.max_children, args.survivors, args.all, args.only)
 
 
 if __name__ == "__main__":
