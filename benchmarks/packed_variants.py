@@ -18,6 +18,7 @@ Variants (each on the lognormal workload, fp16, the same model and kernel):
   never written), in place of cuBLAS then Inductor's GELU kernel. ``quack``: its custom op traced
   inside the compiled region; ``quack-break``: called between two compiled regions; ``-tuned``:
   quack's autotuner picks the tile (its default heuristic otherwise).
+- ``quack-pinned``: the same with the tile quack's autotuner chose in run 23, without tuning.
 - ``quack-all``, ``quack-all-tuned`` (run 23): every GEMM of a layer through quack (q/k/v; the
   output projection with the residual in its epilogue; fc1 with the erf GELU; fc2), between
   compiled regions.
@@ -47,7 +48,16 @@ from esmdiv.forward.packing import Packed, batches_by_tokens, encode, encoder_ta
 from esmdiv.input.workloads import lognormal_workload
 from esmdiv.model.loading import fused_qkv, load_model
 
-QUACK_VARIANTS = [("quack", False, False), ("quack-break", False, True), ("quack-tuned", True, True)]
+QUACK_VARIANTS = [
+    ("quack", False, False),
+    ("quack-break", False, True),
+    ("quack-tuned", True, True),
+    ("quack-pinned", "pinned", True),
+]
+# The tile quack's autotuner chose for fc1 at five of run 23's six pack lengths (H100, random:3B).
+QUACK_PINNED = dict(
+    tile_m=128, tile_n=208, pingpong=True, is_dynamic_persistent=False, cluster_m=2, cluster_n=1, swap_ab=True
+)
 
 
 @torch.inference_mode()
@@ -61,12 +71,18 @@ def gemms_only(model, packed: Packed) -> None:
         F.linear(F.linear(x, layer.fc1.weight, layer.fc1.bias), layer.fc2.weight, layer.fc2.bias)
 
 
-def _quack_out(tuned: bool, break_graph: bool):
-    """``_attention_out`` with fc1 + erf GELU as one quack GEMM (``quack-kernels``)."""
+def _quack_out(tuned: bool | str, break_graph: bool):
+    """``_attention_out`` with fc1 + erf GELU as one quack GEMM (``quack-kernels``); ``tuned``:
+    quack's autotuner, its default tile (False) or ``"pinned"`` (:data:`QUACK_PINNED`, no tuning)."""
 
     def fc1_gelu(h, w1, b1):
         from quack.gemm_interface import gemm_act  # only where asked for: most machines lack it
 
+        if tuned == "pinned":
+            from quack.gemm_config import GemmConfig
+
+            config = GemmConfig(**QUACK_PINNED, device_capacity=torch.cuda.get_device_capability()[0])
+            return gemm_act(h, w1.T, bias=b1, activation="gelu_erf", store_preact=False, config=config)[1]
         return gemm_act(h, w1.T, bias=b1, activation="gelu_erf", store_preact=False, tuned=tuned)[1]
 
     if break_graph:

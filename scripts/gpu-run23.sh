@@ -7,6 +7,7 @@
 # or, after stage1, in the very next calls (the machine stays warm about 30 s between calls):
 #   bash scripts/gpu-run23.sh all      # carry .gpu8 .gpu9: install as `run` does, then every GEMM
 #                                      # through quack and the tuned configs quack chose
+#                                      # (VARIANTS=a,b,… for others: run 23c's current,quack-break,quack-pinned,current)
 #   bash scripts/gpu-run23.sh stack    # carry .gpu4 .gpu9 (FlashAttention-4): quack-tuned with
 #                                      # Inductor's pointwise tuning, then also with FA4
 # Results: $OUT/run23.tgz (JSON and logs); the variants' table is printed last.
@@ -41,7 +42,7 @@ all|stack)
   V="timeout 440 python3 benchmarks/packed_variants.py --model random:3B --out $R"
   TUNE="--inductor max_autotune_pointwise=1 --inductor coordinate_descent_tuning=1"
   if [ "$1" = all ]; then
-    $V --variants current,quack-tuned,quack-all,current 2>&1 | tee "$R/variants.log" | grep -v Warning
+    $V --variants ${VARIANTS:-current,quack-tuned,quack-all,current} 2>&1 | tee "$R/variants.log" | grep -v Warning
   else
     $V --variants current,quack-tuned $TUNE 2>&1 | tee "$R/variants-pointwise.log" | grep -v Warning
     $V --variants current,quack-tuned $TUNE --backend fa4 2>&1 | tee "$R/variants-pointwise-fa4.log" | grep -v Warning
