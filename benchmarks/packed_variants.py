@@ -4,7 +4,9 @@
 
 Variants (each on the lognormal workload, fp16, the same model and kernel):
 
-- ``current``: :func:`esmdiv.forward.packed.packed_forward`, compiled, on the bench's batches.
+- ``current``: :func:`esmdiv.forward.packed.packed_forward`, compiled, on the bench's batches
+  (since run 23, fc1 and its GELU through quack where it runs: :mod:`esmdiv.forward.mlp`).
+- ``torch-fc1``: the same with ``ESMDIV_FC1_KERNEL=torch`` (the path before run 23).
 - ``deferred`` (run 9, commit 8e337d6; since commit that followed it, the packed path itself):
   the residual add after fc2 moved into the next layer's first compiled region, where it fuses
   with that layer norm (one kernel fewer per layer).
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -43,6 +46,7 @@ import torch.nn.functional as F
 
 import esmdiv.forward.packed as packed_module
 from esmdiv.forward.attention import resolve_backend
+from esmdiv.forward.mlp import FC1_KERNEL_VARIABLE
 from esmdiv.forward.packed import packed_forward
 from esmdiv.forward.packing import Packed, batches_by_tokens, encode, encoder_table, pack
 from esmdiv.input.workloads import lognormal_workload
@@ -88,7 +92,7 @@ def _quack_out(tuned: bool | str, break_graph: bool):
     if break_graph:
         fc1_gelu = torch.compiler.disable(fc1_gelu)
 
-    def attention_out(x, o, w_o, b_o, ln_w, ln_b, eps, w1, b1, w2, b2, gelu):
+    def attention_out(x, o, w_o, b_o, ln_w, ln_b, eps, w1, b1, w2, b2, gelu, fc1):
         x = x + F.linear(o, w_o, b_o)
         h = F.layer_norm(x, x.shape[-1:], ln_w, ln_b, eps)
         return x, F.linear(fc1_gelu(h, w1, b1), w2, b2)
@@ -116,7 +120,7 @@ def _quack_all(tuned: bool):
         q, k, v = gemm(h, w_qkv, b_qkv).view(len(x), 3, num_heads, -1).unbind(1)
         return x, packed_module._apply_rotary(q, cos, sin), packed_module._apply_rotary(k, cos, sin), v
 
-    def attention_out(x, o, w_o, b_o, ln_w, ln_b, eps, w1, b1, w2, b2, gelu):
+    def attention_out(x, o, w_o, b_o, ln_w, ln_b, eps, w1, b1, w2, b2, gelu, fc1):
         x = gemm(o, w_o, b_o, residual=x)
         h = F.layer_norm(x, x.shape[-1:], ln_w, ln_b, eps)
         return x, gemm(gemm(h, w1, b1, act="gelu_erf"), w2, b2)
@@ -207,8 +211,20 @@ def main() -> None:
 
     quack_out = {name: _quack_out(tuned, brk) for name, tuned, brk in QUACK_VARIANTS}
 
+    def torch_fc1(p: Packed) -> torch.Tensor:
+        kept = os.environ.get(FC1_KERNEL_VARIABLE)
+        os.environ[FC1_KERNEL_VARIABLE] = "torch"
+        try:
+            return last(p)
+        finally:
+            if kept is None:
+                del os.environ[FC1_KERNEL_VARIABLE]
+            else:
+                os.environ[FC1_KERNEL_VARIABLE] = kept
+
     runs = {
         "current": (bench, lambda p: last(p)),
+        "torch-fc1": (bench, torch_fc1),
         "repacked": (fuller, lambda p: last(p)),
         "autotune": (bench, lambda p: last(p, compile_mode="max-autotune-no-cudagraphs")),
         "gemms": (bench, lambda p: gemms_only(model, p)),

@@ -41,6 +41,7 @@ from esmdiv import __version__
 from esmdiv.errors import EnvironmentUnavailable, InputError, UsageError
 from esmdiv.forward.attention import kernel_provenance
 from esmdiv.forward.device import RunPlacement, resolve_run, synchronize
+from esmdiv.forward.mlp import UNCOMPILED_FC1, fc1_description
 from esmdiv.forward.packed import packed_forward
 from esmdiv.forward.packing import Packed, batches_by_tokens, encode, encoder_table, pack, pad, to_padded
 from esmdiv.forward.padded import padded_forward
@@ -204,6 +205,7 @@ class BenchResult:
     date: str
     warnings: list[str] = field(default_factory=list)
     kernels: dict[str, dict] = field(default_factory=dict)  # backend -> kernel_provenance
+    fc1: str = ""  # what the packed path runs fc1 and its GELU with (esmdiv.forward.mlp)
 
     @property
     def speedups(self) -> dict[str, float | None]:
@@ -238,6 +240,7 @@ class BenchResult:
             "backend": self.backend,
             "kernels": self.kernels,
             "packed_options": {k: repr(v) for k, v in self.config.packed_kwargs.items()},
+            "fc1": self.fc1,
             "workload": {
                 "kind": w.kind,
                 "description": w.describe(),
@@ -391,6 +394,9 @@ def run_bench(config: BenchConfig, loaded: LoadedModel | None = None, log: Log |
         date=date,
         warnings=timer.warnings,
         kernels={b: kernel_provenance(b, placement.device) for b in placement.backends},
+        fc1=fc1_description(placement.device, placement.dtype)
+        if config.packed_kwargs.get("compile")
+        else UNCOMPILED_FC1,
     )
 
 

@@ -73,6 +73,7 @@ class AuditRun:
     mlm_sample: int = 0
     compile: bool = False
     compile_reason: str = ""
+    fc1: str = ""  # what the packed path runs fc1 and its GELU with (esmdiv.forward.mlp)
     max_tokens: int = 0  # the token budget the main pass ended with (the evidence pass reuses it)
     # For the evidence pass: which sequences broke a per-sequence gate on any kernel (``flag``),
     # whose pooled embeddings to keep (``keep(result, flagged)``), and how many flagged tokens it

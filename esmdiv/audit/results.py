@@ -158,6 +158,7 @@ class AuditResult:
     invariance: dict | None = None
     evidence: dict | None = None  # what the evidence pass covered and what it could not see
     compile_reason: str = ""  # why the packed path was or was not compiled
+    fc1: str = ""  # what the packed path ran fc1 and its GELU with (esmdiv.forward.mlp)
 
     environment: dict = field(default_factory=dict)  # esmdiv.report.fingerprint.environment(...)
     kernel: dict | None = None  # provenance of the kernel the top level shows (the worst, with several)
@@ -197,6 +198,7 @@ class AuditResult:
             "backend": self.backend,
             "compiled": self.compiled,
             "compile_reason": self.compile_reason,
+            "fc1": self.fc1,
             "head": self.head,
             "heads": self.heads,
             "max_tokens": self.max_tokens,

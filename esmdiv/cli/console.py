@@ -39,6 +39,8 @@ def render_summary(result: AuditResult, console: Console, worst: int = 10) -> No
     if result.compile_reason:
         compiled = "compiled" if result.compiled else "not compiled"
         console.print(f"[bold]compile[/] packed path {compiled}: {escape(result.compile_reason)}", highlight=False)
+    if result.compiled and result.fc1:
+        console.print(f"[bold]fc1[/]     {escape(result.fc1)}", highlight=False)
     for kernel in [k.provenance for k in result.kernels] or ([result.kernel] if result.kernel else []):
         console.print(f"[bold]kernel[/]  {escape(provenance_line(kernel))}", highlight=False)
     if result.kernels:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from esmdiv.forward.attention import varlen_attention
 from esmdiv.forward.faults import Fault
+from esmdiv.forward.mlp import fc1_gelu, fc1_kernel
 from esmdiv.forward.packing import Packed
 from esmdiv.forward.padded import ForwardOutput
 from esmdiv.model.loading import fused_qkv
@@ -44,7 +45,8 @@ def packed_forward(
         faults: known bugs to inject on purpose (:mod:`esmdiv.forward.faults`); empty in a normal run.
         compile: run each layer's two dense regions through ``torch.compile`` (CUDA): layer
             norm (with the previous layer's MLP residual), fused q/k/v projection and fp32 rotary in
-            one; output projection, residual, layer norm and the erf-GELU MLP in the other.
+            one; output projection, residual, layer norm and the erf-GELU MLP in the other, whose
+            fc1 and GELU are one quack GEMM where that runs (:mod:`esmdiv.forward.mlp`).
         compile_mode: ``torch.compile``'s mode for those regions (None: its default).
     """
     layers_wanted = {model.num_layers} if repr_layers is None else set(repr_layers)
@@ -60,6 +62,7 @@ def packed_forward(
         else (_attention_in, _attention_out)
     )
     gelu = "tanh" if Fault.TANH_GELU in faults else "none"
+    fc1 = fc1_kernel(ids.device, model.embed_tokens.weight.dtype) if compile else "torch"
 
     x = model.embed_scale * model.embed_tokens(ids)  # (T, C)
     if model.token_dropout:
@@ -97,6 +100,7 @@ def packed_forward(
             layer.fc2.weight,
             layer.fc2.bias,
             gelu,
+            fc1,
         )
         if index + 1 in layers_wanted and index + 1 < model.num_layers:  # the last one is kept after the final norm
             hidden[index + 1] = x + mlp_out
@@ -119,12 +123,13 @@ def _attention_in(x, mlp_out, ln_w, ln_b, eps: float, w_qkv, b_qkv, cos, sin, nu
     return x, _apply_rotary(q, cos, sin), _apply_rotary(k, cos, sin), v
 
 
-def _attention_out(x, o, w_o, b_o, ln_w, ln_b, eps: float, w1, b1, w2, b2, gelu: str):
-    """Output projection and residual, then layer norm and the erf-GELU MLP: the residual stream
-    ``(T, C)`` and the MLP's output ``(T, C)``, which the caller adds to it."""
+def _attention_out(x, o, w_o, b_o, ln_w, ln_b, eps: float, w1, b1, w2, b2, gelu: str, fc1: str):
+    """Output projection and residual, then layer norm and the erf-GELU MLP (fc1 and its GELU by
+    kernel ``fc1``): the residual stream ``(T, C)`` and the MLP's output ``(T, C)``, which the
+    caller adds to it."""
     x = x + F.linear(o, w_o, b_o)
     h = F.layer_norm(x, x.shape[-1:], ln_w, ln_b, eps)
-    return x, F.linear(F.gelu(F.linear(h, w1, b1), approximate=gelu), w2, b2)
+    return x, F.linear(fc1_gelu(h, w1, b1, fc1, approximate=gelu), w2, b2)
 
 
 @cache

@@ -48,6 +48,7 @@ import torch
 from esmdiv import __version__
 from esmdiv.forward.attention import BACKENDS, backend_problems, import_kernel, kernel_provenance, resolve_backend
 from esmdiv.forward.device import dtype_name
+from esmdiv.forward.mlp import fc1_description
 
 SAMPLE_ELEMENTS = 1 << 16
 _CHUNK = 8 << 20
@@ -57,6 +58,7 @@ PACKAGES = (
     "flash-attn",
     "flash-attn-4",  # FlashAttention-4 (flash_attn.cute) and the CUTLASS DSL it compiles with
     "nvidia-cutlass-dsl",
+    "quack-kernels",  # fc1 and its GELU as one GEMM on Hopper (esmdiv.forward.mlp)
     "triton",  # torch.compile's kernels for the packed path on CUDA
     "numpy",
     "scipy",
@@ -456,6 +458,7 @@ def environment(
             "backend": backend if backend is not None else backends["auto"],
             "backend_chosen_by": "run" if backend is not None else "auto (no run)",
             "torch_threads": torch.get_num_threads(),
+            "fc1_when_compiled": fc1_description(device, dtype),
         },
         "attention_backends": backends,
         "model": model,
