@@ -7,6 +7,8 @@
 #   bash scripts/gpu-run24.sh install   # carry .gpu8: the rest, fair-esm and quack; join, check, install
 #   bash scripts/gpu-run24.sh bench     # random:3B and random:650M, torch's fc1 then quack's
 #   bash scripts/gpu-run24.sh check     # carry .gpu5: the false-alarm grid, the 10k check --compile
+# and, on a later machine (stage1 and install again first), after commit 2 (no quack import unless compiled):
+#   bash scripts/gpu-run24.sh default   # quack's import time alone; the 10k check as users run it
 # Results: $OUT/run24-PART.tgz; summary lines printed.
 set -u
 Q=/tmp/q/site-packages
@@ -18,8 +20,8 @@ install)
   # under a site-packages folder: quack fingerprints epilogue code down to the first function outside one
   python3 -m pip install -q --no-index --no-deps --no-compile --target $Q /tmp/w/*.whl 2>&1 | tail -2
   exit ;;
-bench|check) ;;
-*) echo "usage: $0 stage1|install|bench|check" >&2; exit 2 ;;
+bench|check|default) ;;
+*) echo "usage: $0 stage1|install|bench|check|default" >&2; exit 2 ;;
 esac
 OUT=${OUT:-out}; R=$OUT/run24-$1; mkdir -p "$R"
 trap 'tar czf "$OUT/run24-$1.tgz" -C "$OUT" "run24-$1"' EXIT
@@ -38,6 +40,13 @@ print(sys.argv[2], "padded", round(p["padded"]["tokens_per_s"]), "packed", round
 PY
     done
   done
+elif [ "$1" = default ]; then
+  . scripts/gpu-env.sh run24-default .gpu8 > /dev/null
+  export PYTHONPATH=$Q:$Q/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH
+  python3 -c "import time, torch; t = time.perf_counter(); import quack.gemm_interface, quack.gemm_config; print(f'import quack: {time.perf_counter() - t:.2f} s')" 2>&1 | tail -1 | tee -a "$R/summary.txt"
+  python3 -m esmdiv bench --workload lognormal --n 10000 --seed 0 --write-fasta /tmp/lognormal-10k.fasta > /dev/null
+  check_10k "10k-default" "$PWD" "$ESMDIV_GIT_COMMIT" 300 check-10k-3b-fp16-default check-10k-default
+  python3 -c "import json; d = json.load(open('$R/check-10k-3b-fp16-default.json')); print('fc1:', d['fc1'])" | tee -a "$R/summary.txt"
 else
   . scripts/gpu-env.sh run24-check .gpu5 > /dev/null
   export PYTHONPATH=$Q:$Q/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH

@@ -160,8 +160,13 @@ def test_the_environment_variable_overrides_and_is_checked(quack, monkeypatch):
         fc1_kernel(CUDA, torch.float16)
 
 
-def test_the_report_says_what_ran_fc1_and_a_kernel_that_cannot_run_is_exit_3(tmp_path, monkeypatch):
+def test_the_report_says_what_ran_fc1_and_an_uncompiled_run_never_imports_quack(tmp_path, monkeypatch):
     monkeypatch.delenv("ESMDIV_FC1_KERNEL", raising=False)
+
+    def imported():
+        raise AssertionError("an uncompiled run imported quack")
+
+    monkeypatch.setattr(mlp, "_quack_import_problem", imported)
     fasta = tmp_path / "two.fasta"
     fasta.write_text(">a\nMKTAYIAKVL\n>b\nGLFDIVKKVVGALGSL\n")
     out = tmp_path / "report.json"
@@ -169,17 +174,22 @@ def test_the_report_says_what_ran_fc1_and_a_kernel_that_cannot_run_is_exit_3(tmp
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["fc1"] == UNCOMPILED_FC1 and report["compiled"] is False
-    assert (
-        report["environment"]["run"]["fc1_when_compiled"]
-        == "torch: F.linear, then erf GELU (quack: needs a CUDA device)"
-    )
     assert "quack-kernels" in report["environment"]["packages"]
-    # asked for on a machine where it cannot run: an environment problem, before any forward
-    monkeypatch.setenv("ESMDIV_FC1_KERNEL", "quack")
+
+
+@pytest.mark.parametrize(
+    ("value", "options", "code", "message"),
+    [
+        ("cublas", [], 2, "ESMDIV_FC1_KERNEL='cublas': expected auto, torch or quack"),
+        ("quack", ["--compile"], 3, "ESMDIV_FC1_KERNEL=quack: needs a CUDA device"),
+    ],
+)
+def test_a_bad_or_impossible_fc1_kernel_fails_before_any_forward(tmp_path, monkeypatch, value, options, code, message):
+    monkeypatch.setenv("ESMDIV_FC1_KERNEL", value)
+    monkeypatch.setattr("esmdiv.audit.run.warm_up", lambda run: pytest.fail("a forward ran"))
     failed = tmp_path / "failed.json"
-    result = CliRunner().invoke(app, ["check", str(FIXTURES / "seed18.fasta"), "--json", str(failed)])
-    assert result.exit_code == 3, result.output
-    assert "ESMDIV_FC1_KERNEL=quack: needs a CUDA device" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["check", str(FIXTURES / "seed18.fasta"), *options, "--json", str(failed)])
+    assert result.exit_code == code, result.output
+    assert message in result.output and "Traceback" not in result.output
     partial = json.loads(failed.read_text())
-    assert partial["complete"] is False and partial["error"]["exit_code"] == 3
-    assert partial.get("sequences_done", 0) == 0
+    assert partial["complete"] is False and partial["error"]["exit_code"] == code

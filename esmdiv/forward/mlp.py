@@ -9,9 +9,9 @@
   outputs move at rounding level.
 
 The compiled packed path uses ``quack`` where it can run and ``torch`` elsewhere
-(:func:`fc1_kernel`); ``ESMDIV_FC1_KERNEL=torch`` keeps torch's, ``=quack`` requires quack (exit 3
-where it cannot run). The uncompiled path, and the known tanh-GELU bug injected on purpose, always
-run torch's.
+(:func:`fc1_kernel`); ``ESMDIV_FC1_KERNEL=torch`` keeps torch's, ``=quack`` requires quack where
+the path is compiled (exit 3 where it cannot run). The uncompiled path, and the known tanh-GELU bug
+injected on purpose, always run torch's, and never import quack (its import takes seconds).
 """
 
 from __future__ import annotations
@@ -58,12 +58,19 @@ def _quack_fc1_gelu(h, w1, b1):
     return gemm_act(h, w1.T, bias=b1, activation="gelu_erf", store_preact=False, config=config)[1]
 
 
-def fc1_kernel(device: torch.device, dtype: torch.dtype) -> str:
-    """The kernel the compiled packed path runs fc1 and its GELU with on ``device`` in ``dtype``:
-    ``quack`` where it can run, else ``torch``; :data:`FC1_KERNEL_VARIABLE` overrides."""
+def requested_fc1_kernel() -> str:
+    """:data:`FC1_KERNEL_VARIABLE`'s value (``auto`` when unset), checked; imports nothing."""
     asked = os.environ.get(FC1_KERNEL_VARIABLE, "auto").strip().lower() or "auto"
     if asked not in ("auto", *FC1_KERNELS):
         raise UsageError(f"{FC1_KERNEL_VARIABLE}={asked!r}: expected auto, {' or '.join(FC1_KERNELS)}")
+    return asked
+
+
+def fc1_kernel(device: torch.device, dtype: torch.dtype) -> str:
+    """The kernel the compiled packed path runs fc1 and its GELU with on ``device`` in ``dtype``:
+    ``quack`` where it can run, else ``torch``; :data:`FC1_KERNEL_VARIABLE` overrides. Imports
+    quack (seconds: the CUTLASS DSL) where the device and dtype fit, so only a compiled run asks."""
+    asked = requested_fc1_kernel()
     if asked == "torch":
         return "torch"
     why_not = quack_problem(device, dtype)

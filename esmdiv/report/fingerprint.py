@@ -48,7 +48,6 @@ import torch
 from esmdiv import __version__
 from esmdiv.forward.attention import BACKENDS, backend_problems, import_kernel, kernel_provenance, resolve_backend
 from esmdiv.forward.device import dtype_name
-from esmdiv.forward.mlp import fc1_description
 
 SAMPLE_ELEMENTS = 1 << 16
 _CHUNK = 8 << 20
@@ -458,7 +457,6 @@ def environment(
             "backend": backend if backend is not None else backends["auto"],
             "backend_chosen_by": "run" if backend is not None else "auto (no run)",
             "torch_threads": torch.get_num_threads(),
-            "fc1_when_compiled": fc1_description(device, dtype),
         },
         "attention_backends": backends,
         "model": model,
