@@ -45,7 +45,11 @@ elif [ "$1" = default ]; then
   export PYTHONPATH=$Q:$Q/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH
   python3 -c "import time, torch; t = time.perf_counter(); import quack.gemm_interface, quack.gemm_config; print(f'import quack: {time.perf_counter() - t:.2f} s')" 2>&1 | tail -1 | tee -a "$R/summary.txt"
   python3 -m esmdiv bench --workload lognormal --n 10000 --seed 0 --write-fasta /tmp/lognormal-10k.fasta > /dev/null
-  check_10k "10k-default" "$PWD" "$ESMDIV_GIT_COMMIT" 300 check-10k-3b-fp16-default check-10k-default
+  # quack on the path (check_10k's PYTHONPATH would leave it out): installed, and not imported
+  timeout 300 python3 -m esmdiv check /tmp/lognormal-10k.fasta --model random:3B \
+    --json "$R/check-10k-3b-fp16-default.json" > "$R/check-10k-default.log" 2>&1
+  echo "check exit $?" | tee -a "$R/summary.txt"
+  stages "10k-default" "$R/check-10k-3b-fp16-default.json"
   python3 -c "import json; d = json.load(open('$R/check-10k-3b-fp16-default.json')); print('fc1:', d['fc1'])" | tee -a "$R/summary.txt"
 else
   . scripts/gpu-env.sh run24-check .gpu5 > /dev/null
