@@ -5,6 +5,7 @@ GPUs only), that the tanh bug and the uncompiled path never reach quack, and wha
 import json
 import sys
 import types
+from xml.etree import ElementTree
 
 import pytest
 import torch
@@ -169,11 +170,14 @@ def test_the_report_says_what_ran_fc1_and_an_uncompiled_run_never_imports_quack(
     monkeypatch.setattr(mlp, "_quack_import_problem", imported)
     fasta = tmp_path / "two.fasta"
     fasta.write_text(">a\nMKTAYIAKVL\n>b\nGLFDIVKKVVGALGSL\n")
-    out = tmp_path / "report.json"
-    result = CliRunner().invoke(app, ["check", str(fasta), "--evidence", "off", "--no-mlm", "--json", str(out)])
+    out, junit = tmp_path / "report.json", tmp_path / "report.xml"
+    options = ["--evidence", "off", "--no-mlm", "--json", str(out), "--junit", str(junit)]
+    result = CliRunner().invoke(app, ["check", str(fasta), *options])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["fc1"] == UNCOMPILED_FC1 and report["compiled"] is False
+    properties = {p.get("name"): p.get("value") for p in ElementTree.parse(junit).iter("property")}
+    assert properties["fc1"] == UNCOMPILED_FC1
     assert "quack-kernels" in report["environment"]["packages"]
 
 

@@ -222,6 +222,7 @@ def _properties(report: dict) -> list[tuple[str, str]]:
             (f"kernel.{p.get('backend')}" if report.get("kernels") else "kernel", provenance_line(p))
             for p in kernel_provenances(report)
         ),
+        *((("fc1", report["fc1"]),) if report.get("fc1") else ()),  # what ran fc1 and its GELU
         ("head", report.get("head")),
         ("fasta", (report.get("input") or {}).get("path")),
     ]
