@@ -113,7 +113,7 @@ def fc1_description(device: torch.device, dtype: torch.dtype) -> str:
             version = "(version unknown)"
         return f"quack-kernels {version}: one GEMM, bias and erf GELU in its epilogue"
     why_not = quack_problem(device, dtype)
-    forced = os.environ.get(FC1_KERNEL_VARIABLE, "").strip().lower() == "torch"
+    forced = requested_fc1_kernel() == "torch"
     return "torch: F.linear, then erf GELU" + (
         f" ({FC1_KERNEL_VARIABLE}=torch)" if forced else f" (quack: {why_not})" if why_not else ""
     )
