@@ -522,7 +522,7 @@ def test_only_the_first_call_is_checked():
             raise result
         return result
 
-    checked = attention._FirstCallChecked("fa4", run)
+    checked = attention.FirstCallChecked("attention backend 'fa4'", run)
     assert torch.equal(checked(1, 2), torch.ones(2))  # (out, lse): out
     with pytest.raises(RuntimeError, match="^a later failure$") as caught:
         checked(1, 2)

@@ -58,8 +58,10 @@ def quack(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.delenv("ESMDIV_FC1_KERNEL", raising=False)
     mlp._quack_import_problem.cache_clear()
+    mlp._quack_call.cache_clear()
     yield fake
     mlp._quack_import_problem.cache_clear()
+    mlp._quack_call.cache_clear()
 
 
 def weights(c=8, seed=0, dtype=torch.float32):
@@ -88,6 +90,28 @@ def test_quack_is_called_with_the_transposed_weight_the_bias_erf_gelu_and_the_ti
     assert call["activation"] == "gelu_erf" and call["store_preact"] is False
     assert vars(call["config"]) == {**QUACK_TILE, "device_capacity": 9}
     torch.testing.assert_close(out, F.gelu(F.linear(h, w1, b1)), rtol=1e-5, atol=1e-5)
+
+
+def test_a_quack_that_cannot_run_here_is_an_environment_error_on_its_first_call(quack, monkeypatch):
+    h, w1, b1 = weights()
+    failures = iter([TypeError("epilogue fn depends on <ContextVar name='_LOC_TRANSFORMS'>\n(fingerprint)")])
+    real = quack.gemm_act
+
+    def gemm_act(*args, **kwargs):
+        failure = next(failures, None)
+        if failure:
+            raise failure
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sys.modules["quack.gemm_interface"], "gemm_act", gemm_act)
+    message = (
+        r"^fc1 kernel 'quack' failed on its first call: TypeError: epilogue fn depends on "
+        r"<ContextVar name='_LOC_TRANSFORMS'> \(fingerprint\) \(ESMDIV_FC1_KERNEL=torch runs torch's\)$"
+    )
+    with pytest.raises(EnvironmentUnavailable, match=message):
+        fc1_gelu(h, w1, b1, "quack")
+    mlp._quack_call.cache_clear()  # a new process: the second call runs
+    torch.testing.assert_close(fc1_gelu(h, w1, b1, "quack"), F.gelu(F.linear(h, w1, b1)), rtol=1e-5, atol=1e-5)
 
 
 def test_the_tanh_bug_never_runs_through_quack(quack):

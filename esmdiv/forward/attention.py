@@ -147,7 +147,7 @@ def import_kernel(backend: str) -> tuple[Callable | None, str | None]:
 
 
 def _import_failed(backend: str, module_name: str, err: BaseException) -> str:
-    why = f"importing {module_name} failed: {type(err).__name__}: {_one_line(err)}"
+    why = f"importing {module_name} failed: {type(err).__name__}: {one_line(err)}"
     if backend == "fa4" and isinstance(err, ModuleNotFoundError) and err.name == "cutlass":
         why += (
             " (installed with pip --target? the CUTLASS DSL's .pth file is then not read: put "
@@ -156,7 +156,8 @@ def _import_failed(backend: str, module_name: str, err: BaseException) -> str:
     return why
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (its type's name when it has none)."""
     return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 
 
@@ -328,7 +329,7 @@ def _kernel(backend: str) -> Callable[..., torch.Tensor]:
     function, why = import_kernel(backend)
     if function is None:
         raise EnvironmentUnavailable(f"attention backend '{backend}' is not available: {why}")
-    return _FirstCallChecked(backend, _CALLS[backend](function))
+    return FirstCallChecked(f"attention backend '{backend}'", _CALLS[backend](function))
 
 
 def _flash_call(function: Callable, **fixed) -> Callable[..., torch.Tensor]:
@@ -362,14 +363,15 @@ def _torch_call(function: Callable) -> Callable[..., torch.Tensor]:
 _CALLS = {"flash-attn": partial(_flash_call, dropout_p=0.0), "fa4": _flash_call, "torch": _torch_call}
 
 
-class _FirstCallChecked:
+class FirstCallChecked:
     """A kernel whose first call, if it fails with anything but CUDA out of memory (which the
-    audit handles by halving its token budget), is an environment error naming the backend: the
-    package imported but cannot run here (no kernel for this GPU, a compiler that fails). Kernels
-    that return ``(out, lse)`` give ``out``."""
+    audit handles by halving its token budget), is an environment error naming it (``what``, e.g.
+    ``attention backend 'fa4'``) and, if given, what to do (``hint``): the package imported but
+    cannot run here (no kernel for this GPU, a compiler that fails). Kernels that return
+    ``(out, lse)`` give ``out``."""
 
-    def __init__(self, backend: str, run: Callable[..., torch.Tensor]):
-        self.backend, self.run, self.proven = backend, run, False
+    def __init__(self, what: str, run: Callable[..., torch.Tensor], hint: str = ""):
+        self.what, self.run, self.hint, self.proven = what, run, hint, False
 
     def __call__(self, *args) -> torch.Tensor:
         if self.proven:
@@ -379,9 +381,8 @@ class _FirstCallChecked:
         except (torch.cuda.OutOfMemoryError, EsmdivError):
             raise
         except Exception as err:  # noqa: BLE001 - a kernel that cannot run here is the environment's
-            raise EnvironmentUnavailable(
-                f"attention backend '{self.backend}' failed on its first call: {type(err).__name__}: {_one_line(err)}"
-            ) from err
+            why = f"{self.what} failed on its first call: {type(err).__name__}: {one_line(err)}"
+            raise EnvironmentUnavailable(why + (f" ({self.hint})" if self.hint else "")) from err
         self.proven = True
         return out
 

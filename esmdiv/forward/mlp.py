@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from esmdiv.errors import EnvironmentUnavailable, UsageError
+from esmdiv.forward.attention import FirstCallChecked
 
 FC1_KERNELS = ("torch", "quack")
 #: What reports say of fc1 where the packed path is not compiled.
@@ -51,11 +52,20 @@ def fc1_gelu(h: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, kernel: str, a
 
 @torch.compiler.disable  # called between two compiled graphs: quack launches its own kernel
 def _quack_fc1_gelu(h, w1, b1):
+    return _quack_call()(h, w1, b1)
+
+
+@cache
+def _quack_call() -> FirstCallChecked:
+    # A quack that imports but cannot run here (its first call fails) is the environment's: exit 3.
     gemm_act = importlib.import_module("quack.gemm_interface").gemm_act
-    config = importlib.import_module("quack.gemm_config").GemmConfig(
-        **QUACK_TILE, device_capacity=torch.cuda.get_device_capability(h.device)[0]
-    )
-    return gemm_act(h, w1.T, bias=b1, activation="gelu_erf", store_preact=False, config=config)[1]
+    gemm_config = importlib.import_module("quack.gemm_config").GemmConfig
+
+    def run(h, w1, b1):
+        config = gemm_config(**QUACK_TILE, device_capacity=torch.cuda.get_device_capability(h.device)[0])
+        return gemm_act(h, w1.T, bias=b1, activation="gelu_erf", store_preact=False, config=config)[1]
+
+    return FirstCallChecked("fc1 kernel 'quack'", run, hint=f"{FC1_KERNEL_VARIABLE}=torch runs torch's")
 
 
 def requested_fc1_kernel() -> str:
