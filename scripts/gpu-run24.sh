@@ -9,6 +9,8 @@
 #   bash scripts/gpu-run24.sh check     # carry .gpu5: the false-alarm grid, the 10k check --compile
 # and, on a later machine (stage1 and install again first), after commit 2 (no quack import unless compiled):
 #   bash scripts/gpu-run24.sh default   # quack's import time alone; the 10k check as users run it
+#   bash scripts/gpu-run24.sh final     # the final tree: bench random:3B; quack installed outside a
+#                                       # site-packages folder: a compiled check is exit 3, saying why
 # Results: $OUT/run24-PART.tgz; summary lines printed.
 set -u
 Q=/tmp/q/site-packages
@@ -20,8 +22,8 @@ install)
   # under a site-packages folder: quack fingerprints epilogue code down to the first function outside one
   python3 -m pip install -q --no-index --no-deps --no-compile --target $Q /tmp/w/*.whl 2>&1 | tail -2
   exit ;;
-bench|check|default) ;;
-*) echo "usage: $0 stage1|install|bench|check|default" >&2; exit 2 ;;
+bench|check|default|final) ;;
+*) echo "usage: $0 stage1|install|bench|check|default|final" >&2; exit 2 ;;
 esac
 OUT=${OUT:-out}; R=$OUT/run24-$1; mkdir -p "$R"
 trap 'tar czf "$OUT/run24-$1.tgz" -C "$OUT" "run24-$1"' EXIT
@@ -40,6 +42,14 @@ print(sys.argv[2], "padded", round(p["padded"]["tokens_per_s"]), "packed", round
 PY
     done
   done
+elif [ "$1" = final ]; then
+  timeout 240 python3 -m esmdiv bench --model random:3B --dtype fp16 --repeats 3 --paths padded,packed \
+    --json "$R/bench-3B.json" > "$R/bench-3B.log" 2>&1
+  python3 -c "import json; d = json.load(open('$R/bench-3B.json')); p = d['paths']; print('3B padded', round(p['padded']['tokens_per_s']), 'packed', round(p['packed']['tokens_per_s']), 'x', round(d['speedups']['packed_over_padded'], 3), '|', d['fc1'])" | tee -a "$R/summary.txt"
+  W=/tmp/wrong; [ -d $W/quack ] || python3 -m pip install -q --no-index --no-deps --no-compile --target $W /tmp/w/*.whl 2>&1 | tail -2
+  PYTHONPATH=$W:$W/nvidia_cutlass_dsl/dsl_packages:$PWD timeout 200 python3 -m esmdiv check fixtures/seed18.fasta \
+    --model random:8M --compile --json "$R/check-wrong-install.json" > "$R/check-wrong-install.log" 2>&1
+  echo "check, quack outside site-packages: exit $?" | tee -a "$R/summary.txt"; tail -1 "$R/check-wrong-install.log" | tee -a "$R/summary.txt"
 elif [ "$1" = default ]; then
   . scripts/gpu-env.sh run24-default .gpu8 > /dev/null
   export PYTHONPATH=$Q:$Q/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH
