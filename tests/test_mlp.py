@@ -55,7 +55,8 @@ def quack(monkeypatch):
     monkeypatch.setitem(sys.modules, "quack", types.ModuleType("quack"))
     monkeypatch.setitem(sys.modules, "quack.gemm_interface", interface)
     monkeypatch.setitem(sys.modules, "quack.gemm_config", config)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    # the device asked about, not the current one: 9.0 only when a device is named
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5) if device is None else (9, 0))
     monkeypatch.delenv("ESMDIV_FC1_KERNEL", raising=False)
     mlp._quack_import_problem.cache_clear()
     mlp._quack_call.cache_clear()
@@ -147,7 +148,15 @@ def test_the_uncompiled_packed_path_never_calls_quack(quack, monkeypatch, random
 
 def test_the_kernel_is_quack_where_it_runs_and_torch_with_the_reason_elsewhere(quack, monkeypatch):
     assert fc1_kernel(CUDA, torch.float16) == fc1_kernel(CUDA, torch.bfloat16) == "quack"
-    assert fc1_description(CUDA, torch.float16).startswith("quack-kernels ")
+    epilogue = "one GEMM, bias and erf GELU in its epilogue"
+    assert fc1_description(CUDA, torch.float16) == f"quack-kernels (version unknown): {epilogue}"  # the fake
+    real = mlp.importlib.metadata.version
+
+    def version(name):
+        return "0.6.5" if name == "quack-kernels" else real(name)
+
+    monkeypatch.setattr(mlp.importlib.metadata, "version", version)
+    assert fc1_description(CUDA, torch.float16) == f"quack-kernels 0.6.5: {epilogue}"
     cases = [
         (torch.device("cpu"), torch.float16, "needs a CUDA device"),
         (CUDA, torch.float32, "takes fp16 or bf16, not float32"),
@@ -178,6 +187,10 @@ def test_the_environment_variable_overrides_and_is_checked(quack, monkeypatch):
     assert fc1_description(CUDA, torch.float16) == "torch: F.linear, then erf GELU (ESMDIV_FC1_KERNEL=torch)"
     monkeypatch.setenv("ESMDIV_FC1_KERNEL", " Quack ")
     assert fc1_kernel(CUDA, torch.float16) == "quack"
+    for unset in ("", "  ", "AUTO"):  # set but empty: as unset
+        monkeypatch.setenv("ESMDIV_FC1_KERNEL", unset)
+        assert fc1_kernel(CUDA, torch.float16) == "quack" and fc1_kernel(CUDA, torch.float32) == "torch"
+    monkeypatch.setenv("ESMDIV_FC1_KERNEL", "quack")
     with pytest.raises(EnvironmentUnavailable, match=r"^ESMDIV_FC1_KERNEL=quack: needs a CUDA device$"):
         fc1_kernel(torch.device("cpu"), torch.float16)
     monkeypatch.setenv("ESMDIV_FC1_KERNEL", "cublas")

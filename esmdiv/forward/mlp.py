@@ -70,7 +70,7 @@ def _quack_call() -> FirstCallChecked:
 
 def requested_fc1_kernel() -> str:
     """:data:`FC1_KERNEL_VARIABLE`'s value (``auto`` when unset), checked; imports nothing."""
-    asked = os.environ.get(FC1_KERNEL_VARIABLE, "auto").strip().lower() or "auto"
+    asked = os.environ.get(FC1_KERNEL_VARIABLE, "").strip().lower() or "auto"
     if asked not in ("auto", *FC1_KERNELS):
         raise UsageError(f"{FC1_KERNEL_VARIABLE}={asked!r}: expected auto, {' or '.join(FC1_KERNELS)}")
     return asked
@@ -122,8 +122,6 @@ def fc1_description(device: torch.device, dtype: torch.dtype) -> str:
         except importlib.metadata.PackageNotFoundError:
             version = "(version unknown)"
         return f"quack-kernels {version}: one GEMM, bias and erf GELU in its epilogue"
-    why_not = quack_problem(device, dtype)
-    forced = requested_fc1_kernel() == "torch"
-    return "torch: F.linear, then erf GELU" + (
-        f" ({FC1_KERNEL_VARIABLE}=torch)" if forced else f" (quack: {why_not})" if why_not else ""
-    )
+    asked = requested_fc1_kernel() == "torch"  # torch's: asked for, or quack cannot run here
+    why = f"{FC1_KERNEL_VARIABLE}=torch" if asked else f"quack: {quack_problem(device, dtype)}"
+    return f"torch: F.linear, then erf GELU ({why})"
