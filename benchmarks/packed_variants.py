@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 import esmdiv.forward.packed as packed_module
 from esmdiv.forward.attention import resolve_backend
-from esmdiv.forward.mlp import FC1_KERNEL_VARIABLE
+from esmdiv.forward.mlp import FC1_KERNEL_VARIABLE, QUACK_TILE
 from esmdiv.forward.packed import packed_forward
 from esmdiv.forward.packing import Packed, batches_by_tokens, encode, encoder_table, pack
 from esmdiv.input.workloads import lognormal_workload
@@ -58,10 +58,6 @@ QUACK_VARIANTS = [
     ("quack-tuned", True, True),
     ("quack-pinned", "pinned", True),
 ]
-# The tile quack's autotuner chose for fc1 at five of run 23's six pack lengths (H100, random:3B).
-QUACK_PINNED = dict(
-    tile_m=128, tile_n=208, pingpong=True, is_dynamic_persistent=False, cluster_m=2, cluster_n=1, swap_ab=True
-)
 
 
 @torch.inference_mode()
@@ -77,7 +73,7 @@ def gemms_only(model, packed: Packed) -> None:
 
 def _quack_out(tuned: bool | str, break_graph: bool):
     """``_attention_out`` with fc1 + erf GELU as one quack GEMM (``quack-kernels``); ``tuned``:
-    quack's autotuner, its default tile (False) or ``"pinned"`` (:data:`QUACK_PINNED`, no tuning)."""
+    quack's autotuner, its default tile (False) or ``"pinned"`` (:data:`esmdiv.forward.mlp.QUACK_TILE`, no tuning)."""
 
     def fc1_gelu(h, w1, b1):
         from quack.gemm_interface import gemm_act  # only where asked for: most machines lack it
@@ -85,7 +81,7 @@ def _quack_out(tuned: bool | str, break_graph: bool):
         if tuned == "pinned":
             from quack.gemm_config import GemmConfig
 
-            config = GemmConfig(**QUACK_PINNED, device_capacity=torch.cuda.get_device_capability()[0])
+            config = GemmConfig(**QUACK_TILE)  # the tile the packed path now runs with
             return gemm_act(h, w1.T, bias=b1, activation="gelu_erf", store_preact=False, config=config)[1]
         return gemm_act(h, w1.T, bias=b1, activation="gelu_erf", store_preact=False, tuned=tuned)[1]
 

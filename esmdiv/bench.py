@@ -41,7 +41,7 @@ from esmdiv import __version__
 from esmdiv.errors import EnvironmentUnavailable, InputError, UsageError
 from esmdiv.forward.attention import kernel_provenance
 from esmdiv.forward.device import RunPlacement, resolve_run, synchronize
-from esmdiv.forward.mlp import UNCOMPILED_FC1, fc1_description
+from esmdiv.forward.mlp import fc1_description
 from esmdiv.forward.packed import packed_forward
 from esmdiv.forward.packing import Packed, batches_by_tokens, encode, encoder_table, pack, pad, to_padded
 from esmdiv.forward.padded import padded_forward
@@ -394,9 +394,7 @@ def run_bench(config: BenchConfig, loaded: LoadedModel | None = None, log: Log |
         date=date,
         warnings=timer.warnings,
         kernels={b: kernel_provenance(b, placement.device) for b in placement.backends},
-        fc1=fc1_description(placement.device, placement.dtype)
-        if config.packed_kwargs.get("compile")
-        else UNCOMPILED_FC1,
+        fc1=fc1_description(placement.device, placement.dtype, bool(config.packed_kwargs.get("compile"))),
     )
 
 

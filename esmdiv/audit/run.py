@@ -52,7 +52,7 @@ from esmdiv.forward.attention import kernel_provenance
 from esmdiv.forward.device import RunPlacement, compile_key, decide_compile, note_compiled, resolve_run
 from esmdiv.forward.faults import Fault
 from esmdiv.forward.high_precision import build_high_precision, check_high_precision_choice, high_precision_dtype
-from esmdiv.forward.mlp import UNCOMPILED_FC1, fc1_description, requested_fc1_kernel
+from esmdiv.forward.mlp import fc1_description, requested_fc1_kernel
 from esmdiv.forward.packing import batches_by_tokens, encode, encoder_table
 from esmdiv.input.fasta import iter_fasta
 from esmdiv.input.sequences import AuditSequence, InputReport, iter_sequences
@@ -278,7 +278,7 @@ def _new_run(
         mlm_sample=config.mlm_sample if mlm else 0,
         compile=compiled,
         compile_reason=compile_reason,
-        fc1=fc1_description(device, placement.dtype) if compiled else UNCOMPILED_FC1,
+        fc1=fc1_description(device, placement.dtype, compiled),
         flag=breaks_a_gate(config.thresholds) if mode == "sample" else None,
         keep=keep_for_evidence(inputs.sample if mode == "sample" else None) if mode != "off" else None,
         flag_budget=FLAGGED_FACTOR * config.evidence_tokens,

@@ -32,10 +32,18 @@ FC1_KERNELS = ("torch", "quack")
 UNCOMPILED_FC1 = "torch: F.linear, then erf GELU (the packed path is not compiled)"
 #: The environment variable that overrides :func:`fc1_kernel`'s choice: auto, torch or quack.
 FC1_KERNEL_VARIABLE = "ESMDIV_FC1_KERNEL"
-#: quack's tile for fc1 on Hopper: what its autotuner chose at five of six pack lengths of the
-#: random:3B bench (run 23); given to it, no tuning (which costs minutes per machine), +7.1 %.
+#: quack's tile for fc1 on Hopper (the only GPU :func:`quack_problem` lets it run on): what its
+#: autotuner chose at five of six pack lengths of the random:3B bench (run 23); given to it, no
+#: tuning (which costs minutes per machine), +7.1 %.
 QUACK_TILE = dict(
-    tile_m=128, tile_n=208, pingpong=True, is_dynamic_persistent=False, cluster_m=2, cluster_n=1, swap_ab=True
+    tile_m=128,
+    tile_n=208,
+    pingpong=True,
+    is_dynamic_persistent=False,
+    cluster_m=2,
+    cluster_n=1,
+    swap_ab=True,
+    device_capacity=9,
 )
 
 
@@ -59,10 +67,9 @@ def _quack_fc1_gelu(h, w1, b1):
 def _quack_call() -> FirstCallChecked:
     # A quack that imports but cannot run here (its first call fails) is the environment's: exit 3.
     gemm_act = importlib.import_module("quack.gemm_interface").gemm_act
-    gemm_config = importlib.import_module("quack.gemm_config").GemmConfig
+    config = importlib.import_module("quack.gemm_config").GemmConfig(**QUACK_TILE)  # once, not per layer
 
     def run(h, w1, b1):
-        config = gemm_config(**QUACK_TILE, device_capacity=torch.cuda.get_device_capability(h.device)[0])
         return gemm_act(h, w1.T, bias=b1, activation="gelu_erf", store_preact=False, config=config)[1]
 
     return FirstCallChecked("fc1 kernel 'quack'", run, hint=f"{FC1_KERNEL_VARIABLE}=torch runs torch's")
@@ -114,8 +121,10 @@ def _quack_import_problem() -> str | None:
     return None
 
 
-def fc1_description(device: torch.device, dtype: torch.dtype) -> str:
-    """What the compiled packed path runs fc1 and its GELU with here, for reports."""
+def fc1_description(device: torch.device, dtype: torch.dtype, compiled: bool = True) -> str:
+    """What the packed path (compiled or not) runs fc1 and its GELU with here, for reports."""
+    if not compiled:
+        return UNCOMPILED_FC1
     if fc1_kernel(device, dtype) == "quack":
         try:
             version = importlib.metadata.version("quack-kernels")
