@@ -99,6 +99,19 @@ def test_the_cli_starts_without_torch():
     assert _fresh_python(script) is False
 
 
+@pytest.mark.subprocess
+def test_a_whole_check_never_imports_scipy_stats():
+    """scipy.stats adds a second and more to every check's start-up (issue 14); the agreement bound
+    and Pearson's r need only scipy.special and numpy."""
+    script = (
+        "import json, sys; from pathlib import Path; from esmdiv.audit.run import AuditConfig, run_audit; "
+        "r = run_audit(AuditConfig(Path('fixtures/seed18.fasta'), device='cpu')); "
+        "print(json.dumps([r.decision.verdict.name, r.summary['prediction']['pearson'] is not None, "
+        "'scipy.stats' in sys.modules]))"
+    )
+    assert _fresh_python(script) == ["ACCEPT", True, False]
+
+
 # Each stage may import the stages before it, never one after it (nor a peer of its own rank).
 STAGE_RANK = {
     "esmdiv": 0,  # esmdiv/__init__.py: the version

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-from scipy import stats
+# scipy.special, not scipy.stats: the same boost inverse (beta.ppf calls it) without the second
+# and more that importing scipy.stats adds to every check's start-up (issue 14, goal 2).
+from scipy.special import betaincinv
 
 
 def agreement_lower_bound(agreeing: int, n: int, confidence: float = 0.95) -> float:
@@ -20,7 +22,7 @@ def agreement_lower_bound(agreeing: int, n: int, confidence: float = 0.95) -> fl
         raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
     if agreeing == 0:
         return 0.0
-    return float(stats.beta.ppf(1 - confidence, agreeing, n - agreeing + 1))
+    return float(betaincinv(agreeing, n - agreeing + 1, 1 - confidence))  # the Beta(k, n-k+1) quantile
 
 
 def sequences_needed(target: float, confidence: float = 0.95) -> int:
