@@ -102,3 +102,65 @@ def test_global_positions_only_move_by_angle_rounding_in_fp32(random_8m):
     # ... but it moves the comparison with the padded path by rounding only, far below any gate.
     # (Not "more than the clean run": both are rounding-level, measured 6e-6 vs 2e-6 here.)
     assert max_residue_diff(f1, f2) < 1e-3 and max_residue_diff(v1, v2) < 1e-4
+
+
+def test_the_packed_forward_reads_nothing_back_from_the_device_outside_its_attention_kernel(random_8m, monkeypatch):
+    """A host read (``int()``, ``.item()``, ``.tolist()``, ``bool()``) in the forward waits for the
+    GPU: between two packs the GPU would idle while the next one is launched (issue 14). The
+    attention kernel may read (the reference kernel on CPU splits by lengths); nothing else does."""
+    import esmdiv.forward.packed as packed_module
+
+    reads = ("__int__", "__float__", "__bool__", "__index__", "item", "tolist")
+    originals = {name: getattr(torch.Tensor, name) for name in reads}
+    guard = {"on": False}
+
+    def guarded(name):
+        def read(self, *args, **kwargs):
+            if guard["on"]:
+                raise AssertionError(f"host read in the packed forward: Tensor.{name}")
+            return originals[name](self, *args, **kwargs)
+
+        return read
+
+    for name in reads:
+        monkeypatch.setattr(torch.Tensor, name, guarded(name))
+    kernel = packed_module.varlen_attention
+
+    def attention(*args, **kwargs):
+        guard["on"] = False
+        try:
+            return kernel(*args, **kwargs)
+        finally:
+            guard["on"] = True
+
+    monkeypatch.setattr(packed_module, "varlen_attention", attention)
+    model, alphabet = random_8m.model, random_8m.alphabet
+    tokens = [encode(s, alphabet) for s in random_sequences([5, 300, 17, 64], seed=5)]
+    tokens[1][4] = alphabet.mask_idx  # the token-dropout scaling runs too
+    packed = pack(tokens)
+    expected = packed_forward(model, packed, "reference", need_logits=True)
+    guard["on"] = True
+    try:
+        out = packed_forward(model, packed, "reference", need_logits=True)
+    finally:
+        guard["on"] = False
+    assert torch.equal(out.representations[6], expected.representations[6]) and torch.equal(out.logits, expected.logits)
+
+
+def test_the_compiled_regions_tune_their_pointwise_kernels_unless_a_mode_is_asked_for(monkeypatch):
+    """Inductor's pointwise tuning is the default (issue 14, run 25); ``esmdiv bench --compile-mode``
+    gives torch.compile's mode instead (torch.compile takes a mode or options, not both)."""
+    import esmdiv.forward.packed as packed_module
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(kwargs) or fn)
+
+    def region(x):
+        return x
+
+    assert packed_module._compiled.__wrapped__(region) is region
+    assert packed_module._compiled.__wrapped__(region, "max-autotune-no-cudagraphs") is region
+    assert calls == [
+        {"options": {"max_autotune_pointwise": True, "coordinate_descent_tuning": True}},
+        {"mode": "max-autotune-no-cudagraphs"},
+    ]
