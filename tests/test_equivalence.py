@@ -146,21 +146,3 @@ def test_the_packed_forward_reads_nothing_back_from_the_device_outside_its_atten
         guard["on"] = False
     assert torch.equal(out.representations[6], expected.representations[6]) and torch.equal(out.logits, expected.logits)
 
-
-def test_the_compiled_regions_tune_their_pointwise_kernels_unless_a_mode_is_asked_for(monkeypatch):
-    """Inductor's pointwise tuning is the default (issue 14, run 25); ``esmdiv bench --compile-mode``
-    gives torch.compile's mode instead (torch.compile takes a mode or options, not both)."""
-    import esmdiv.forward.packed as packed_module
-
-    calls = []
-    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(kwargs) or fn)
-
-    def region(x):
-        return x
-
-    assert packed_module._compiled.__wrapped__(region) is region
-    assert packed_module._compiled.__wrapped__(region, "max-autotune-no-cudagraphs") is region
-    assert calls == [
-        {"options": {"max_autotune_pointwise": True, "coordinate_descent_tuning": True}},
-        {"mode": "max-autotune-no-cudagraphs"},
-    ]

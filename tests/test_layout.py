@@ -100,17 +100,6 @@ def test_the_cli_starts_without_torch():
 
 
 @pytest.mark.subprocess
-def test_importing_the_library_loads_neither_dynamo_nor_scipy_stats():
-    """Each costs seconds of every check's start-up on an H100 machine (run 25): ``torch._dynamo``
-    only where the packed path is compiled, scipy.stats never."""
-    script = (
-        "import json, sys, esmdiv.audit.run, esmdiv.bench, esmdiv.selftest, esmdiv.distributed, esmdiv.cli.app; "
-        "print(json.dumps(sorted(m for m in ('torch._dynamo', 'scipy.stats') if m in sys.modules)))"
-    )
-    assert _fresh_python(script) == []
-
-
-@pytest.mark.subprocess
 def test_a_whole_check_never_imports_scipy_stats():
     """scipy.stats adds a second and more to every check's start-up (issue 14); the agreement bound
     and Pearson's r need only scipy.special and numpy."""

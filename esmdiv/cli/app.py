@@ -623,7 +623,7 @@ def bench(
     compile_mode: str | None = typer.Option(
         None,
         help="torch.compile mode for the packed path's dense regions (e.g. max-autotune-no-cudagraphs: "
-        "Triton GEMMs with fused epilogues; default: torch's default mode with Inductor's pointwise tuning).",
+        "Triton GEMMs with fused epilogues; default: torch's default).",
     ),
     paths: str | None = typer.Option(
         None,

@@ -58,17 +58,9 @@ def fc1_gelu(h: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, kernel: str, a
     return F.gelu(F.linear(h, w1, b1), approximate=approximate)
 
 
+@torch.compiler.disable  # called between two compiled graphs: quack launches its own kernel
 def _quack_fc1_gelu(h, w1, b1):
     return _quack_call()(h, w1, b1)
-
-
-@cache
-def _between_compiled_graphs() -> None:
-    """Make quack's fc1 a call between two compiled graphs (quack launches its own kernel), once,
-    when a compiled path first picks it: ``torch.compiler.disable`` imports ``torch._dynamo``
-    (3 s on an H100 machine, run 25), which an uncompiled run need not import."""
-    global _quack_fc1_gelu
-    _quack_fc1_gelu = torch.compiler.disable(_quack_fc1_gelu)
 
 
 @cache
@@ -101,10 +93,7 @@ def fc1_kernel(device: torch.device, dtype: torch.dtype) -> str:
     why_not = quack_problem(device, dtype)
     if asked == "quack" and why_not:
         raise EnvironmentUnavailable(f"{FC1_KERNEL_VARIABLE}=quack: {why_not}")
-    if why_not:
-        return "torch"
-    _between_compiled_graphs()
-    return "quack"
+    return "torch" if why_not else "quack"
 
 
 def quack_problem(device: torch.device, dtype: torch.dtype) -> str | None:

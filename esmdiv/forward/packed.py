@@ -134,12 +134,6 @@ def _attention_out(x, o, w_o, b_o, ln_w, ln_b, eps: float, w1, b1, w2, b2, gelu:
     return x, F.linear(fc1_gelu(h, w1, b1, fc1, approximate=gelu), w2, b2)
 
 
-#: Inductor's tuning of the compiled regions' own kernels (layer norms with their residual adds,
-#: rotary): random:3B bench +1.0 % with FlashAttention-4 (run 25), +2.5 % with torch's kernel
-#: (run 10). It costs compile time where Inductor's cache does not yet hold its choices.
-POINTWISE_TUNING = {"max_autotune_pointwise": True, "coordinate_descent_tuning": True}
-
-
 @cache
 def _compiled(fn, mode: str | None = None):
     # Weights are arguments, so one graph serves every layer. Shapes: automatic dynamic, so
@@ -149,7 +143,7 @@ def _compiled(fn, mode: str | None = None):
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     # ``mode``: torch.compile's (esmdiv bench --compile-mode), e.g. "max-autotune-no-cudagraphs" for
     # Triton GEMMs with the bias, GELU and residual adds fused into their epilogues.
-    return torch.compile(fn, mode=mode) if mode else torch.compile(fn, options=POINTWISE_TUNING)
+    return torch.compile(fn, mode=mode)
 
 
 def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
