@@ -2,16 +2,16 @@
 
 Exit codes (also in the README and ``esmdiv --help``):
 
-====  ==========================================================================
+====  =====================================================================================================
 0     ACCEPT: the packed path may replace the padded one
 10    VALIDATE: the paths differ enough that a person must look before shipping
 20    FALLBACK: keep the padded path
 2     usage error or bad input (FASTA, checkpoint, options)
-3     environment: CUDA asked for but absent, a backend or a model unavailable
+3     environment: a package missing or broken, CUDA asked for but absent, a backend or a model unavailable
 1     internal error (a bug in esmdiv); never printed after ACCEPT
 130   interrupted (Ctrl-C)
 143   terminated (SIGTERM, e.g. torchrun stopping the ranks after one died)
-====  ==========================================================================
+====  =====================================================================================================
 """
 
 from __future__ import annotations
@@ -81,3 +81,11 @@ class Terminated(EsmdivError):
     """The process was asked to stop (SIGTERM) before it had a verdict: no verdict, a partial report."""
 
     exit_code = EXIT_TERMINATED
+
+
+def missing_package(error: ImportError) -> str | None:
+    """The top-level package a failed import names when it is not esmdiv's own (a package missing
+    or broken in this Python: the environment's, exit 3), else ``None`` (an import inside esmdiv
+    failed: a bug)."""
+    top = (getattr(error, "name", None) or "").split(".")[0]
+    return top if top and top != "esmdiv" else None

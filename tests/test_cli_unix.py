@@ -262,3 +262,61 @@ def test_a_value_outside_the_choices_is_one_line_and_leaves_a_partial_report(tmp
     partial = json.loads(stale.read_text())  # the earlier ACCEPT is gone
     assert partial["complete"] is False and partial["verdict"] is None and partial["error"]["exit_code"] == 2
     assert "--gate maybe" in partial["options"]["command_line"]
+
+
+# --- what the environment lacks, and streams that cannot take the output --------------------------
+
+
+def _python(code_or_args, env=None, **kwargs):
+    """``python -c CODE`` (a str) or ``python -m esmdiv ARGS`` (a list) from the repo root."""
+    argv = ["-c", code_or_args] if isinstance(code_or_args, str) else ["-m", "esmdiv", *map(str, code_or_args)]
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, cwd=ROOT, env=environ, timeout=600, **kwargs
+    )
+
+
+@pytest.mark.subprocess
+def test_a_package_missing_at_start_up_is_exit_3_and_one_line():
+    """A Python without esmdiv's dependencies (the pre-stop checker ran one): not a traceback, exit 1."""
+    code = (
+        "import runpy, sys; sys.modules['typer'] = None; sys.argv = ['esmdiv', 'check', 'x.fasta']; "
+        "runpy.run_module('esmdiv', run_name='__main__')"
+    )
+    done = _python(code)
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.startswith("error: package 'typer' is missing or broken (ModuleNotFoundError")
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_a_package_missing_during_a_run_is_exit_3_and_one_of_esmdivs_own_modules_exit_1(monkeypatch, small):
+    import esmdiv.audit.run as run_module
+
+    def fail(name):
+        def load(*args, **kwargs):
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+
+        return load
+
+    monkeypatch.setattr(run_module, "load_model", fail("scipy.special"))
+    result = invoke("check", small, "--device", "cpu")
+    assert result.exit_code == 3
+    assert result.stderr.startswith("error: package 'scipy' is missing or broken (ModuleNotFoundError")
+    monkeypatch.setattr(run_module, "load_model", fail("esmdiv.model.gone"))
+    result = invoke("check", small, "--device", "cpu")
+    assert result.exit_code == 1 and result.stderr.startswith("internal error: ModuleNotFoundError")
+
+
+@pytest.mark.subprocess
+def test_a_closed_stdout_still_ends_in_the_verdicts_code():
+    done = _python(["check", SEED18, "--device", "cpu"], preexec_fn=lambda: os.close(1))
+    assert done.returncode == 0, done.stderr
+    assert "ACCEPT" in done.stderr or done.stderr == ""
+
+
+@pytest.mark.subprocess
+def test_an_ascii_terminal_gets_question_marks_not_an_internal_error():
+    done = _python(["check", SEED18, "--device", "cpu"], env={"PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stderr
+    assert "ACCEPT" in done.stdout and "?" in done.stdout
+    done.stdout.encode("ascii")  # every character it wrote is ASCII

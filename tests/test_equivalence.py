@@ -145,4 +145,3 @@ def test_the_packed_forward_reads_nothing_back_from_the_device_outside_its_atten
     finally:
         guard["on"] = False
     assert torch.equal(out.representations[6], expected.representations[6]) and torch.equal(out.logits, expected.logits)
-

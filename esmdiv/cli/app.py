@@ -18,7 +18,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -27,7 +27,7 @@ from typer.core import TyperGroup
 
 from esmdiv import IMPORTED_AT, __version__
 from esmdiv.audit.clock import StageClock
-from esmdiv.cli import console
+from esmdiv.cli import console, package_problem
 from esmdiv.cli.choices import (
     Dtype,
     Evidence,
@@ -43,6 +43,7 @@ from esmdiv.cli.choices import (
 from esmdiv.cli.console import stderr, stdout
 from esmdiv.distributed import current_world, finish  # no torch until a process group is joined
 from esmdiv.errors import (
+    EXIT_ENVIRONMENT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -50,6 +51,7 @@ from esmdiv.errors import (
     OutputError,
     Terminated,
     UsageError,
+    missing_package,
 )
 from esmdiv.input.stdin import STDIN_NAME, is_stdin, spooled_stdin
 from esmdiv.report import json_report
@@ -225,17 +227,30 @@ def guard(debug: bool) -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except typer.Exit:
         raise
-    except Exception as err:  # noqa: BLE001 - fail closed: an unexpected error is exit 1, never ACCEPT
-        stderr.print(
-            Text.assemble(
-                ("internal error: ", "red"),
-                f"{type(err).__name__}: {_one_line(err)} (no verdict; rerun with --debug for the traceback)",
-            ),
-            soft_wrap=True,
-        )
+    except ImportError as err:
+        package = missing_package(err)
+        if package is None:  # an import inside esmdiv: a bug
+            _internal_error(err, debug)
+        stderr.print(Text.assemble(("error: ", "red"), package_problem(package, err)), soft_wrap=True)
         if debug:
             stderr.print(traceback.format_exc(), highlight=False, markup=False)
-        raise typer.Exit(EXIT_INTERNAL) from None
+        raise typer.Exit(EXIT_ENVIRONMENT) from None
+    except Exception as err:  # noqa: BLE001 - fail closed: an unexpected error is exit 1, never ACCEPT
+        _internal_error(err, debug)
+
+
+def _internal_error(err: Exception, debug: bool) -> NoReturn:
+    """An unexpected error: one line, exit 1, never a verdict."""
+    stderr.print(
+        Text.assemble(
+            ("internal error: ", "red"),
+            f"{type(err).__name__}: {_one_line(err)} (no verdict; rerun with --debug for the traceback)",
+        ),
+        soft_wrap=True,
+    )
+    if debug:
+        stderr.print(traceback.format_exc(), highlight=False, markup=False)
+    raise typer.Exit(EXIT_INTERNAL) from None
 
 
 def _one_line(err: BaseException) -> str:
