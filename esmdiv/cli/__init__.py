@@ -39,7 +39,7 @@ def package_problem(package: str, error: ImportError) -> str:
 def _ready_streams() -> None:
     # A closed stdout or stderr (``>&-``) is None in Python: what would print there goes nowhere,
     # and the exit code still tells. A stream whose encoding cannot write a character (``…``,
-    # ``✓``) under PYTHONIOENCODING=ascii or a C locale writes it as '?' rather than failing the run.
+    # ``✓``), as under PYTHONIOENCODING=ascii, writes it as '?' rather than failing the run.
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is None:
