@@ -11,17 +11,8 @@
 #                                       # FlashAttention-4, and with FA4 and Inductor's pointwise tuning
 # Results: $OUT/run25-PART.tgz; summary lines printed.
 set -u
-Q=/tmp/q/site-packages
-F=/tmp/fa4/site-packages
+. scripts/gpu-wheels.sh "${1:-}"  # stage1 and install end there; Q and F are set
 case "${1:-}" in
-stage1) mkdir -p /tmp/w && cp .gpu7/* /tmp/w/ && nvidia-smi -L; exit ;;
-install)
-  cp .gpu8/* /tmp/w/ && cat /tmp/w/cu13.part.* > /tmp/w/nvidia_cutlass_dsl_libs_cu13-4.8.1-cp312-cp312-manylinux_2_28_x86_64.whl \
-    && (cd / && sha256sum -c /tmp/w/cu13.sha) || exit 3
-  # under a site-packages folder: quack fingerprints epilogue code down to the first function outside one
-  python3 -m pip install -q --no-index --no-deps --no-compile --target $Q /tmp/w/*.whl 2>&1 | tail -2
-  python3 -m pip install -q --no-index --no-deps --no-compile --target $F .gpu9/*.whl 2>&1 | tail -2
-  exit ;;
 check|bench) ;;
 *) echo "usage: $0 stage1|install|check|bench" >&2; exit 2 ;;
 esac
