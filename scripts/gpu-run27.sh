@@ -2,16 +2,17 @@
 # H100 run 27 (issue 14, the final tree): the GPU test set with every kernel installed (torch's,
 # FlashAttention-4; quack's fc1), now with jsonschema carried (runs 6 to 21 lacked it); the
 # self-test of random:3B in fp16 (the known bugs, host-sized rotary tables included); the random:3B
-# bench with FA4. Three calls in a row (the machine stays warm ~30 s):
+# bench with FA4. Four calls in a row (the machine stays warm ~30 s):
 #   bash scripts/gpu-run27.sh stage1    # carry .gpu7
+#   bash scripts/gpu-run27.sh stage2    # carry .gpu12
 #   bash scripts/gpu-run27.sh install   # carry .gpu8 .gpu9
 #   bash scripts/gpu-run27.sh final     # carry .gpu5 (the trained 8M model, fair-esm) .gpu11 (jsonschema)
 # Results: $OUT/run27-final.tgz; summary lines printed.
 set -u
-. scripts/gpu-wheels.sh "${1:-}"  # stage1 and install end there; Q and F are set
+. scripts/gpu-wheels.sh "${1:-}"  # stage1, stage2 and install end there; Q and F are set
 case "${1:-}" in
 final) ;;
-*) echo "usage: $0 stage1|install|final" >&2; exit 2 ;;
+*) echo "usage: $0 stage1|stage2|install|final" >&2; exit 2 ;;
 esac
 OUT=${OUT:-out}
 . scripts/gpu-env.sh "run27-$1" .gpu5 > /dev/null
