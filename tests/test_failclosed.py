@@ -193,6 +193,51 @@ def _torch_loaded(pid: int) -> bool:
         return False
 
 
+_INTERRUPT_THROUGH_C = """
+import ctypes
+import esmdiv.audit.run as run_module
+
+def interrupted(*args, **kwargs):
+    # as C code that runs Python does (pybind11's exec): the KeyboardInterrupt passes through it
+    run = ctypes.pythonapi.PyRun_String
+    run.restype = ctypes.py_object
+    run.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.py_object, ctypes.py_object]
+    run(b"raise KeyboardInterrupt", 257, {}, {})
+
+run_module.load_model = interrupted
+"""
+
+
+@pytest.mark.subprocess
+def test_an_interrupt_that_passed_through_c_code_still_ends_in_130_under_python_dash_m(tmp_path):
+    """CPython remembers such an interrupt as unhandled, and ``python -m`` then ends the process by
+    SIGINT (-2) at exit, after esmdiv handled it: what made the real-signal test below flaky."""
+    (tmp_path / "sitecustomize.py").write_text(_INTERRUPT_THROUGH_C)
+    out = tmp_path / "r.json"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "esmdiv",
+            "check",
+            str(FIXTURES / "seed18.fasta"),
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines() == ["interrupted: no verdict"]
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and report["error"]["type"] == "KeyboardInterrupt"
+
+
 @pytest.mark.subprocess
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches /proc/<pid>/maps (Linux)")
 @pytest.mark.parametrize(
