@@ -1,4 +1,22 @@
+"""``python -m esmdiv``: the command line (:func:`esmdiv.cli.main`)."""
+
+import contextlib
+import os
+import sys
+
 from esmdiv.cli import main
+from esmdiv.errors import EXIT_INTERRUPTED
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as done:
+        # Under ``python -m``, CPython ends the process by SIGINT (-2) once it has exited if a
+        # KeyboardInterrupt ever passed through C code running Python (pybind11's exec in torch),
+        # even one that esmdiv handled: an interrupted run leaves with its code, at once.
+        if done.code != EXIT_INTERRUPTED:
+            raise
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(EXIT_INTERRUPTED)

@@ -254,7 +254,7 @@ def test_a_real_signal_mid_run_is_its_exit_code_and_a_partial_report(tmp_path, s
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # One retry, from before the cause was found: about 1 run in 20 ended with the process killed by
     # SIGINT (returncode -2) after esmdiv had printed its one line and written its partial report
-    # (CPython's flag, the test above; fixed). Both attempts still check everything below.
+    # (CPython's flag, the test above; fixed in esmdiv/__main__.py). Both attempts still check everything below.
     for _attempt in range(2):
         child = subprocess.Popen(
             [

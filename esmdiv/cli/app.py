@@ -702,11 +702,6 @@ def main() -> None:
     # default, and a SIGTERM then (torchrun stopping rank 0 the moment another rank exits) would
     # end the process as -15 instead of its code. An ignored signal stays ignored.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if final == EXIT_INTERRUPTED:
-        # CPython marks a KeyboardInterrupt that passed through C code running Python (pybind11's
-        # exec in torch's import, say) as unhandled even once handled here, and `python -m esmdiv`
-        # would then end by SIGINT (-2) after exiting: the code is final, so exit with it now.
-        _exit_now(final)
     sys.exit(final)
 
 
