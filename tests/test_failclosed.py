@@ -193,6 +193,21 @@ def _torch_loaded(pid: int) -> bool:
         return False
 
 
+def _seed18_check(out: Path) -> list[str]:
+    """``python -m esmdiv check`` of seed18 on the CPU, its report to ``out``."""
+    return [
+        sys.executable,
+        "-m",
+        "esmdiv",
+        "check",
+        str(FIXTURES / "seed18.fasta"),
+        "--device",
+        "cpu",
+        "--json",
+        str(out),
+    ]
+
+
 _INTERRUPT_THROUGH_C = """
 import ctypes
 import esmdiv.audit.run as run_module
@@ -216,17 +231,7 @@ def test_an_interrupt_that_passed_through_c_code_still_ends_in_130_under_python_
     out = tmp_path / "r.json"
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "esmdiv",
-            "check",
-            str(FIXTURES / "seed18.fasta"),
-            "--device",
-            "cpu",
-            "--json",
-            str(out),
-        ],
+        _seed18_check(out),
         capture_output=True,
         text=True,
         env=env,
@@ -254,20 +259,10 @@ def test_a_real_signal_mid_run_is_its_exit_code_and_a_partial_report(tmp_path, s
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     # One retry, from before the cause was found: about 1 run in 20 ended with the process killed by
     # SIGINT (returncode -2) after esmdiv had printed its one line and written its partial report
-    # (CPython's flag, the test above; fixed in esmdiv/__main__.py). Both attempts still check everything below.
+    # (CPython's flag, the test above; fixed in esmdiv/__main__.py). Both attempts check all below.
     for _attempt in range(2):
         child = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "esmdiv",
-                "check",
-                str(FIXTURES / "seed18.fasta"),
-                "--device",
-                "cpu",
-                "--json",
-                str(out),
-            ],
+            _seed18_check(out),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
