@@ -1,10 +1,6 @@
 """``python -m esmdiv``: the command line (:func:`esmdiv.cli.main`)."""
 
-import contextlib
-import os
-import sys
-
-from esmdiv.cli import main
+from esmdiv.cli import exit_now, main
 from esmdiv.errors import EXIT_INTERRUPTED
 
 if __name__ == "__main__":
@@ -16,7 +12,4 @@ if __name__ == "__main__":
         # even one that esmdiv handled: an interrupted run leaves with its code, at once.
         if done.code != EXIT_INTERRUPTED:
             raise
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(EXIT_INTERRUPTED)
+        exit_now(EXIT_INTERRUPTED)

@@ -320,3 +320,16 @@ def test_an_ascii_terminal_gets_question_marks_not_an_internal_error():
     assert done.returncode == 0, done.stderr
     assert "ACCEPT" in done.stdout and "?" in done.stdout
     done.stdout.encode("ascii")  # every character it wrote is ASCII
+
+
+def test_the_partial_report_of_a_missing_package_carries_exit_3(monkeypatch, small, tmp_path):
+    import esmdiv.audit.run as run_module
+
+    def load(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'scipy'", name="scipy")
+
+    monkeypatch.setattr(run_module, "load_model", load)
+    out = tmp_path / "r.json"
+    result = invoke("check", small, "--device", "cpu", "--json", out)
+    report = json.loads(out.read_text())
+    assert result.exit_code == 3 and report["complete"] is False and report["error"]["exit_code"] == 3

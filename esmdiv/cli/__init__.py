@@ -7,8 +7,10 @@ what the environment lacks is exit 3 and one line, not a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from typing import NoReturn
 
 from esmdiv.errors import EXIT_ENVIRONMENT, missing_package
 
@@ -34,6 +36,15 @@ def package_problem(package: str, error: ImportError) -> str:
         f"package '{package}' is missing or broken ({type(error).__name__}: {why}); install esmdiv with its "
         "dependencies in this Python (README: pip install torch==2.13.0 -e .)"
     )
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` at once, its standard streams flushed: no interpreter shutdown,
+    for when the code is final and what shutdown does could change it."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _ready_streams() -> None:

@@ -27,7 +27,7 @@ from typer.core import TyperGroup
 
 from esmdiv import IMPORTED_AT, __version__
 from esmdiv.audit.clock import StageClock
-from esmdiv.cli import console, package_problem
+from esmdiv.cli import console, exit_now, package_problem
 from esmdiv.cli.choices import (
     Dtype,
     Evidence,
@@ -43,7 +43,6 @@ from esmdiv.cli.choices import (
 from esmdiv.cli.console import stderr, stdout
 from esmdiv.distributed import current_world, finish  # no torch until a process group is joined
 from esmdiv.errors import (
-    EXIT_ENVIRONMENT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -216,10 +215,7 @@ def guard(debug: bool) -> Iterator[None]:
     try:
         yield
     except EsmdivError as err:
-        stderr.print(Text.assemble(("error: ", "red"), _one_line(err)), soft_wrap=True)
-        if debug:
-            stderr.print(traceback.format_exc(), highlight=False, markup=False)
-        raise typer.Exit(err.exit_code) from None
+        _expected_error(_one_line(err), err.exit_code, debug)
     except KeyboardInterrupt:
         stderr.print("interrupted: no verdict", highlight=False)
         if debug:
@@ -231,12 +227,17 @@ def guard(debug: bool) -> Iterator[None]:
         package = missing_package(err)
         if package is None:  # an import inside esmdiv: a bug
             _internal_error(err, debug)
-        stderr.print(Text.assemble(("error: ", "red"), package_problem(package, err)), soft_wrap=True)
-        if debug:
-            stderr.print(traceback.format_exc(), highlight=False, markup=False)
-        raise typer.Exit(EXIT_ENVIRONMENT) from None
+        _expected_error(package_problem(package, err), exit_code_for(err), debug)
     except Exception as err:  # noqa: BLE001 - fail closed: an unexpected error is exit 1, never ACCEPT
         _internal_error(err, debug)
+
+
+def _expected_error(line: str, code: int, debug: bool) -> NoReturn:
+    """An error esmdiv expects (bad input, the environment): one line, its exit code."""
+    stderr.print(Text.assemble(("error: ", "red"), line), soft_wrap=True)
+    if debug:
+        stderr.print(traceback.format_exc(), highlight=False, markup=False)
+    raise typer.Exit(code) from None
 
 
 def _internal_error(err: Exception, debug: bool) -> NoReturn:
@@ -695,7 +696,7 @@ def main() -> None:
     code = _run_app()
     # From here the code is final (the reports are written): a SIGTERM, such as torchrun stopping
     # this rank once another has exited, ends the process with it.
-    signal.signal(signal.SIGTERM, lambda signum, frame: _exit_now(code))
+    signal.signal(signal.SIGTERM, lambda signum, frame: exit_now(code))
     # A torchrun rank ends with rank 0's code, once rank 0 is done (see esmdiv.distributed.finish).
     final = finish(code)
     # Ignored, not handled, from here: the interpreter's shutdown resets Python handlers to the
@@ -710,13 +711,6 @@ def _terminated(signum: int, frame: object) -> None:
     143). Further SIGTERMs are ignored while that report is written."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated("terminated (SIGTERM): no verdict")
-
-
-def _exit_now(code: int) -> None:
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
 
 
 def _run_app() -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from esmdiv import __version__
-from esmdiv.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EsmdivError
+from esmdiv.errors import EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED, EsmdivError, missing_package
 from esmdiv.input.sequences import InputReport
 from esmdiv.report.json_report import write_json
 
@@ -64,6 +64,8 @@ def exit_code_for(error: BaseException) -> int:
         return error.exit_code
     if isinstance(error, KeyboardInterrupt):
         return EXIT_INTERRUPTED
+    if isinstance(error, ImportError) and missing_package(error):  # a package missing or broken here
+        return EXIT_ENVIRONMENT
     return EXIT_INTERNAL
 
 
